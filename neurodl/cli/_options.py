@@ -1,0 +1,28 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables on stderr.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (splits, initialisation, shuffling).")]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. auto picks a GPU when there is one.")
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML or JSON file of options; flags given on the command line override it.",
+        dir_okay=False,
+    ),
+]
+OutDirOption = Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")]
+ModelDirOption = Annotated[
+    Path, typer.Option("--model", "-m", help="Run directory written by the matching `train` command.")
+]
+OverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]

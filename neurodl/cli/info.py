@@ -1,0 +1,6 @@
+"""TODO(helper): replaced by the real command."""
+
+
+def info() -> None:
+    """Not built yet."""
+    raise NotImplementedError

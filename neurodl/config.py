@@ -1,0 +1,175 @@
+"""Typed, frozen option sets per task, and how they are resolved and saved.
+
+Precedence, lowest first: the dataclass defaults, then ``--config FILE``
+(YAML or JSON), then flags given explicitly on the command line. The resolved
+options are saved in the run directory's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from neurodl.errors import UsageError
+
+T = TypeVar("T")
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop")
+SCHEDULERS = ("none", "plateau", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of the training engine, shared by every task.
+
+    ``batch_size`` 0 means the whole training set in one batch (full-batch
+    gradient descent); 1 is stochastic gradient descent.
+    """
+
+    epochs: int = 200
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    grad_clip: float = 0.0
+    patience: int = 20
+    min_delta: float = 0.0
+    monitor: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("precision", self.precision, PRECISIONS)
+        _positive("epochs", self.epochs)
+        _positive("lr", self.lr)
+        if self.batch_size < 0:
+            raise UsageError(f"--batch-size must be a positive integer or 'all', not {self.batch_size}.")
+        for name in ("momentum", "weight_decay", "grad_clip", "min_delta"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}.")
+        if self.patience < 0:
+            raise UsageError(f"--patience must be >= 0 (0 turns early stopping off), not {self.patience}.")
+
+
+@dataclass(frozen=True)
+class BiomarkersOptions:
+    """Options of ``neurodl biomarkers train``."""
+
+    target: str = "diagnosis"
+    features: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    task: str = "auto"
+    hidden: tuple[int, ...] = (64, 32)
+    activation: str = "relu"
+    dropout: float = 0.0
+    impute: str = "none"
+    class_weight: str = "none"
+    cv: int = 0
+    group: str = "auto"
+    val_fraction: float = 0.2
+    positive: str = ""
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+    def __post_init__(self) -> None:
+        _choice("task", self.task, ("auto", "classification", "regression"))
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("impute", self.impute, ("none", "mean", "median"))
+        _choice("class-weight", self.class_weight, ("none", "balanced"))
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
+        if any(h <= 0 for h in self.hidden):
+            raise UsageError(f"--hidden sizes must be positive, not {','.join(map(str, self.hidden))}.", "Use e.g. --hidden 64,32, or --hidden none for linear/logistic regression.")
+        if self.cv == 1 or self.cv < 0:
+            raise UsageError(f"--cv must be 0 (no cross-validation) or at least 2, not {self.cv}.")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"--val-fraction must be between 0 and 1, not {self.val_fraction}.")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(choices)}.")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise UsageError(f"--{name.replace('_', '-')} must be > 0, not {value}.")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON options file into a dict (keys may use - or _)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: config file does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # only when a YAML config is given
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml and json raise many types; all mean "unparsable"
+        raise UsageError(f"{path}: cannot be parsed ({exc}).", "Write the options as a YAML or JSON mapping.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: must hold a mapping of option names to values.")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    text = str(kind)
+    if isinstance(value, list) and "tuple" in text:
+        return tuple(value)
+    if text in ("float", "<class 'float'>") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def build(cls: type[T], values: dict[str, Any], *, source: str = "options") -> T:
+    """Build a frozen option set from a flat dict, refusing unknown names.
+
+    Keys of nested option sets (``train`` in a task's options) may be given
+    flat: ``{"lr": 0.1}`` sets ``train.lr``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    nested = {name: f for name, f in fields.items() if dataclasses.is_dataclass(f.default_factory)}  # type: ignore[misc]
+    own: dict[str, Any] = {}
+    sub: dict[str, dict[str, Any]] = {name: {} for name in nested}
+    sub_fields = {name: {g.name for g in dataclasses.fields(f.default_factory)} for name, f in nested.items()}  # type: ignore[arg-type]
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key in nested and isinstance(value, dict):
+            sub[key].update(value)
+        elif key in fields and key not in nested:
+            own[key] = _coerce(value, fields[key].type)
+        else:
+            owner = next((name for name, names in sub_fields.items() if key in names), None)
+            if owner is None:
+                known = sorted([k for k in fields if k not in nested] + [k for names in sub_fields.values() for k in names])
+                raise UsageError(f"{source}: unknown option '{key}'.", f"Known options: {', '.join(known)}.")
+            sub[owner][key] = value
+    for name, f in nested.items():
+        own[name] = build(f.default_factory, sub[name], source=source)  # type: ignore[arg-type]
+    return cls(**own)
+
+
+def to_dict(options: Any) -> dict[str, Any]:
+    """Options as a JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(options)))
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Rebuild saved options (from a run's ``config.json``)."""
+    return build(cls, values, source="config.json")

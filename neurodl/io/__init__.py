@@ -1,0 +1,1 @@
+"""Reading and writing files: NIfTI volumes, manifests, run directories."""

@@ -1,0 +1,273 @@
+"""NIfTI volumes that always travel with their affine.
+
+``load_volume`` validates a file and returns its voxels, affine and header;
+``save_volume`` writes voxels in the grid of a reference volume (``like=``), so
+an output overlays its input in any viewer. Orientation helpers move voxel
+arrays to RAS and back without resampling.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
+
+from neurodl.errors import ImageError
+from neurodl.io.atomic import atomic_output
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# CIFTI-2 intents (3000-3099) hold surface/grayordinate data, not a voxel grid.
+_CIFTI_INTENTS = range(3000, 3100)
+_MAX_VOXELS = 2**31
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D (or channel-last 4D) array with the affine and header it came with.
+
+    Attributes:
+        data: voxel values, indexed (i, j, k[, channel]).
+        affine: 4x4 voxel-to-world (scanner RAS+, mm) matrix.
+        header: the NIfTI header of the source file (or of the reference image).
+        path: the file it was read from, if any.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis."""
+        return voxel_size(self.affine)
+
+    @property
+    def orientation(self) -> str:
+        """Orientation code such as ``RAS`` or ``LAS``."""
+        return orientation_code(self.affine)
+
+
+def is_nifti_path(path: str | Path) -> bool:
+    """True if the name ends in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def orientation_code(affine: np.ndarray) -> str:
+    """Three-letter orientation code of an affine (``RAS``, ``LAS``, ``LPS``...)."""
+    return "".join(str(c) for c in nib.aff2axcodes(affine))
+
+
+def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis of an affine."""
+    sizes = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return (float(sizes[0]), float(sizes[1]), float(sizes[2]))
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageError(path, "file does not exist.", "Check the path (relative paths in a manifest are relative to the manifest's folder).")
+    if path.is_dir():
+        raise ImageError(path, "is a directory, not a NIfTI file.", "Give a .nii or .nii.gz file, or use a command that accepts folders.")
+    if not is_nifti_path(path):
+        raise ImageError(path, "is not a NIfTI file (expected a .nii or .nii.gz name).", "Convert it to NIfTI first (e.g. dcm2niix for DICOM).")
+    if path.stat().st_size == 0:
+        raise ImageError(path, "is empty (0 bytes).", "Re-export or re-copy the file; it was probably cut off while being written.")
+
+
+def _declared_bytes(header: nib.Nifti1Header) -> int:
+    shape = header.get_data_shape()
+    n = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    return n * header.get_data_dtype().itemsize
+
+
+def _check_size(path: Path, header: nib.Nifti1Header) -> None:
+    """Refuse truncated files and absurd declared sizes before allocating anything."""
+    shape = header.get_data_shape()
+    n_voxels = float(np.prod(shape, dtype=np.float64)) if shape else 0.0
+    if n_voxels > _MAX_VOXELS:
+        raise ImageError(
+            path,
+            f"header declares {tuple(shape)} = {n_voxels:.3g} voxels, more than neurodl will load.",
+            "The header is probably corrupt; check it with `neurodl info` or fslhd.",
+        )
+    expected = int(header.get_data_offset()) + _declared_bytes(header)
+    if str(path).lower().endswith(".gz"):
+        # The gzip trailer stores the uncompressed size modulo 2**32: a cheap truncation check.
+        with open(path, "rb") as handle:
+            handle.seek(-4, 2)
+            stored = struct.unpack("<I", handle.read(4))[0]
+        if expected < 2**32 and stored < expected:
+            raise ImageError(
+                path,
+                f"is truncated or corrupt: the header declares {expected} bytes, the compressed data holds {stored}.",
+                "Re-copy or re-export the file.",
+            )
+    elif path.stat().st_size < expected:
+        raise ImageError(
+            path,
+            f"is truncated: the header declares {expected} bytes, the file has {path.stat().st_size}.",
+            "Re-copy or re-export the file.",
+        )
+
+
+def read_image(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily (header read, voxels not yet) with every check that is cheap.
+
+    Raises:
+        ImageError: missing, empty, not NIfTI, CIFTI, truncated or absurd header.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        image = nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, EOFError, OSError, ValueError, struct.error) as exc:
+        raise ImageError(path, f"cannot be read as NIfTI ({exc}).", "Check that the file is a valid .nii/.nii.gz (try opening it in a viewer); re-export it if not.") from exc
+    header = image.header
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise ImageError(path, f"is a {type(image).__name__}, not a NIfTI volume.", "Convert it to NIfTI.")
+    intent = int(header.get("intent_code", 0)) if "intent_code" in header else 0
+    if intent in _CIFTI_INTENTS or "cifti" in type(image).__name__.lower():
+        raise ImageError(path, "is a CIFTI file (surface/grayordinate data), not a voxel volume.", "Use the volumetric NIfTI of the same data.")
+    _check_size(path, header)
+    return image
+
+
+def _as_3d(path: Path, data: np.ndarray) -> np.ndarray:
+    if data.ndim == 3:
+        return data
+    if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):
+        return data.reshape(data.shape[:3])
+    if data.ndim < 3:
+        raise ImageError(path, f"is {data.ndim}D (shape {data.shape}); a 3D volume is expected.", "Give a 3D volume (a 2D slice cannot be used).")
+    extra = ", ".join(f"axis {i + 1} has {s}" for i, s in enumerate(data.shape) if i >= 3 and s > 1)
+    raise ImageError(
+        path,
+        f"is {data.ndim}D (shape {data.shape}; {extra}); a single 3D volume is expected.",
+        "Extract one volume first, e.g. `fslroi in.nii.gz out.nii.gz 0 1`, or nibabel's `image.slicer[..., 0]`.",
+    )
+
+
+def load_volume(
+    path: str | Path,
+    *,
+    dtype: Any = np.float32,
+    require_3d: bool = True,
+    require_finite: bool = False,
+) -> Volume:
+    """Load a NIfTI file with its affine and header.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        dtype: dtype of the returned array (scaling applied); ``None`` keeps the stored type.
+        require_3d: refuse 2D/4D/5D images (4D with one volume is squeezed to 3D).
+        require_finite: refuse NaN or Inf voxels.
+
+    Raises:
+        ImageError: naming the file and what to do about it.
+
+    Example:
+        >>> vol = load_volume("sub-001_T1w.nii.gz")
+        >>> vol.shape, vol.orientation, vol.spacing
+        ((64, 64, 64), 'LAS', (1.0, 1.0, 1.0))
+    """
+    path = Path(path)
+    image = read_image(path)
+    try:
+        data = np.asanyarray(image.dataobj) if dtype is None else image.get_fdata(dtype=dtype)
+    except (EOFError, OSError, ValueError, gzip.BadGzipFile, MemoryError, struct.error) as exc:
+        raise ImageError(path, f"voxel data cannot be read ({exc}); the file is truncated or corrupt.", "Re-copy or re-export the file.") from exc
+    data = np.asarray(data)
+    if require_3d:
+        data = _as_3d(path, data)
+    if require_finite and data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise ImageError(path, f"has {bad} NaN/Inf voxels.", "Fix the image (e.g. replace NaN by 0 with fslmaths -nan) before using it.")
+    affine = image.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ImageError(path, "has no usable affine (missing, NaN or singular).", "Fix the header's qform/sform (e.g. with fslorient) before using it.")
+    return Volume(data=data, affine=np.asarray(affine, dtype=np.float64), header=image.header, path=path)
+
+
+def save_volume(
+    data: np.ndarray,
+    path: str | Path,
+    *,
+    like: Volume,
+    dtype: Any = None,
+) -> Path:
+    """Write ``data`` atomically as NIfTI in the grid of ``like`` (its affine, codes, units).
+
+    Args:
+        data: array whose first three axes match ``like``'s grid; extra axes are kept.
+        path: output file (``.nii`` or ``.nii.gz``).
+        like: the volume this output belongs to; never an identity affine by default.
+        dtype: stored dtype (default: ``data``'s dtype).
+
+    Example:
+        >>> save_volume(mask.astype("uint8"), "sub-001_dseg.nii.gz", like=t1)
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise ImageError(path, "output name must end in .nii or .nii.gz.")
+    data = np.asarray(data)
+    if data.shape[:3] != like.shape[:3]:
+        raise ValueError(f"data shape {data.shape} does not match the reference grid {like.shape[:3]}")
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    header = like.header.copy()
+    header.set_data_dtype(np.dtype(dtype) if dtype is not None else data.dtype)
+    image = nib.Nifti1Image(data, like.affine, header=header)
+    # Store values as given: no inherited intensity scaling.
+    image.header.set_slope_inter(None, None)
+    qform, qcode = like.header.get_qform(coded=True)
+    sform, scode = like.header.get_sform(coded=True)
+    image.set_qform(like.affine if qform is None else qform, int(qcode) if qform is not None else 1)
+    image.set_sform(like.affine if sform is None else sform, int(scode) if sform is not None else 1)
+    with atomic_output(path) as tmp:
+        nib.save(image, str(tmp))
+    return path
+
+
+def ras_transform(affine: np.ndarray) -> np.ndarray:
+    """Orientation transform (nibabel ``ornt``) taking arrays from ``affine``'s axes to RAS."""
+    return ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+
+
+def to_ras(volume: Volume) -> Volume:
+    """Reorder/flip axes so the array is in RAS orientation (no resampling).
+
+    The returned volume's affine maps the reordered array to the same world
+    coordinates, so ``from_ras(to_ras(v).data, like=v)`` gives back ``v.data``.
+    """
+    transform = ras_transform(volume.affine)
+    data = apply_orientation(volume.data, transform)
+    affine = volume.affine @ inv_ornt_aff(transform, volume.shape[:3])
+    header = volume.header.copy()
+    header.set_data_shape(data.shape)
+    return Volume(data=np.ascontiguousarray(data), affine=affine, header=header, path=volume.path)
+
+
+def from_ras(data: np.ndarray, *, like: Volume) -> np.ndarray:
+    """Undo :func:`to_ras`: bring an array computed in RAS back to ``like``'s axes."""
+    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(like.affine))
+    return np.ascontiguousarray(apply_orientation(data, back))
