@@ -1,5 +1,194 @@
-"""neurodl biomarkers: placeholder until the engine lands."""
+"""``neurodl biomarkers``: diagnosis or severity from a table of biomarkers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="Diagnosis or severity from a CSV/TSV table of biomarkers (linear/logistic regression, MLP).", no_args_is_help=True)
+from neurodl.cli import _train_options as T
+from neurodl.cli._config import parse_batch_size, parse_hidden, resolve_options, split_list
+from neurodl.cli._console import err_console, print_json
+from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag
+from neurodl.config import BiomarkersOptions
+
+app = typer.Typer(
+    help="Diagnosis (classification) or severity (regression) from a CSV/TSV of biomarkers: linear and logistic regression, MLP.",
+    no_args_is_help=True,
+)
+
+_D = BiomarkersOptions()
+_M = "Model"
+Table = Annotated[Path, typer.Argument(help="CSV or TSV table, one row per subject (e.g. participants.tsv).", dir_okay=False)]
+
+
+def _format_metric(value: Any, std: Any = None) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{text} ± {std:.3f}" if isinstance(std, float) and std == std else text
+
+
+@app.command("train")
+def train(
+    ctx: typer.Context,
+    table: Annotated[Path | None, typer.Argument(help="CSV or TSV table, one row per subject (e.g. participants.tsv). Not needed with --resume.", dir_okay=False)] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Column to predict (e.g. diagnosis, severity).")] = _D.target,
+    features: Annotated[list[str] | None, typer.Option("--features", "-f", help="Feature columns, comma-separated or repeated (default: every numeric column except ids and the target).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Columns never used as features.")] = None,
+    task: Annotated[str, typer.Option("--task", help="auto, classification or regression (auto: strings or few integer levels = classification).")] = _D.task,
+    hidden: Annotated[str, typer.Option("--hidden", help="Hidden layer sizes, e.g. 64,32; 'none' = logistic (classification) or linear (regression) regression.", rich_help_panel=_M)] = "64,32",
+    activation: Annotated[str, typer.Option("--activation", help="relu, tanh or sigmoid.", rich_help_panel=_M)] = _D.activation,
+    dropout: Annotated[float, typer.Option("--dropout", help="Dropout probability after each hidden layer.", rich_help_panel=_M)] = _D.dropout,
+    class_weight: Annotated[str, typer.Option("--class-weight", help="none or balanced (weigh rare classes up).", rich_help_panel=_M)] = _D.class_weight,
+    positive: Annotated[str, typer.Option("--positive", help="Positive class of a binary target (default: the one that is not CN/HC/control/0).")] = _D.positive,
+    impute: Annotated[str, typer.Option("--impute", help="Fill missing feature values: none (error), median or mean (fitted on training rows).")] = _D.impute,
+    cv: Annotated[int, typer.Option("--cv", help="K-fold cross-validation grouped by participant (0: one train/validation split).")] = _D.cv,
+    group: Annotated[str, typer.Option("--group", help="Participant column for grouped splits (auto: participant_id when present; none: each row).")] = _D.group,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of participants held out for validation / early stopping.")] = _D.val_fraction,
+    epochs: T.Epochs = T.DEFAULTS.epochs,
+    batch_size: T.BatchSize = str(T.DEFAULTS.batch_size),
+    optimizer: T.Optimizer = T.DEFAULTS.optimizer,
+    lr: T.LearningRate = T.DEFAULTS.lr,
+    momentum: T.Momentum = T.DEFAULTS.momentum,
+    weight_decay: T.WeightDecay = T.DEFAULTS.weight_decay,
+    scheduler: T.Scheduler = T.DEFAULTS.scheduler,
+    grad_clip: T.GradClip = T.DEFAULTS.grad_clip,
+    patience: T.Patience = T.DEFAULTS.patience,
+    min_delta: T.MinDelta = T.DEFAULTS.min_delta,
+    monitor: T.Monitor = T.DEFAULTS.monitor,
+    seed: T.Seed = T.DEFAULTS.seed,
+    deterministic: T.Deterministic = T.DEFAULTS.deterministic,
+    device: T.Device = T.DEFAULTS.device,
+    precision: T.Precision = T.DEFAULTS.precision,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/biomarkers"),
+    config: ConfigOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out (its saved options and table are used).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Train linear/logistic regression or an MLP on a table; write a run directory.
+
+    Example: neurodl biomarkers train sample_data/participants.tsv --target diagnosis --features csf_volume_ml,brain_metabolism --cv 5 --out runs/dx
+    """
+    from neurodl.tasks import biomarkers  # heavy (torch, pandas): only when the command runs
+
+    values = dict(locals())
+    for name in ("ctx", "table", "out", "config", "resume", "overwrite", "quiet", "json_output", "biomarkers"):
+        values.pop(name, None)
+    options = resolve_options(
+        BiomarkersOptions,
+        ctx,
+        values,
+        config_file=config,
+        converters={"features": split_list, "exclude": split_list, "hidden": parse_hidden, "batch_size": parse_batch_size},
+    )
+    console = err_console()
+    summary = biomarkers.train(table, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet)
+    if json_output:
+        print_json(summary)
+    if not quiet:
+        _render_summary(console, summary)
+
+
+def _render_summary(console: Any, summary: dict[str, Any]) -> None:
+    from rich.table import Table as RichTable
+
+    table = RichTable(title=f"{summary['target']} ({summary['task']}, {summary['model']})", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    stds = summary.get("metrics_std", {})
+    for key, value in summary["metrics"].items():
+        if key in ("best_epoch",) or isinstance(value, list):
+            continue
+        table.add_row(key, _format_metric(value, stds.get(key)))
+    console.print(table)
+    console.print(f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}")
+    console.print(f"Evaluation: {summary['evaluation']}")
+    console.print(f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epochs for the final model).")
+
+
+def _check_output(output: Path | None, inputs: list[Path], overwrite: bool) -> None:
+    from neurodl.errors import OutputError
+
+    if output is None:
+        return
+    if any(output.resolve() == p.resolve() for p in inputs):
+        raise OutputError(f"{output}: is also an input; neurodl never overwrites its inputs.", "Choose another -o/--output path.")
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output}: already exists.", "Choose another path, or add --overwrite.")
+
+
+@app.command("predict")
+def predict(
+    model: ModelDirOption,
+    table: Table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)] = None,
+    overwrite: OverwriteFlag = False,
+) -> None:
+    """Predict every row of a table: id columns, the predicted class and one probability per class (or the value).
+
+    Example: neurodl biomarkers predict --model runs/dx new_subjects.csv -o predictions.csv
+    """
+    import sys
+
+    from neurodl.io.atomic import atomic_output
+    from neurodl.tasks import biomarkers  # heavy: only when the command runs
+
+    _check_output(output, [table], overwrite)
+    loaded = biomarkers.load(model)
+    predictions = biomarkers.predict(loaded, table)
+    if output is None:
+        predictions.to_csv(sys.stdout, index=False)
+        return
+    with atomic_output(output) as tmp:
+        predictions.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
+    err_console().print(f"{len(predictions)} predictions written to {output}")
+
+
+@app.command("evaluate")
+def evaluate(
+    model: ModelDirOption,
+    table: Table,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for predictions.csv, metrics.json and plots (ROC, confusion matrix).", file_okay=False)] = None,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic).")] = False,
+    overwrite: OverwriteFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Score a trained model on a table that has the target column.
+
+    Example: neurodl biomarkers evaluate --model runs/dx held_out.csv --out runs/dx/test
+    """
+    from neurodl.errors import OutputError
+    from neurodl.io.rundir import RunDirectory
+    from neurodl.tasks import biomarkers  # heavy: only when the command runs
+
+    if out is not None and (out / "metrics.json").exists() and not overwrite:
+        raise OutputError(f"{out}: already holds metrics.json.", "Choose another --out, or add --overwrite.")
+    loaded = biomarkers.load(model)
+    predictions, metrics, warnings = biomarkers.evaluate(loaded, table, allow_overlap=allow_overlap)
+    console = err_console()
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/yellow] {warning}")
+    if out is not None:
+        writer = RunDirectory(out, biomarkers.TASK)
+        writer.write_csv("predictions.csv", predictions)
+        writer.write_json("metrics.json", {"table": str(table), "model": str(model), **metrics})
+        from neurodl.io.manifest import read_table
+
+        frame = read_table(table)
+        output = loaded.module.predict(loaded.features.transform(frame, path=table))
+        biomarkers._plots(writer, "", output, frame[loaded.target.column], loaded.target, metrics, table)
+    if json_output:
+        print_json(metrics)
+    from rich.table import Table as RichTable
+
+    shown = RichTable(title=f"{loaded.target.column} on {table.name} ({metrics['rows']} rows)")
+    shown.add_column("metric")
+    shown.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key not in ("confusion_matrix", "rows"):
+            shown.add_row(key, _format_metric(value))
+    console.print(shown)

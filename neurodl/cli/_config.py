@@ -1,0 +1,74 @@
+"""Turning command-line values into a frozen option set.
+
+Precedence, lowest first: the option set's defaults, ``--config FILE``, then
+the flags the user actually typed (Typer tells which ones were typed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from neurodl.config import build, load_config_file
+from neurodl.errors import UsageError
+
+T = TypeVar("T")
+
+
+def split_list(value: Any) -> tuple[str, ...]:
+    """``"a,b"`` or ``["a", "b"]`` or repeated flags -> ``("a", "b")``."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else [value]
+    return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
+
+
+def parse_hidden(value: Any) -> tuple[int, ...]:
+    """``"64,32"`` -> ``(64, 32)``; ``"none"``/``0``/empty -> ``()`` (no hidden layer)."""
+    parts = split_list(value)
+    if not parts or (len(parts) == 1 and parts[0].lower() in ("none", "0", "linear")):
+        return ()
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError as exc:
+        raise UsageError(f"--hidden '{value}' is not a list of layer sizes.", "Use e.g. --hidden 64,32, or --hidden none for linear/logistic regression.") from exc
+
+
+def parse_batch_size(value: Any) -> int:
+    """An integer, or ``all`` (0: the whole training set per step)."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    if text in ("all", "full"):
+        return 0
+    try:
+        size = int(text)
+    except ValueError as exc:
+        raise UsageError(f"--batch-size '{value}' is not a number.", "Use a positive integer, or 'all' for full-batch gradient descent.") from exc
+    if size <= 0:
+        raise UsageError(f"--batch-size must be positive, not {size}.", "Use 'all' for full-batch gradient descent.")
+    return size
+
+
+def resolve_options(
+    cls: type[T],
+    ctx: typer.Context,
+    values: dict[str, Any],
+    *,
+    config_file: Path | None,
+    converters: dict[str, Callable[[Any], Any]] | None = None,
+) -> T:
+    """Build ``cls`` from the config file and the flags typed on the command line."""
+    converters = converters or {}
+    merged: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            merged[name] = value
+    for name, convert in converters.items():
+        if name in merged:
+            merged[name] = convert(merged[name])
+    return build(cls, merged, source=str(config_file) if config_file else "options")

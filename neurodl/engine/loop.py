@@ -1,0 +1,268 @@
+"""``fit``: the training loop. Nothing in this file knows which task it trains."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from neurodl.config import TrainOptions
+from neurodl.engine.optim import build_optimizer, build_scheduler
+from neurodl.engine.runtime import autocast, deterministic_algorithms, resolve_device, seed_everything
+from neurodl.errors import Interrupted, TrainingFailed, UsageError
+from neurodl.io.state import load_state, save_state
+
+
+class Task(Protocol):
+    """What a task gives the engine."""
+
+    model: torch.nn.Module
+    default_monitor: str
+
+    def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Forward pass and loss of one batch: ``{"loss": ..., ...}``."""
+        ...
+
+    def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Outputs of one validation batch, concatenated by the engine."""
+        ...
+
+    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics from all validation outputs; must include ``loss``."""
+        ...
+
+
+class Callback:
+    """Hooks called by :func:`fit`; override what you need."""
+
+    def on_fit_start(self, *, epochs: int, steps: int, start_epoch: int) -> None: ...
+
+    def on_step(self, *, epoch: int, step: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, record: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, result: FitResult) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """What a fit produced (the model holds the selected weights)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    monitor: str = "train_loss"
+    best_epoch: int = 0
+    best_value: float = math.nan
+    stopped_early: bool = False
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    @property
+    def best_record(self) -> dict[str, float]:
+        return self.history[self.best_epoch - 1] if self.history else {}
+
+
+def monitor_mode(name: str) -> str:
+    """``min`` for losses and errors, ``max`` for scores."""
+    lowered = name.lower()
+    return "min" if any(k in lowered for k in ("loss", "mae", "mse", "rmse", "error", "hausdorff")) else "max"
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _batch_size(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, list | tuple) else next(iter(batch.values())) if isinstance(batch, dict) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _set_epoch(batches: Any, epoch: int) -> None:
+    for target in (batches, getattr(batches, "sampler", None)):
+        if target is not None and hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
+
+
+def validate(task: Task, batches: Iterable[Any], device: torch.device, precision: str) -> dict[str, float]:
+    """Run the task's validation step over ``batches`` and return its metrics."""
+    task.model.eval()
+    collected: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad(), autocast(device, precision):
+        for batch in batches:
+            out = task.validation_step(_to_device(batch, device))
+            for key, value in out.items():
+                collected.setdefault(key, []).append(value.detach().float().cpu().reshape(value.shape[0] if value.ndim else 1, *value.shape[1:]))
+    outputs = {k: torch.cat(v) for k, v in collected.items()}
+    return task.validation_metrics(outputs)
+
+
+def fit(
+    task: Task,
+    train: Iterable[Any],
+    val: Iterable[Any] | None,
+    options: TrainOptions,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    resume_hint: str = "",
+) -> FitResult:
+    """Train ``task.model`` on ``train``, selecting weights on ``val`` (if given).
+
+    Every epoch ends with an atomic checkpoint (when ``checkpoint`` is set); with
+    ``resume`` a run continues from it and ends with the same weights as an
+    uninterrupted run with the same seed. Early stopping watches
+    ``options.monitor`` (``auto``: the task's default) on the validation set.
+
+    Raises:
+        TrainingFailed: the loss became NaN or infinite.
+        Interrupted: Ctrl-C; the last completed epoch's checkpoint is kept.
+    """
+    device = resolve_device(options.device)
+    model = task.model.to(device)
+    if hasattr(train, "to"):
+        train = train.to(device)
+    if val is not None and hasattr(val, "to"):
+        val = val.to(device)
+    monitor = options.monitor if options.monitor != "auto" else (task.default_monitor if val is not None else "train_loss")
+    if val is None and monitor != "train_loss":
+        monitor = "train_loss"
+    mode = monitor_mode(monitor)
+    optimizer = build_optimizer(model.parameters(), options)
+    scheduler = build_scheduler(optimizer, options, mode)
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16" and device.type == "cuda")
+
+    result = FitResult(monitor=monitor)
+    best_state = _clone_state(model)
+    bad_epochs = 0
+    start = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = load_state(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        best_state = state["best_state"]
+        bad_epochs = int(state["bad_epochs"])
+        result.history = [dict(r) for r in state["history"]]
+        result.best_epoch = int(state["best_epoch"])
+        result.best_value = float(state["best_value"]) if state["best_value"] is not None else math.nan
+        result.stopped_early = bool(state["stopped_early"])
+        start = len(result.history)
+        if result.stopped_early:
+            start = options.epochs
+
+    def save_checkpoint() -> None:
+        if checkpoint is None:
+            return
+        save_state(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "best_state": best_state,
+                "bad_epochs": bad_epochs,
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_value": None if math.isnan(result.best_value) else result.best_value,
+                "stopped_early": result.stopped_early,
+            },
+            checkpoint,
+        )
+
+    steps = len(train) if hasattr(train, "__len__") else 0
+    for cb in callbacks:
+        cb.on_fit_start(epochs=options.epochs, steps=steps, start_epoch=start)
+    epoch = start
+    try:
+        with deterministic_algorithms(options.deterministic):
+            for epoch in range(start, options.epochs):
+                seed_everything(options.seed, epoch)
+                _set_epoch(train, epoch)
+                tic = time.perf_counter()
+                model.train()
+                total, count = 0.0, 0
+                for step, batch in enumerate(train):
+                    batch = _to_device(batch, device)
+                    with autocast(device, options.precision):
+                        out = task.training_step(batch)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss):
+                        raise TrainingFailed(
+                            f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training diverged.",
+                            "Lower --lr (e.g. by 10x), add --grad-clip 1.0, or check the inputs for extreme values.",
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if options.grad_clip > 0:
+                        # Unscale first so the threshold applies to the true gradient norm.
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    n = _batch_size(batch)
+                    total += float(loss.detach()) * n
+                    count += n
+                    for cb in callbacks:
+                        cb.on_step(epoch=epoch + 1, step=step + 1, loss=float(loss.detach()))
+                record: dict[str, float] = {"epoch": float(epoch + 1), "train_loss": total / max(count, 1)}
+                if val is not None:
+                    record.update({f"val_{k}": float(v) for k, v in validate(task, val, device, options.precision).items()})
+                record["lr"] = float(optimizer.param_groups[0]["lr"])
+                record["seconds"] = time.perf_counter() - tic
+                if monitor not in record:
+                    known = ", ".join(k for k in record if k.startswith("val_"))
+                    raise UsageError(f"--monitor '{monitor}' is not a metric of this task.", f"Use one of: {known or 'train_loss'}.")
+                value = record[monitor]
+                if scheduler is not None:
+                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        scheduler.step(value)
+                    else:
+                        scheduler.step()
+                improved = math.isnan(result.best_value) or (
+                    value < result.best_value - options.min_delta if mode == "min" else value > result.best_value + options.min_delta
+                )
+                result.history.append(record)
+                if improved:
+                    result.best_value, result.best_epoch, bad_epochs = value, epoch + 1, 0
+                    best_state = _clone_state(model)
+                else:
+                    bad_epochs += 1
+                if val is not None and options.patience > 0 and bad_epochs >= options.patience:
+                    result.stopped_early = True
+                save_checkpoint()
+                for cb in callbacks:
+                    cb.on_epoch_end(record)
+                if result.stopped_early:
+                    break
+    except KeyboardInterrupt as exc:
+        saved = f"; epochs 1-{len(result.history)} are saved in {checkpoint}" if checkpoint is not None and result.history else ""
+        raise Interrupted(f"training stopped during epoch {epoch + 1}{saved}.", resume_hint or None) from exc
+    if val is not None:
+        model.load_state_dict(best_state)
+    else:
+        # Without a validation set there is nothing to select on: keep the last weights.
+        result.best_epoch = len(result.history)
+        result.best_value = result.history[-1]["train_loss"] if result.history else math.nan
+    for cb in callbacks:
+        cb.on_fit_end(result)
+    return result

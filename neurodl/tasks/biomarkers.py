@@ -1,0 +1,524 @@
+"""Biomarkers: diagnosis (classification) or severity (regression) from a table.
+
+The lecture's models made real: linear regression (MSE), logistic regression
+(sigmoid + cross-entropy) and the MLP, trained by the shared engine with
+mini-batch gradient descent and any of its optimisers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from neurodl.config import BiomarkersOptions, from_dict, to_dict
+from neurodl.data.splits import kfold_by_participant, regression_strata, split_by_participant
+from neurodl.data.tabular import FeatureEncoder, TargetEncoder, is_id_column, label_text, select_features
+from neurodl.engine import Callback, FitResult, TensorBatches, fit
+from neurodl.engine.progress import RichProgress
+from neurodl.errors import DataError, ManifestError, RunDirectoryError
+from neurodl.io.manifest import read_table, require_columns
+from neurodl.io.rundir import RunDirectory
+from neurodl.models import create_model
+from neurodl.tasks.metrics import classification_metrics, regression_metrics, summarize_folds
+
+TASK = "biomarkers"
+
+
+class BiomarkersModule:
+    """Model + loss + metrics of the biomarkers task, for the engine.
+
+    Args:
+        model: network returning logits (classification) or standardised values (regression).
+        target: the fitted target encoder.
+        class_weights: per-class loss weights (``--class-weight balanced``), or None.
+    """
+
+    default_monitor = "val_loss"
+
+    def __init__(self, model: torch.nn.Module, target: TargetEncoder, class_weights: torch.Tensor | None = None) -> None:
+        self.model = model
+        self.target = target
+        self.class_weights = class_weights
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.target.kind == "regression":
+            return F.mse_loss(output.squeeze(1), y)
+        if self.target.outputs == 1:
+            pos_weight = None
+            if self.class_weights is not None:
+                pos_weight = (self.class_weights[1] / self.class_weights[0]).to(output.device)
+            return F.binary_cross_entropy_with_logits(output.squeeze(1), y.float(), pos_weight=pos_weight)
+        weight = self.class_weights.to(output.device) if self.class_weights is not None else None
+        return F.cross_entropy(output, y, weight=weight)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": self.loss(self.model(x), y)}
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"output": self.model(x), "target": y}
+
+    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        output, y = outputs["output"], outputs["target"]
+        if self.target.kind == "classification":
+            y = y.long()
+        metrics: dict[str, float] = {"loss": float(self.loss(output, y))}
+        if self.target.kind == "regression":
+            truth = y.numpy() * self.target.scale + self.target.center
+            metrics.update(regression_metrics(truth, self.values(output)))
+        else:
+            scores = classification_metrics(y.numpy(), self.probabilities(output), self.target.classes)
+            metrics.update({k: scores[k] for k in ("accuracy", "balanced_accuracy", "roc_auc")})
+        return metrics
+
+    def probabilities(self, output: torch.Tensor) -> np.ndarray:
+        """(n, K) class probabilities: sigmoid for two classes, softmax otherwise."""
+        output = output.detach().float().cpu()
+        if self.target.outputs == 1:
+            p = torch.sigmoid(output.squeeze(1))
+            return torch.stack([1 - p, p], dim=1).numpy()
+        return torch.softmax(output, dim=1).numpy()
+
+    def values(self, output: torch.Tensor) -> np.ndarray:
+        """Regression predictions in the target's own units."""
+        return output.detach().float().cpu().squeeze(1).numpy() * self.target.scale + self.target.center
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (classification) or values (regression) for a feature matrix."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        output = self.model(torch.from_numpy(x).to(device))
+        return self.probabilities(output) if self.target.kind == "classification" else self.values(output)
+
+
+@dataclass
+class Prepared:
+    """A table ready for training: columns decided, groups and strata known."""
+
+    frame: pd.DataFrame
+    path: Path
+    numeric: list[str]
+    categorical: list[str]
+    groups: np.ndarray
+    group_column: str | None
+    target: TargetEncoder
+    strata: np.ndarray
+
+
+@dataclass
+class Fitted:
+    """One trained model with the encoders fitted on its training rows."""
+
+    module: BiomarkersModule
+    features: FeatureEncoder
+    target: TargetEncoder
+    result: FitResult
+    model_spec: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_spec(options: BiomarkersOptions, n_features: int, target: TargetEncoder) -> dict[str, Any]:
+    if options.hidden:
+        name = "mlp"
+    else:
+        name = "logistic" if target.kind == "classification" else "linear"
+    return {
+        "name": name,
+        "in_features": n_features,
+        "out_features": target.outputs,
+        "hidden": list(options.hidden),
+        "activation": options.activation,
+        "dropout": options.dropout,
+    }
+
+
+def _build(spec: dict[str, Any]) -> torch.nn.Module:
+    return create_model(TASK, spec["name"], in_features=spec["in_features"], out_features=spec["out_features"], hidden=tuple(spec["hidden"]), activation=spec["activation"], dropout=spec["dropout"])
+
+
+def _group_column(frame: pd.DataFrame, options: BiomarkersOptions, path: Path) -> str | None:
+    if options.group == "auto":
+        return "participant_id" if "participant_id" in frame.columns else None
+    if options.group in ("", "none"):
+        return None
+    require_columns(frame, [options.group], path)
+    return options.group
+
+
+def prepare(path: Path, options: BiomarkersOptions) -> Prepared:
+    """Read the table and decide features, target type, groups and strata (no statistics fitted)."""
+    frame = read_table(path)
+    require_columns(frame, [options.target], path)
+    group = _group_column(frame, options, path)
+    numeric, categorical = select_features(frame, target=options.target, features=options.features, exclude=options.exclude, group=group, path=path)
+    target = TargetEncoder.fit(frame[options.target], name=options.target, kind=options.task, positive=options.positive, path=path)
+    if options.impute == "none":
+        # Report every incomplete row now, before any training starts.
+        FeatureEncoder.fit(frame, numeric=numeric, categorical=categorical).transform(frame, path=path)
+    groups = frame[group].map(label_text).to_numpy() if group else np.asarray([f"row-{i + 1}" for i in range(len(frame))])
+    if group and frame[group].isna().any():
+        rows = np.flatnonzero(frame[group].isna().to_numpy()) + 1
+        raise ManifestError(f"{path}: column '{group}' is empty in rows {', '.join(map(str, rows[:10]))}.", "Fill in the participant of every row.")
+    if target.kind == "classification":
+        strata = target.encode(frame[options.target], path=path)
+    else:
+        strata = regression_strata(pd.to_numeric(frame[options.target]).to_numpy(dtype=float), bins=5)
+    minimum = 2 * max(options.cv, 2)
+    if len(np.unique(groups)) < minimum:
+        raise DataError(
+            f"{path}: {len(np.unique(groups))} participants are too few to train and validate (at least {minimum} needed{' for --cv ' + str(options.cv) if options.cv else ''}).",
+            "Add rows, or use fewer folds (--cv).",
+        )
+    return Prepared(frame, path, numeric, categorical, groups, group, target, strata)
+
+
+def _class_weights(y: np.ndarray, target: TargetEncoder, mode: str) -> torch.Tensor | None:
+    if mode != "balanced" or target.kind != "classification":
+        return None
+    counts = np.bincount(y, minlength=len(target.classes)).astype(float)
+    counts[counts == 0] = 1.0
+    return torch.tensor(len(y) / (len(target.classes) * counts), dtype=torch.float32)
+
+
+def fit_rows(
+    data: Prepared,
+    options: BiomarkersOptions,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray | None,
+    *,
+    checkpoint: Path | None,
+    resume: bool,
+    callbacks: list[Callback],
+    resume_hint: str,
+    epochs: int | None = None,
+) -> Fitted:
+    """Fit encoders on ``train_rows`` only, then train (early stopping on ``val_rows``)."""
+    frame = data.frame
+    train_frame = frame.iloc[train_rows]
+    features = FeatureEncoder.fit(train_frame, numeric=data.numeric, categorical=data.categorical, impute=options.impute)
+    target = data.target
+    if target.kind == "regression":
+        target = TargetEncoder.fit(train_frame[options.target], name=options.target, kind="regression", positive="", path=data.path)
+    x_train = torch.from_numpy(features.transform(train_frame, path=data.path))
+    y_train = torch.from_numpy(target.encode(train_frame[options.target], path=data.path))
+    train_options = options.train if epochs is None else replace(options.train, epochs=max(1, epochs), patience=0)
+    torch.manual_seed(train_options.seed)
+    spec = _model_spec(options, x_train.shape[1], target)
+    module = BiomarkersModule(_build(spec), target, _class_weights(y_train.numpy(), target, options.class_weight))
+    train = TensorBatches(x_train, y_train, batch_size=train_options.batch_size, shuffle=True, seed=train_options.seed)
+    val = None
+    if val_rows is not None and len(val_rows):
+        val_frame = frame.iloc[val_rows]
+        val = TensorBatches(
+            torch.from_numpy(features.transform(val_frame, path=data.path)),
+            torch.from_numpy(target.encode(val_frame[options.target], path=data.path)),
+            batch_size=4096,
+        )
+    result = fit(module, train, val, train_options, checkpoint=checkpoint, resume=resume, callbacks=callbacks, resume_hint=resume_hint)
+    return Fitted(module, features, target, result, spec)
+
+
+def _table_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _id_columns(frame: pd.DataFrame, group: str | None) -> list[str]:
+    columns = [c for c in frame.columns if is_id_column(c)]
+    if group and group not in columns:
+        columns.insert(0, group)
+    return columns
+
+
+def prediction_frame(frame: pd.DataFrame, output: np.ndarray, target: TargetEncoder, id_columns: list[str]) -> pd.DataFrame:
+    """Id columns + the prediction (+ one probability column per class)."""
+    result = frame[id_columns].copy() if id_columns else pd.DataFrame(index=frame.index)
+    if target.kind == "classification":
+        result[f"predicted_{target.column}"] = [target.classes[i] for i in output.argmax(axis=1)]
+        for k, name in enumerate(target.classes):
+            result[f"probability_{name}"] = output[:, k]
+    else:
+        result[f"predicted_{target.column}"] = output
+    return result.reset_index(drop=True)
+
+
+def score(output: np.ndarray, truth: pd.Series, target: TargetEncoder, path: Path) -> dict[str, Any]:
+    """Metrics of predictions against the true target column."""
+    y = target.encode(truth, path=path)
+    if target.kind == "classification":
+        return classification_metrics(y, output, target.classes)
+    return regression_metrics(y * target.scale + target.center, output)
+
+
+def _plots(run: RunDirectory, prefix: str, output: np.ndarray, truth: pd.Series, target: TargetEncoder, metrics: dict[str, Any], path: Path) -> list[str]:
+    from neurodl.report import plots
+
+    written = []
+    if target.kind == "classification":
+        y = target.encode(truth, path=path)
+        if len(np.unique(y)) > 1:
+            run.save_figure(f"{prefix}roc.png", plots.roc_curves(y, output, target.classes))
+            written.append(f"{prefix}roc.png")
+        run.save_figure(f"{prefix}confusion_matrix.png", plots.confusion_matrix_figure(metrics["confusion_matrix"], target.classes))
+        written.append(f"{prefix}confusion_matrix.png")
+    else:
+        run.save_figure(f"{prefix}predicted_vs_true.png", plots.predicted_vs_true(pd.to_numeric(truth).to_numpy(), output, label=target.column))
+        written.append(f"{prefix}predicted_vs_true.png")
+    return written
+
+
+def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
+    """Weights of a linear/logistic model, per standardised feature and in original units."""
+    if fitted.model_spec["hidden"]:
+        return None
+    layer = fitted.module.model.layers[-1]
+    weights = layer.weight.detach().cpu().numpy()
+    bias = layer.bias.detach().cpu().numpy()
+    names = fitted.features.feature_names
+    scales = np.asarray(fitted.features.scales + [1.0] * (len(names) - len(fitted.features.numeric)))
+    centers = np.asarray(fitted.features.centers + [0.0] * (len(names) - len(fitted.features.numeric)))
+    rows = []
+    outputs = (["value"] if fitted.target.kind == "regression" else [fitted.target.classes[1]]) if weights.shape[0] == 1 else fitted.target.classes
+    for k, output in enumerate(outputs):
+        w = weights[k]
+        y_scale = fitted.target.scale if fitted.target.kind == "regression" else 1.0
+        y_center = fitted.target.center if fitted.target.kind == "regression" else 0.0
+        raw = w / scales * y_scale
+        intercept = (bias[k] - float(np.sum(w * centers / scales))) * y_scale + y_center
+        rows += [{"output": output, "feature": n, "weight_standardised": float(ws), "weight": float(wr)} for n, ws, wr in zip(names, w, raw, strict=True)]
+        rows.append({"output": output, "feature": "(intercept)", "weight_standardised": float(bias[k]), "weight": float(intercept)})
+    return pd.DataFrame(rows)
+
+
+def _callbacks(console: Any, quiet: bool, description: str) -> list[Callback]:
+    return [] if quiet or console is None else [RichProgress(console, description)]
+
+
+def _run_fit(data: Prepared, options: BiomarkersOptions, train_rows: np.ndarray, val_rows: np.ndarray | None, *, run: RunDirectory, name: str, resume: bool, console: Any, quiet: bool, description: str, epochs: int | None = None) -> Fitted:
+    callbacks = _callbacks(console, quiet, description)
+    try:
+        return fit_rows(
+            data,
+            options,
+            train_rows,
+            val_rows,
+            checkpoint=run.file(f"checkpoints/{name}.safetensors"),
+            resume=resume,
+            callbacks=callbacks,
+            resume_hint=f"Continue with: neurodl biomarkers train --resume {run.path}",
+            epochs=epochs,
+        )
+    finally:
+        for cb in callbacks:
+            if isinstance(cb, RichProgress):
+                cb.close()
+
+
+def train(
+    table: Path | None,
+    options: BiomarkersOptions,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Any = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train on a table and write the run directory ``out``; return the summary.
+
+    Without ``--cv``: participants are split into training and validation sets
+    (``val_fraction``), early stopping and model selection use the validation
+    set, and the reported metrics are the validation metrics at the best epoch.
+
+    With ``--cv K``: K folds grouped by participant and stratified on the
+    target; in each fold an inner validation split of the training rows drives
+    early stopping, and the held-out fold gives out-of-fold predictions and the
+    reported metrics (mean ± std). The final model, used by ``predict``, is then
+    trained on every row for the median best epoch of the folds.
+    """
+    if resume:
+        run = RunDirectory.open(out, task=TASK)
+        saved = run.options
+        table = Path(saved.pop("table"))
+        digest = saved.pop("table_sha256", None)
+        options = from_dict(BiomarkersOptions, saved)
+        if not table.exists():
+            raise RunDirectoryError(f"{out}: the table it was trained on, {table}, no longer exists.", "Restore the file, or train a new run.")
+        if digest and _table_digest(table) != digest:
+            raise RunDirectoryError(f"{out}: {table} changed since this run started, so it cannot be resumed.", "Train a new run (--overwrite to replace this one).")
+    else:
+        if table is None:
+            raise DataError("no table given.", "Give the CSV/TSV to train on, or --resume RUN_DIR.")
+        data_preview = table.resolve()
+        run = RunDirectory.create(out, task=TASK, options={"table": str(data_preview), "table_sha256": _table_digest(table) if table.is_file() else None, **to_dict(options)}, overwrite=overwrite)
+    assert table is not None
+    data = prepare(table, options)
+    seed = options.train.seed
+    all_rows = np.arange(len(data.frame))
+    history: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {
+        "task": data.target.kind,
+        "target": options.target,
+        "features": FeatureEncoder.fit(data.frame, numeric=data.numeric, categorical=data.categorical).feature_names,
+        "rows": len(data.frame),
+        "participants": len(np.unique(data.groups)),
+        "classes": data.target.classes,
+        "model": _model_spec(options, 0, data.target)["name"],
+    }
+    splits: dict[str, Any] = {"group_column": data.group_column, "seed": seed}
+    if options.cv:
+        folds = kfold_by_participant(data.groups, data.strata, options.cv, seed)
+        oof = np.zeros((len(all_rows), len(data.target.classes))) if data.target.kind == "classification" else np.zeros(len(all_rows))
+        fold_metrics, best_epochs = [], []
+        splits["folds"] = []
+        for k, (train_rows, test_rows) in enumerate(folds, start=1):
+            inner_fit, inner_val = split_by_participant(data.groups[train_rows], data.strata[train_rows], options.val_fraction, seed + k)
+            fitted = _run_fit(data, options, train_rows[inner_fit], train_rows[inner_val], run=run, name=f"fold-{k}", resume=resume, console=console, quiet=quiet, description=f"fold {k}/{options.cv}")
+            x_test = fitted.features.transform(data.frame.iloc[test_rows], path=table)
+            oof[test_rows] = fitted.module.predict(x_test)
+            metrics = score(oof[test_rows], data.frame[options.target].iloc[test_rows], fitted.target, table)
+            metrics["best_epoch"] = fitted.result.best_epoch
+            fold_metrics.append(metrics)
+            best_epochs.append(fitted.result.best_epoch)
+            history += [{"fold": k, **r} for r in fitted.result.history]
+            splits["folds"].append({"fold": k, "test": sorted(set(data.groups[test_rows].tolist())), "validation": sorted(set(data.groups[train_rows[inner_val]].tolist()))})
+        final_epochs = int(np.median(best_epochs))
+        final = _run_fit(data, options, all_rows, None, run=run, name="final", resume=resume, console=console, quiet=quiet, description="final model (all rows)", epochs=final_epochs)
+        oof_metrics = score(oof, data.frame[options.target], data.target if data.target.kind == "classification" else final.target, table)
+        scalar_folds = [{k: v for k, v in m.items() if k != "confusion_matrix"} for m in fold_metrics]
+        metrics_payload = {
+            "evaluation": f"{options.cv}-fold cross-validation grouped by participant (out-of-fold predictions)",
+            "mean_std": summarize_folds(scalar_folds),
+            "folds": fold_metrics,
+            "out_of_fold": oof_metrics,
+            "final_model_epochs": final_epochs,
+        }
+        preds = prediction_frame(data.frame, oof, data.target if data.target.kind == "classification" else final.target, _id_columns(data.frame, data.group_column))
+        preds.insert(len(preds.columns) - (len(data.target.classes) + 1 if data.target.kind == "classification" else 1), options.target, data.frame[options.target].to_numpy())
+        run.write_csv("oof_predictions.csv", preds)
+        plot_files = _plots(run, "oof_", oof, data.frame[options.target], data.target, oof_metrics, table)
+        splits["training_participants"] = sorted(set(data.groups.tolist()))
+        summary["metrics"] = {k: v["mean"] for k, v in metrics_payload["mean_std"].items()}
+        summary["metrics_std"] = {k: v["std"] for k, v in metrics_payload["mean_std"].items()}
+        summary["evaluation"] = metrics_payload["evaluation"]
+    else:
+        train_rows, val_rows = split_by_participant(data.groups, data.strata, options.val_fraction, seed)
+        final = _run_fit(data, options, train_rows, val_rows, run=run, name="final", resume=resume, console=console, quiet=quiet, description="training")
+        x_val = final.features.transform(data.frame.iloc[val_rows], path=table)
+        output = final.module.predict(x_val)
+        val_metrics = score(output, data.frame[options.target].iloc[val_rows], final.target, table)
+        metrics_payload = {
+            "evaluation": f"validation split ({len(val_rows)} rows, {len(set(data.groups[val_rows]))} participants) used for early stopping and model selection",
+            "validation": val_metrics,
+            "best_epoch": final.result.best_epoch,
+        }
+        history = [dict(r) for r in final.result.history]
+        val_frame = data.frame.iloc[val_rows]
+        preds = prediction_frame(val_frame, output, final.target, _id_columns(data.frame, data.group_column))
+        preds.insert(len(_id_columns(data.frame, data.group_column)), options.target, val_frame[options.target].to_numpy())
+        run.write_csv("validation_predictions.csv", preds)
+        plot_files = _plots(run, "validation_", output, val_frame[options.target], final.target, val_metrics, table)
+        splits["train"] = sorted(set(data.groups[train_rows].tolist()))
+        splits["validation"] = sorted(set(data.groups[val_rows].tolist()))
+        splits["training_participants"] = sorted(set(data.groups.tolist()))
+        summary["metrics"] = {k: v for k, v in val_metrics.items() if k != "confusion_matrix"}
+        summary["evaluation"] = metrics_payload["evaluation"]
+
+    from neurodl.report import plots
+
+    run.write_json("preprocessing.json", {"features": final.features.to_dict(), "target": final.target.to_dict(), "model": final.model_spec, "group_column": data.group_column})
+    run.save_weights(final.module.model.state_dict())
+    run.write_json("splits.json", splits)
+    run.write_json("metrics.json", metrics_payload)
+    run.write_csv("history.csv", pd.DataFrame(history))
+    run.save_figure("learning_curves.png", plots.learning_curves(history, title=f"{options.target}: {final.model_spec['name']}"))
+    coefficients = _coefficients(final)
+    if coefficients is not None:
+        run.write_csv("coefficients.csv", coefficients)
+    summary["run"] = str(run.path)
+    summary["epochs"] = final.result.epochs_run
+    summary["plots"] = ["learning_curves.png", *plot_files]
+    return summary
+
+
+@dataclass
+class LoadedModel:
+    """A trained biomarkers model, ready to predict."""
+
+    run: RunDirectory
+    module: BiomarkersModule
+    features: FeatureEncoder
+    target: TargetEncoder
+    group_column: str | None
+
+
+def load(run_dir: Path) -> LoadedModel:
+    """Open a biomarkers run directory; tampered or foreign runs give a clear error."""
+    run = RunDirectory.open(run_dir, task=TASK)
+    prep = run.read_json("preprocessing.json")
+    try:
+        features = FeatureEncoder.from_dict(prep["features"])
+        target = TargetEncoder.from_dict(prep["target"])
+        spec = dict(prep["model"])
+        if not 0 < int(spec["in_features"]) <= 100_000 or not 0 < int(spec["out_features"]) <= 1000 or any(not 0 < int(h) <= 100_000 for h in spec["hidden"]):
+            raise ValueError("model sizes out of range")
+        model = _build(spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDirectoryError(f"{run_dir}: preprocessing.json is damaged ({exc}).", "Train the model again.") from exc
+    weights = run.load_weights()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise RunDirectoryError(f"{run_dir}: model.safetensors does not match the model described in preprocessing.json.", "The run was modified; train again.") from exc
+    return LoadedModel(run, BiomarkersModule(model, target), features, target, prep.get("group_column"))
+
+
+def predict(model: LoadedModel, table: Path) -> pd.DataFrame:
+    """Predictions for every row of ``table`` (id columns kept)."""
+    frame = read_table(table)
+    x = model.features.transform(frame, path=table)
+    return prediction_frame(frame, model.module.predict(x), model.target, _id_columns(frame, model.group_column))
+
+
+def evaluate(model: LoadedModel, table: Path, *, allow_overlap: bool = False) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
+    """Predict ``table`` and score it against its target column.
+
+    Returns predictions, metrics and warnings. Rows of participants the model
+    was trained on are refused unless ``allow_overlap`` (their scores would be optimistic).
+    """
+    frame = read_table(table)
+    target = model.target
+    require_columns(frame, [target.column], table)
+    warnings: list[str] = []
+    group = model.group_column
+    splits = model.run.read_json("splits.json") if model.run.exists("splits.json") else {}
+    trained = set(splits.get("training_participants", []))
+    if group and group in frame.columns and trained:
+        overlap = sorted(set(frame[group].map(label_text)) & trained)
+        if overlap and not allow_overlap:
+            shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
+            raise DataError(
+                f"{table}: {len(overlap)} participant(s) of this table were used to train the model ({shown}); their scores would be optimistic.",
+                "Evaluate on held-out participants (the run's cross-validation metrics are in metrics.json), or add --allow-overlap.",
+            )
+        if overlap:
+            warnings.append(f"{len(overlap)} participants were in the training data (--allow-overlap).")
+    elif trained:
+        warnings.append(f"no '{group}' column: cannot check that these rows were not used for training.")
+    x = model.features.transform(frame, path=table)
+    output = model.module.predict(x)
+    metrics = score(output, frame[target.column], target, table)
+    preds = prediction_frame(frame, output, target, _id_columns(frame, group))
+    preds.insert(len(_id_columns(frame, group)), target.column, frame[target.column].to_numpy())
+    metrics["rows"] = len(frame)
+    if not math.isfinite(float(metrics.get("roc_auc", 0.0) or 0.0)):
+        warnings.append("ROC AUC is undefined: the table holds a single class.")
+    return preds, metrics, warnings

@@ -1,0 +1,85 @@
+"""Metrics shared by tasks (scikit-learn underneath), as plain floats for JSON."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, sensitivity, specificity, F1, ROC AUC and the confusion matrix.
+
+    Args:
+        y_true: class indices.
+        proba: (n, K) class probabilities; for two classes column 1 is the positive class.
+        classes: class names, in column order.
+
+    Binary problems report sensitivity/specificity/F1 of the positive class;
+    multiclass problems report their macro averages and a one-vs-rest AUC.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+    y_true = np.asarray(y_true, dtype=int)
+    proba = np.asarray(proba, dtype=float)
+    k = len(classes)
+    y_pred = proba.argmax(axis=1)
+    labels = list(range(k))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.diag(cm) / cm.sum(axis=1)
+        negatives = cm.sum() - cm.sum(axis=1)
+        specificity = (negatives - (cm.sum(axis=0) - np.diag(cm))) / negatives
+    present = np.unique(y_true)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if len(present) < 2:
+            auc = math.nan
+        elif k == 2:
+            auc = float(roc_auc_score(y_true, proba[:, 1]))
+        elif len(present) == k:
+            auc = float(roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
+        else:
+            auc = math.nan
+        metrics: dict[str, Any] = {
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        }
+    if k == 2:
+        metrics["sensitivity"] = float(recall[1])
+        metrics["specificity"] = float(specificity[1])
+        metrics["f1"] = float(f1_score(y_true, y_pred, pos_label=1, zero_division=0))
+    else:
+        metrics["sensitivity"] = float(np.nanmean(recall))
+        metrics["specificity"] = float(np.nanmean(specificity))
+        metrics["f1"] = float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0))
+    metrics["roc_auc"] = auc
+    metrics["confusion_matrix"] = cm.tolist()
+    return metrics
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and R² in the target's own units."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    return {
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "rmse": float(math.sqrt(mean_squared_error(y_true, y_pred))),
+        "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan,
+    }
+
+
+def summarize_folds(folds: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation across folds of every scalar metric."""
+    summary: dict[str, dict[str, float]] = {}
+    for key in folds[0]:
+        values = [f[key] for f in folds if isinstance(f.get(key), int | float)]
+        if len(values) == len(folds):
+            arr = np.asarray(values, dtype=float)
+            summary[key] = {"mean": float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan, "std": float(np.nanstd(arr)) if np.isfinite(arr).any() else math.nan}
+    return summary
