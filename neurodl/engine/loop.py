@@ -224,7 +224,7 @@ def fit(
                     count += n
                     for cb in callbacks:
                         cb.on_step(epoch=epoch + 1, step=step + 1, loss=float(loss.detach()))
-                record: dict[str, float] = {"epoch": float(epoch + 1), "train_loss": total / max(count, 1)}
+                record: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
                 if val is not None:
                     record.update({f"val_{k}": float(v) for k, v in validate(task, val, device, options.precision).items()})
                 record["lr"] = float(optimizer.param_groups[0]["lr"])
