@@ -89,7 +89,10 @@ class BiomarkersOptions:
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
         if any(h <= 0 for h in self.hidden):
-            raise UsageError(f"--hidden sizes must be positive, not {','.join(map(str, self.hidden))}.", "Use e.g. --hidden 64,32, or --hidden none for linear/logistic regression.")
+            raise UsageError(
+                f"--hidden sizes must be positive, not {','.join(map(str, self.hidden))}.",
+                "Use e.g. --hidden 64,32, or --hidden none for linear/logistic regression.",
+            )
         if self.cv == 1 or self.cv < 0:
             raise UsageError(f"--cv must be 0 (no cross-validation) or at least 2, not {self.cv}.")
         if not 0 < self.val_fraction < 1:
@@ -120,7 +123,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml and json raise many types; all mean "unparsable"
-        raise UsageError(f"{path}: cannot be parsed ({exc}).", "Write the options as a YAML or JSON mapping.") from exc
+        raise UsageError(
+            f"{path}: cannot be parsed ({exc}).", "Write the options as a YAML or JSON mapping."
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -157,7 +162,10 @@ def build(cls: type[T], values: dict[str, Any], *, source: str = "options") -> T
         else:
             owner = next((name for name, names in sub_fields.items() if key in names), None)
             if owner is None:
-                known = sorted([k for k in fields if k not in nested] + [k for names in sub_fields.values() for k in names])
+                known = sorted(
+                    [k for k in fields if k not in nested]
+                    + [k for names in sub_fields.values() for k in names]
+                )
                 raise UsageError(f"{source}: unknown option '{key}'.", f"Known options: {', '.join(known)}.")
             sub[owner][key] = value
     for name, f in nested.items():

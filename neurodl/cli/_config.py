@@ -34,7 +34,10 @@ def parse_hidden(value: Any) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in parts)
     except ValueError as exc:
-        raise UsageError(f"--hidden '{value}' is not a list of layer sizes.", "Use e.g. --hidden 64,32, or --hidden none for linear/logistic regression.") from exc
+        raise UsageError(
+            f"--hidden '{value}' is not a list of layer sizes.",
+            "Use e.g. --hidden 64,32, or --hidden none for linear/logistic regression.",
+        ) from exc
 
 
 def parse_batch_size(value: Any) -> int:
@@ -47,9 +50,14 @@ def parse_batch_size(value: Any) -> int:
     try:
         size = int(text)
     except ValueError as exc:
-        raise UsageError(f"--batch-size '{value}' is not a number.", "Use a positive integer, or 'all' for full-batch gradient descent.") from exc
+        raise UsageError(
+            f"--batch-size '{value}' is not a number.",
+            "Use a positive integer, or 'all' for full-batch gradient descent.",
+        ) from exc
     if size <= 0:
-        raise UsageError(f"--batch-size must be positive, not {size}.", "Use 'all' for full-batch gradient descent.")
+        raise UsageError(
+            f"--batch-size must be positive, not {size}.", "Use 'all' for full-batch gradient descent."
+        )
     return size
 
 

@@ -12,19 +12,70 @@ _D = TrainOptions()
 _P = "Training"
 
 Epochs = Annotated[int, typer.Option("--epochs", help="Maximum number of epochs.", rich_help_panel=_P)]
-BatchSize = Annotated[str, typer.Option("--batch-size", help="Rows per step; 1 = stochastic, 'all' = full-batch gradient descent.", rich_help_panel=_P)]
-Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd, adam, adamw, adadelta, adagrad or rmsprop.", rich_help_panel=_P)]
-LearningRate = Annotated[float, typer.Option("--lr", help="Learning rate (step size of gradient descent).", rich_help_panel=_P)]
+BatchSize = Annotated[
+    str,
+    typer.Option(
+        "--batch-size",
+        help="Rows per step; 1 = stochastic, 'all' = full-batch gradient descent.",
+        rich_help_panel=_P,
+    ),
+]
+Optimizer = Annotated[
+    str,
+    typer.Option("--optimizer", help="sgd, adam, adamw, adadelta, adagrad or rmsprop.", rich_help_panel=_P),
+]
+LearningRate = Annotated[
+    float, typer.Option("--lr", help="Learning rate (step size of gradient descent).", rich_help_panel=_P)
+]
 Momentum = Annotated[float, typer.Option("--momentum", help="Momentum (sgd, rmsprop).", rich_help_panel=_P)]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", help="L2 penalty on the weights.", rich_help_panel=_P)]
-Scheduler = Annotated[str, typer.Option("--scheduler", help="Learning-rate schedule: none, plateau or cosine.", rich_help_panel=_P)]
-GradClip = Annotated[float, typer.Option("--grad-clip", help="Clip the gradient norm to this value (0: off).", rich_help_panel=_P)]
-Patience = Annotated[int, typer.Option("--patience", help="Early stopping: epochs without improvement before stopping (0: off).", rich_help_panel=_P)]
-MinDelta = Annotated[float, typer.Option("--min-delta", help="Early stopping: smallest change that counts as an improvement.", rich_help_panel=_P)]
-Monitor = Annotated[str, typer.Option("--monitor", help="Validation metric for early stopping and model selection (auto: val_loss).", rich_help_panel=_P)]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (splits, initialisation, shuffling, dropout).", rich_help_panel=_P)]
-Deterministic = Annotated[bool, typer.Option("--deterministic", help="Use deterministic kernels (slower on GPU).", rich_help_panel=_P)]
+WeightDecay = Annotated[
+    float, typer.Option("--weight-decay", help="L2 penalty on the weights.", rich_help_panel=_P)
+]
+Scheduler = Annotated[
+    str,
+    typer.Option("--scheduler", help="Learning-rate schedule: none, plateau or cosine.", rich_help_panel=_P),
+]
+GradClip = Annotated[
+    float,
+    typer.Option("--grad-clip", help="Clip the gradient norm to this value (0: off).", rich_help_panel=_P),
+]
+Patience = Annotated[
+    int,
+    typer.Option(
+        "--patience",
+        help="Early stopping: epochs without improvement before stopping (0: off).",
+        rich_help_panel=_P,
+    ),
+]
+MinDelta = Annotated[
+    float,
+    typer.Option(
+        "--min-delta",
+        help="Early stopping: smallest change that counts as an improvement.",
+        rich_help_panel=_P,
+    ),
+]
+Monitor = Annotated[
+    str,
+    typer.Option(
+        "--monitor",
+        help="Validation metric for early stopping and model selection (auto: val_loss).",
+        rich_help_panel=_P,
+    ),
+]
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Random seed (splits, initialisation, shuffling, dropout).", rich_help_panel=_P
+    ),
+]
+Deterministic = Annotated[
+    bool,
+    typer.Option("--deterministic", help="Use deterministic kernels (slower on GPU).", rich_help_panel=_P),
+]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=_P)]
-Precision = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).", rich_help_panel=_P)]
+Precision = Annotated[
+    str, typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).", rich_help_panel=_P)
+]
 
 DEFAULTS = _D

@@ -20,7 +20,10 @@ app = typer.Typer(
 
 _D = BiomarkersOptions()
 _M = "Model"
-Table = Annotated[Path, typer.Argument(help="CSV or TSV table, one row per subject (e.g. participants.tsv).", dir_okay=False)]
+Table = Annotated[
+    Path,
+    typer.Argument(help="CSV or TSV table, one row per subject (e.g. participants.tsv).", dir_okay=False),
+]
 
 
 def _format_metric(value: Any, std: Any = None) -> str:
@@ -33,20 +36,86 @@ def _format_metric(value: Any, std: Any = None) -> str:
 @app.command("train")
 def train(
     ctx: typer.Context,
-    table: Annotated[Path | None, typer.Argument(help="CSV or TSV table, one row per subject (e.g. participants.tsv). Not needed with --resume.", dir_okay=False)] = None,
-    target: Annotated[str, typer.Option("--target", "-t", help="Column to predict (e.g. diagnosis, severity).")] = _D.target,
-    features: Annotated[list[str] | None, typer.Option("--features", "-f", help="Feature columns, comma-separated or repeated (default: every numeric column except ids and the target).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Columns never used as features.")] = None,
-    task: Annotated[str, typer.Option("--task", help="auto, classification or regression (auto: strings or few integer levels = classification).")] = _D.task,
-    hidden: Annotated[str, typer.Option("--hidden", help="Hidden layer sizes, e.g. 64,32; 'none' = logistic (classification) or linear (regression) regression.", rich_help_panel=_M)] = "64,32",
-    activation: Annotated[str, typer.Option("--activation", help="relu, tanh or sigmoid.", rich_help_panel=_M)] = _D.activation,
-    dropout: Annotated[float, typer.Option("--dropout", help="Dropout probability after each hidden layer.", rich_help_panel=_M)] = _D.dropout,
-    class_weight: Annotated[str, typer.Option("--class-weight", help="none or balanced (weigh rare classes up).", rich_help_panel=_M)] = _D.class_weight,
-    positive: Annotated[str, typer.Option("--positive", help="Positive class of a binary target (default: the one that is not CN/HC/control/0).")] = _D.positive,
-    impute: Annotated[str, typer.Option("--impute", help="Fill missing feature values: none (error), median or mean (fitted on training rows).")] = _D.impute,
-    cv: Annotated[int, typer.Option("--cv", help="K-fold cross-validation grouped by participant (0: one train/validation split).")] = _D.cv,
-    group: Annotated[str, typer.Option("--group", help="Participant column for grouped splits (auto: participant_id when present; none: each row).")] = _D.group,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of participants held out for validation / early stopping.")] = _D.val_fraction,
+    table: Annotated[
+        Path | None,
+        typer.Argument(
+            help="CSV or TSV table, one row per subject (e.g. participants.tsv). Not needed with --resume.",
+            dir_okay=False,
+        ),
+    ] = None,
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="Column to predict (e.g. diagnosis, severity).")
+    ] = _D.target,
+    features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--features",
+            "-f",
+            help="Feature columns, comma-separated or repeated (default: every numeric column except ids and the target).",
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Columns never used as features.")
+    ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="auto, classification or regression (auto: strings or few integer levels = classification).",
+        ),
+    ] = _D.task,
+    hidden: Annotated[
+        str,
+        typer.Option(
+            "--hidden",
+            help="Hidden layer sizes, e.g. 64,32; 'none' = logistic (classification) or linear (regression) regression.",
+            rich_help_panel=_M,
+        ),
+    ] = "64,32",
+    activation: Annotated[
+        str, typer.Option("--activation", help="relu, tanh or sigmoid.", rich_help_panel=_M)
+    ] = _D.activation,
+    dropout: Annotated[
+        float,
+        typer.Option("--dropout", help="Dropout probability after each hidden layer.", rich_help_panel=_M),
+    ] = _D.dropout,
+    class_weight: Annotated[
+        str,
+        typer.Option("--class-weight", help="none or balanced (weigh rare classes up).", rich_help_panel=_M),
+    ] = _D.class_weight,
+    positive: Annotated[
+        str,
+        typer.Option(
+            "--positive",
+            help="Positive class of a binary target (default: the one that is not CN/HC/control/0).",
+        ),
+    ] = _D.positive,
+    impute: Annotated[
+        str,
+        typer.Option(
+            "--impute",
+            help="Fill missing feature values: none (error), median or mean (fitted on training rows).",
+        ),
+    ] = _D.impute,
+    cv: Annotated[
+        int,
+        typer.Option(
+            "--cv", help="K-fold cross-validation grouped by participant (0: one train/validation split)."
+        ),
+    ] = _D.cv,
+    group: Annotated[
+        str,
+        typer.Option(
+            "--group",
+            help="Participant column for grouped splits (auto: participant_id when present; none: each row).",
+        ),
+    ] = _D.group,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction", help="Share of participants held out for validation / early stopping."
+        ),
+    ] = _D.val_fraction,
     epochs: T.Epochs = T.DEFAULTS.epochs,
     batch_size: T.BatchSize = str(T.DEFAULTS.batch_size),
     optimizer: T.Optimizer = T.DEFAULTS.optimizer,
@@ -62,10 +131,19 @@ def train(
     deterministic: T.Deterministic = T.DEFAULTS.deterministic,
     device: T.Device = T.DEFAULTS.device,
     precision: T.Precision = T.DEFAULTS.precision,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/biomarkers"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path(
+        "runs/biomarkers"
+    ),
     config: ConfigOption = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out (its saved options and table are used).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the interrupted run in --out (its saved options and table are used)."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
+    ] = False,
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -76,17 +154,34 @@ def train(
     from neurodl.tasks import biomarkers  # heavy (torch, pandas): only when the command runs
 
     values = dict(locals())
-    for name in ("ctx", "table", "out", "config", "resume", "overwrite", "quiet", "json_output", "biomarkers"):
+    for name in (
+        "ctx",
+        "table",
+        "out",
+        "config",
+        "resume",
+        "overwrite",
+        "quiet",
+        "json_output",
+        "biomarkers",
+    ):
         values.pop(name, None)
     options = resolve_options(
         BiomarkersOptions,
         ctx,
         values,
         config_file=config,
-        converters={"features": split_list, "exclude": split_list, "hidden": parse_hidden, "batch_size": parse_batch_size},
+        converters={
+            "features": split_list,
+            "exclude": split_list,
+            "hidden": parse_hidden,
+            "batch_size": parse_batch_size,
+        },
     )
     console = err_console()
-    summary = biomarkers.train(table, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet)
+    summary = biomarkers.train(
+        table, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet
+    )
     if json_output:
         print_json(summary)
     if not quiet:
@@ -105,9 +200,13 @@ def _render_summary(console: Any, summary: dict[str, Any]) -> None:
             continue
         table.add_row(key, _format_metric(value, stds.get(key)))
     console.print(table)
-    console.print(f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}")
+    console.print(
+        f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}"
+    )
     console.print(f"Evaluation: {summary['evaluation']}")
-    console.print(f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epochs for the final model).")
+    console.print(
+        f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epochs for the final model)."
+    )
 
 
 def _check_output(output: Path | None, inputs: list[Path], overwrite: bool) -> None:
@@ -116,7 +215,10 @@ def _check_output(output: Path | None, inputs: list[Path], overwrite: bool) -> N
     if output is None:
         return
     if any(output.resolve() == p.resolve() for p in inputs):
-        raise OutputError(f"{output}: is also an input; neurodl never overwrites its inputs.", "Choose another -o/--output path.")
+        raise OutputError(
+            f"{output}: is also an input; neurodl never overwrites its inputs.",
+            "Choose another -o/--output path.",
+        )
     if output.exists() and not overwrite:
         raise OutputError(f"{output}: already exists.", "Choose another path, or add --overwrite.")
 
@@ -125,7 +227,9 @@ def _check_output(output: Path | None, inputs: list[Path], overwrite: bool) -> N
 def predict(
     model: ModelDirOption,
     table: Table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)
+    ] = None,
     overwrite: OverwriteFlag = False,
 ) -> None:
     """Predict every row of a table: id columns, the predicted class and one probability per class (or the value).
@@ -152,8 +256,19 @@ def predict(
 def evaluate(
     model: ModelDirOption,
     table: Table,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for predictions.csv, metrics.json and plots (ROC, confusion matrix).", file_okay=False)] = None,
-    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic).")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for predictions.csv, metrics.json and plots (ROC, confusion matrix).",
+            file_okay=False,
+        ),
+    ] = None,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
+    ] = False,
     overwrite: OverwriteFlag = False,
     json_output: JsonFlag = False,
 ) -> None:

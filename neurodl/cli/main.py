@@ -66,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     console = err_console()
     try:
-        result = typer.main.get_command(app).main(
-            args=args, prog_name="neurodl", standalone_mode=False
-        )
+        result = typer.main.get_command(app).main(args=args, prog_name="neurodl", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

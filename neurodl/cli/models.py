@@ -11,7 +11,9 @@ from neurodl.cli._options import JsonFlag
 
 
 def models(
-    task: Annotated[str | None, typer.Argument(help="Only the models of this task (e.g. biomarkers).")] = None,
+    task: Annotated[
+        str | None, typer.Argument(help="Only the models of this task (e.g. biomarkers).")
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """List the models each task can train (the names --model accepts)."""

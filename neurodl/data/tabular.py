@@ -20,8 +20,31 @@ from neurodl.io.manifest import format_rows, require_columns
 
 MAX_LEVELS = 20
 MAX_AUTO_CLASSES = 5
-_ID_NAMES = {"participant_id", "session_id", "subject_id", "subject", "session", "id", "rid", "ptid", "subject_key"}
-_CONTROL_NAMES = {"cn", "hc", "nc", "control", "controls", "healthy", "normal", "0", "no", "false", "negative", "neg"}
+_ID_NAMES = {
+    "participant_id",
+    "session_id",
+    "subject_id",
+    "subject",
+    "session",
+    "id",
+    "rid",
+    "ptid",
+    "subject_key",
+}
+_CONTROL_NAMES = {
+    "cn",
+    "hc",
+    "nc",
+    "control",
+    "controls",
+    "healthy",
+    "normal",
+    "0",
+    "no",
+    "false",
+    "negative",
+    "neg",
+}
 
 
 def is_id_column(name: str) -> bool:
@@ -41,7 +64,11 @@ def label_text(value: Any) -> str:
 
 def _non_numeric_rows(column: pd.Series) -> list[int]:
     converted = pd.to_numeric(column, errors="coerce")
-    return [i for i, (raw, num) in enumerate(zip(column, converted, strict=True)) if pd.notna(raw) and pd.isna(num)]
+    return [
+        i
+        for i, (raw, num) in enumerate(zip(column, converted, strict=True))
+        if pd.notna(raw) and pd.isna(num)
+    ]
 
 
 def select_features(
@@ -66,7 +93,9 @@ def select_features(
     if features:
         for name in features:
             if name == target:
-                raise ManifestError(f"{path}: '{name}' is both the target and a feature.", "Remove it from --features.")
+                raise ManifestError(
+                    f"{path}: '{name}' is both the target and a feature.", "Remove it from --features."
+                )
             bad = _non_numeric_rows(frame[name])
             if not bad:
                 numeric.append(name)
@@ -85,9 +114,9 @@ def select_features(
         for name in frame.columns:
             if name in skip or is_id_column(name):
                 continue
-            if pd.api.types.is_bool_dtype(frame[name]) or not _non_numeric_rows(frame[name]):
-                if frame[name].notna().any():
-                    numeric.append(name)
+            is_number = pd.api.types.is_bool_dtype(frame[name]) or not _non_numeric_rows(frame[name])
+            if is_number and frame[name].notna().any():
+                numeric.append(name)
         if not numeric:
             raise ManifestError(
                 f"{path}: no numeric feature column besides the target '{target}'. Columns: {', '.join(map(str, frame.columns))}.",
@@ -114,12 +143,16 @@ class FeatureEncoder:
     levels: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, *, numeric: Sequence[str], categorical: Sequence[str], impute: str = "none") -> FeatureEncoder:
+    def fit(
+        cls, frame: pd.DataFrame, *, numeric: Sequence[str], categorical: Sequence[str], impute: str = "none"
+    ) -> FeatureEncoder:
         values = frame[list(numeric)].apply(pd.to_numeric, errors="coerce").astype(float)
         fill = values.median() if impute == "median" else values.mean()
         filled = values.fillna(fill)
         scales = filled.std(ddof=0).replace(0.0, 1.0).fillna(1.0)
-        levels = {name: sorted(frame[name].dropna().map(label_text).unique().tolist()) for name in categorical}
+        levels = {
+            name: sorted(frame[name].dropna().map(label_text).unique().tolist()) for name in categorical
+        }
         return cls(
             numeric=list(numeric),
             categorical=list(categorical),
@@ -145,7 +178,9 @@ class FeatureEncoder:
                     f"{path}: column '{name}' has non-numeric values in rows {format_rows(bad)} (e.g. '{frame[name].iloc[bad[0]]}').",
                     "Fix those cells; write missing values as empty or n/a.",
                 )
-        row_missing = values.isna().any(axis=1).to_numpy() | frame[self.categorical].isna().any(axis=1).to_numpy()
+        row_missing = (
+            values.isna().any(axis=1).to_numpy() | frame[self.categorical].isna().any(axis=1).to_numpy()
+        )
         missing_rows = np.flatnonzero(row_missing).tolist()
         if missing_rows and self.impute == "none":
             columns = sorted({c for c in self.numeric + self.categorical if frame[c].isna().any()})
@@ -161,7 +196,9 @@ class FeatureEncoder:
         blocks = [numeric]
         for name in self.categorical:
             text = frame[name].map(lambda v: label_text(v) if pd.notna(v) else None)
-            blocks.append(np.stack([(text == level).to_numpy(dtype=float) for level in self.levels[name]], axis=1))
+            blocks.append(
+                np.stack([(text == level).to_numpy(dtype=float) for level in self.levels[name]], axis=1)
+            )
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,7 +223,9 @@ class TargetEncoder:
     scale: float = 1.0
 
     @classmethod
-    def fit(cls, column: pd.Series, *, name: str, kind: str, positive: str, path: str | Path) -> TargetEncoder:
+    def fit(
+        cls, column: pd.Series, *, name: str, kind: str, positive: str, path: str | Path
+    ) -> TargetEncoder:
         missing = [i for i, v in enumerate(column) if pd.isna(v)]
         if missing:
             raise DataError(
@@ -196,7 +235,11 @@ class TargetEncoder:
         is_numeric = not _non_numeric_rows(column)
         if kind == "auto":
             numbers = pd.to_numeric(column, errors="coerce") if is_numeric else None
-            few_integers = numbers is not None and bool(np.all(np.mod(numbers, 1) == 0)) and numbers.nunique() <= MAX_AUTO_CLASSES
+            few_integers = (
+                numbers is not None
+                and bool(np.all(np.mod(numbers, 1) == 0))
+                and numbers.nunique() <= MAX_AUTO_CLASSES
+            )
             kind = "classification" if not is_numeric or few_integers else "regression"
         if kind == "regression":
             if not is_numeric:
@@ -224,7 +267,9 @@ class TargetEncoder:
         if len(classes) == 2:
             if positive:
                 if positive not in classes:
-                    raise DataError(f"--positive '{positive}' is not a class of '{name}' (classes: {', '.join(classes)}).")
+                    raise DataError(
+                        f"--positive '{positive}' is not a class of '{name}' (classes: {', '.join(classes)})."
+                    )
                 negative = classes[0] if classes[1] == positive else classes[1]
                 classes = [negative, positive]
             elif classes[1].lower() in _CONTROL_NAMES and classes[0].lower() not in _CONTROL_NAMES:
@@ -242,8 +287,13 @@ class TargetEncoder:
             bad = _non_numeric_rows(column)
             if bad or column.isna().any():
                 rows = bad or [i for i, v in enumerate(column) if pd.isna(v)]
-                raise DataError(f"{path}: target '{self.column}' is missing or not numeric in rows {format_rows(rows)}.", "Fix or remove those rows.")
-            return np.array((pd.to_numeric(column).astype(float).to_numpy() - self.center) / self.scale, dtype=np.float32)
+                raise DataError(
+                    f"{path}: target '{self.column}' is missing or not numeric in rows {format_rows(rows)}.",
+                    "Fix or remove those rows.",
+                )
+            return np.array(
+                (pd.to_numeric(column).astype(float).to_numpy() - self.center) / self.scale, dtype=np.float32
+            )
         labels = column.map(lambda v: label_text(v) if pd.notna(v) else None)
         unknown = [i for i, v in enumerate(labels) if v not in self.classes]
         if unknown:

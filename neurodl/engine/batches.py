@@ -21,7 +21,9 @@ class TensorBatches:
         >>> for x, t in batches: ...
     """
 
-    def __init__(self, *tensors: torch.Tensor, batch_size: int = 32, shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, *tensors: torch.Tensor, batch_size: int = 32, shuffle: bool = False, seed: int = 0
+    ) -> None:
         if not tensors:
             raise ValueError("at least one tensor is needed")
         n = tensors[0].shape[0]
@@ -40,7 +42,12 @@ class TensorBatches:
 
     def to(self, device: torch.device) -> TensorBatches:
         """Move the tensors once, so batches are sliced on the device."""
-        moved = TensorBatches(*(t.to(device) for t in self.tensors), batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed)
+        moved = TensorBatches(
+            *(t.to(device) for t in self.tensors),
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+        )
         moved.epoch = self.epoch
         return moved
 

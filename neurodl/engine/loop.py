@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -68,7 +68,7 @@ class FitResult:
         return self.history[self.best_epoch - 1] if self.history else {}
 
 
-def monitor_mode(name: str) -> str:
+def monitor_mode(name: str) -> Literal["min", "max"]:
     """``min`` for losses and errors, ``max`` for scores."""
     lowered = name.lower()
     return "min" if any(k in lowered for k in ("loss", "mae", "mse", "rmse", "error", "hausdorff")) else "max"
@@ -85,7 +85,13 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _batch_size(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, list | tuple) else next(iter(batch.values())) if isinstance(batch, dict) else batch
+    first = (
+        batch[0]
+        if isinstance(batch, list | tuple)
+        else next(iter(batch.values()))
+        if isinstance(batch, dict)
+        else batch
+    )
     return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
 
 
@@ -107,7 +113,12 @@ def validate(task: Task, batches: Iterable[Any], device: torch.device, precision
         for batch in batches:
             out = task.validation_step(_to_device(batch, device))
             for key, value in out.items():
-                collected.setdefault(key, []).append(value.detach().float().cpu().reshape(value.shape[0] if value.ndim else 1, *value.shape[1:]))
+                collected.setdefault(key, []).append(
+                    value.detach()
+                    .float()
+                    .cpu()
+                    .reshape(value.shape[0] if value.ndim else 1, *value.shape[1:])
+                )
     outputs = {k: torch.cat(v) for k, v in collected.items()}
     return task.validation_metrics(outputs)
 
@@ -140,7 +151,11 @@ def fit(
         train = train.to(device)
     if val is not None and hasattr(val, "to"):
         val = val.to(device)
-    monitor = options.monitor if options.monitor != "auto" else (task.default_monitor if val is not None else "train_loss")
+    monitor = (
+        options.monitor
+        if options.monitor != "auto"
+        else (task.default_monitor if val is not None else "train_loss")
+    )
     if val is None and monitor != "train_loss":
         monitor = "train_loss"
     mode = monitor_mode(monitor)
@@ -189,7 +204,7 @@ def fit(
             checkpoint,
         )
 
-    steps = len(train) if hasattr(train, "__len__") else 0
+    steps = len(train) if isinstance(train, Sized) else 0
     for cb in callbacks:
         cb.on_fit_start(epochs=options.epochs, steps=steps, start_epoch=start)
     epoch = start
@@ -226,12 +241,20 @@ def fit(
                         cb.on_step(epoch=epoch + 1, step=step + 1, loss=float(loss.detach()))
                 record: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
                 if val is not None:
-                    record.update({f"val_{k}": float(v) for k, v in validate(task, val, device, options.precision).items()})
+                    record.update(
+                        {
+                            f"val_{k}": float(v)
+                            for k, v in validate(task, val, device, options.precision).items()
+                        }
+                    )
                 record["lr"] = float(optimizer.param_groups[0]["lr"])
                 record["seconds"] = time.perf_counter() - tic
                 if monitor not in record:
                     known = ", ".join(k for k in record if k.startswith("val_"))
-                    raise UsageError(f"--monitor '{monitor}' is not a metric of this task.", f"Use one of: {known or 'train_loss'}.")
+                    raise UsageError(
+                        f"--monitor '{monitor}' is not a metric of this task.",
+                        f"Use one of: {known or 'train_loss'}.",
+                    )
                 value = record[monitor]
                 if scheduler is not None:
                     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -239,7 +262,9 @@ def fit(
                     else:
                         scheduler.step()
                 improved = math.isnan(result.best_value) or (
-                    value < result.best_value - options.min_delta if mode == "min" else value > result.best_value + options.min_delta
+                    value < result.best_value - options.min_delta
+                    if mode == "min"
+                    else value > result.best_value + options.min_delta
                 )
                 result.history.append(record)
                 if improved:
@@ -255,7 +280,11 @@ def fit(
                 if result.stopped_early:
                     break
     except KeyboardInterrupt as exc:
-        saved = f"; epochs 1-{len(result.history)} are saved in {checkpoint}" if checkpoint is not None and result.history else ""
+        saved = (
+            f"; epochs 1-{len(result.history)} are saved in {checkpoint}"
+            if checkpoint is not None and result.history
+            else ""
+        )
         raise Interrupted(f"training stopped during epoch {epoch + 1}{saved}.", resume_hint or None) from exc
     if val is not None:
         model.load_state_dict(best_state)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -11,7 +11,9 @@ from neurodl.config import TrainOptions
 from neurodl.errors import UsageError
 
 
-def build_optimizer(params: Iterable[Any], options: TrainOptions, lr: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[Any], options: TrainOptions, lr: float | None = None
+) -> torch.optim.Optimizer:
     """The optimiser named by ``options.optimizer`` (sgd, adam, adamw, adadelta, adagrad, rmsprop)."""
     lr = options.lr if lr is None else lr
     wd = options.weight_decay
@@ -28,10 +30,14 @@ def build_optimizer(params: Iterable[Any], options: TrainOptions, lr: float | No
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=options.momentum, weight_decay=wd)
-    raise UsageError(f"--optimizer '{name}' is unknown.", "Use sgd, adam, adamw, adadelta, adagrad or rmsprop.")
+    raise UsageError(
+        f"--optimizer '{name}' is unknown.", "Use sgd, adam, adamw, adadelta, adagrad or rmsprop."
+    )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions, mode: str = "min") -> Any:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, options: TrainOptions, mode: Literal["min", "max"] = "min"
+) -> Any:
     """The learning-rate schedule named by ``options.scheduler`` (none, plateau, cosine)."""
     if options.scheduler == "plateau":
         patience = max(1, options.patience // 3) if options.patience else 5

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from neurodl.engine.loop import Callback, FitResult
 
@@ -39,7 +46,9 @@ class RichProgress(Callback):
             transient=True,
         )
         self.progress.start()
-        self.epoch_task = self.progress.add_task(f"{self.description} epochs", total=epochs, completed=start_epoch, info="")
+        self.epoch_task = self.progress.add_task(
+            f"{self.description} epochs", total=epochs, completed=start_epoch, info=""
+        )
         if steps > 1:
             self.step_task = self.progress.add_task("  steps", total=steps, info="")
 

@@ -23,11 +23,20 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise UsageError(f"--device '{name}' is not a device name.", "Use auto, cpu, cuda, cuda:N or mps.") from exc
+        raise UsageError(
+            f"--device '{name}' is not a device name.", "Use auto, cpu, cuda, cuda:N or mps."
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but PyTorch sees no CUDA GPU.", "Use --device cpu (or auto), or install a CUDA build of PyTorch.")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for, but MPS is not available.", "Use --device cpu (or auto).")
+        raise UsageError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU.",
+            "Use --device cpu (or auto), or install a CUDA build of PyTorch.",
+        )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise UsageError(
+            "--device mps was asked for, but MPS is not available.", "Use --device cpu (or auto)."
+        )
     return device
 
 

@@ -8,6 +8,7 @@ plots as PNG and ``checkpoints/``. Every write is atomic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -47,7 +48,10 @@ def _clean(value: Any) -> Any:
 
 def dumps_json(payload: Any) -> str:
     """Serialise to indented, strict JSON (NaN becomes null; numpy values become lists)."""
-    return json.dumps(_clean(json.loads(json.dumps(payload, default=_json_default))), indent=2, allow_nan=False) + "\n"
+    return (
+        json.dumps(_clean(json.loads(json.dumps(payload, default=_json_default))), indent=2, allow_nan=False)
+        + "\n"
+    )
 
 
 def environment() -> dict[str, str]:
@@ -56,10 +60,8 @@ def environment() -> dict[str, str]:
 
     versions = {"neurodl": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for package in ("torch", "monai", "nibabel", "numpy", "pandas", "scikit-learn"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -110,7 +112,10 @@ class RunDirectory:
                 f"Choose another --out, add --overwrite to replace it, or --resume {path} to continue it.",
             )
         if path.is_dir() and not existing.exists() and any(path.iterdir()) and not overwrite:
-            raise RunDirectoryError(f"{path}: exists, is not empty and is not a run directory.", "Choose a new or empty folder for --out.")
+            raise RunDirectoryError(
+                f"{path}: exists, is not empty and is not a run directory.",
+                "Choose a new or empty folder for --out.",
+            )
         path.mkdir(parents=True, exist_ok=True)
         config = {
             "neurodl_format": FORMAT_VERSION,
@@ -128,18 +133,30 @@ class RunDirectory:
         """Open an existing run directory, refusing one from another task or a newer neurodl."""
         path = Path(path)
         if not path.exists():
-            raise RunDirectoryError(f"{path}: run directory does not exist.", "Give the --out folder of a `train` command.")
+            raise RunDirectoryError(
+                f"{path}: run directory does not exist.", "Give the --out folder of a `train` command."
+            )
         if not path.is_dir():
-            raise RunDirectoryError(f"{path}: is a file, not a run directory.", "Give the --out folder of a `train` command.")
+            raise RunDirectoryError(
+                f"{path}: is a file, not a run directory.", "Give the --out folder of a `train` command."
+            )
         config_path = path / CONFIG_FILE
         if not config_path.exists():
-            raise RunDirectoryError(f"{path}: not a neurodl run directory (no {CONFIG_FILE}).", "Give the --out folder of a `train` command.")
+            raise RunDirectoryError(
+                f"{path}: not a neurodl run directory (no {CONFIG_FILE}).",
+                "Give the --out folder of a `train` command.",
+            )
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirectoryError(f"{config_path}: is not valid JSON ({exc}).", "The run directory is damaged; train again.") from exc
+            raise RunDirectoryError(
+                f"{config_path}: is not valid JSON ({exc}).", "The run directory is damaged; train again."
+            ) from exc
         if not isinstance(config, dict) or "task" not in config or "neurodl_format" not in config:
-            raise RunDirectoryError(f"{config_path}: lacks 'task' or 'neurodl_format'.", "The run directory is damaged; train again.")
+            raise RunDirectoryError(
+                f"{config_path}: lacks 'task' or 'neurodl_format'.",
+                "The run directory is damaged; train again.",
+            )
         version = config["neurodl_format"]
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise RunDirectoryError(
@@ -165,7 +182,10 @@ class RunDirectory:
         candidate = (self.path / name).resolve()
         root = self.path.resolve()
         if candidate != root and root not in candidate.parents:
-            raise RunDirectoryError(f"{self.path}: refers to '{name}', which lies outside the run directory.", "The run directory was tampered with; train again.")
+            raise RunDirectoryError(
+                f"{self.path}: refers to '{name}', which lies outside the run directory.",
+                "The run directory was tampered with; train again.",
+            )
         return candidate
 
     def exists(self, name: str) -> bool:
@@ -177,11 +197,16 @@ class RunDirectory:
     def read_json(self, name: str) -> Any:
         path = self.file(name)
         if not path.exists():
-            raise RunDirectoryError(f"{self.path}: {name} is missing.", "The run is incomplete (did training finish?); train again or --resume it.")
+            raise RunDirectoryError(
+                f"{self.path}: {name} is missing.",
+                "The run is incomplete (did training finish?); train again or --resume it.",
+            )
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirectoryError(f"{path}: is not valid JSON ({exc}).", "The run directory is damaged; train again.") from exc
+            raise RunDirectoryError(
+                f"{path}: is not valid JSON ({exc}).", "The run directory is damaged; train again."
+            ) from exc
 
     def write_text(self, name: str, text: str) -> Path:
         return write_text_atomic(self.file(name), text)
@@ -209,7 +234,9 @@ class RunDirectory:
 
         clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         with atomic_output(self.file(name)) as tmp:
-            save_file(clean, str(tmp), metadata={"neurodl_task": self.task, "neurodl_format": str(FORMAT_VERSION)})
+            save_file(
+                clean, str(tmp), metadata={"neurodl_task": self.task, "neurodl_format": str(FORMAT_VERSION)}
+            )
         return self.file(name)
 
     def load_weights(self, name: str = WEIGHTS_FILE) -> dict[str, Any]:
@@ -219,8 +246,14 @@ class RunDirectory:
 
         path = self.file(name)
         if not path.exists():
-            raise RunDirectoryError(f"{self.path}: {name} is missing.", "The run is incomplete (did training finish?); train again or --resume it.")
+            raise RunDirectoryError(
+                f"{self.path}: {name} is missing.",
+                "The run is incomplete (did training finish?); train again or --resume it.",
+            )
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise RunDirectoryError(f"{path}: cannot be read as safetensors ({exc}).", "The weights file is damaged or was tampered with; train again.") from exc
+            raise RunDirectoryError(
+                f"{path}: cannot be read as safetensors ({exc}).",
+                "The weights file is damaged or was tampered with; train again.",
+            ) from exc

@@ -73,7 +73,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
         skeleton = json.loads(metadata[_SKELETON_KEY])
         state = _unflatten(skeleton, tensors)
     except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise RunDirectoryError(f"{path}: checkpoint is damaged ({exc}).", "Delete it and train again without --resume.") from exc
+        raise RunDirectoryError(
+            f"{path}: checkpoint is damaged ({exc}).", "Delete it and train again without --resume."
+        ) from exc
     if not isinstance(state, dict):
-        raise RunDirectoryError(f"{path}: checkpoint is damaged (not a mapping).", "Delete it and train again without --resume.")
+        raise RunDirectoryError(
+            f"{path}: checkpoint is damaged (not a mapping).", "Delete it and train again without --resume."
+        )
     return state

@@ -22,7 +22,9 @@ class ModelEntry:
 _REGISTRY: dict[tuple[str, str], ModelEntry] = {}
 
 
-def register_model(task: str, name: str, description: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register_model(
+    task: str, name: str, description: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a builder function under ``(task, name)``.
 
     Example:
@@ -39,7 +41,9 @@ def register_model(task: str, name: str, description: str) -> Callable[[Callable
 
 def list_models(task: str | None = None) -> list[ModelEntry]:
     """Registered models, optionally of one task, sorted by task then name."""
-    return sorted((e for e in _REGISTRY.values() if task is None or e.task == task), key=lambda e: (e.task, e.name))
+    return sorted(
+        (e for e in _REGISTRY.values() if task is None or e.task == task), key=lambda e: (e.task, e.name)
+    )
 
 
 def create_model(task: str, name: str, **kwargs: Any) -> Any:
@@ -47,5 +51,7 @@ def create_model(task: str, name: str, **kwargs: Any) -> Any:
     entry = _REGISTRY.get((task, name))
     if entry is None:
         known = ", ".join(e.name for e in list_models(task)) or "none"
-        raise UsageError(f"Unknown {task} model '{name}'.", f"Known {task} models: {known} (see `neurodl models`).")
+        raise UsageError(
+            f"Unknown {task} model '{name}'.", f"Known {task} models: {known} (see `neurodl models`)."
+        )
     return entry.builder(**kwargs)

@@ -56,11 +56,19 @@ class MLP(nn.Module):
 
 
 @register_model("biomarkers", "mlp", "multilayer perceptron (--hidden 64,32, --activation, --dropout)")
-def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (64, 32), activation: str = "relu", dropout: float = 0.0) -> MLP:
+def mlp(
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int] = (64, 32),
+    activation: str = "relu",
+    dropout: float = 0.0,
+) -> MLP:
     return MLP(in_features, out_features, hidden, activation, dropout)
 
 
-@register_model("biomarkers", "logistic", "logistic regression: one linear layer + sigmoid/softmax (--hidden none)")
+@register_model(
+    "biomarkers", "logistic", "logistic regression: one linear layer + sigmoid/softmax (--hidden none)"
+)
 def logistic(in_features: int, out_features: int, **_: object) -> MLP:
     return MLP(in_features, out_features, hidden=())
 

@@ -22,7 +22,9 @@ def learning_curves(history: Sequence[dict[str, float]], *, title: str = "") -> 
     """
     folds = sorted({int(r.get("fold", 0)) for r in history})
     metric_keys = [k for k in (history[0] if history else {}) if k.startswith("val_") and k != "val_loss"][:2]
-    fig, axes = plt.subplots(1, 1 + bool(metric_keys), figsize=(5.5 * (1 + bool(metric_keys)), 4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 1 + bool(metric_keys), figsize=(5.5 * (1 + bool(metric_keys)), 4), squeeze=False
+    )
     loss_ax = axes[0, 0]
     for fold in folds:
         rows = [r for r in history if int(r.get("fold", 0)) == fold]
@@ -31,7 +33,14 @@ def learning_curves(history: Sequence[dict[str, float]], *, title: str = "") -> 
         alpha = 0.8 if len(folds) == 1 else 0.5
         line = loss_ax.plot(epochs, [r["train_loss"] for r in rows], alpha=alpha, label=f"train{tag}")[0]
         if "val_loss" in rows[0]:
-            loss_ax.plot(epochs, [r["val_loss"] for r in rows], "--", color=line.get_color(), alpha=alpha, label=f"validation{tag}")
+            loss_ax.plot(
+                epochs,
+                [r["val_loss"] for r in rows],
+                "--",
+                color=line.get_color(),
+                alpha=alpha,
+                label=f"validation{tag}",
+            )
         if metric_keys:
             for key in metric_keys:
                 axes[0, 1].plot(epochs, [r[key] for r in rows], alpha=alpha, label=f"{key[4:]}{tag}")
@@ -77,7 +86,14 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[s
     ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")

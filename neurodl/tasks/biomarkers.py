@@ -43,7 +43,9 @@ class BiomarkersModule:
 
     default_monitor = "val_loss"
 
-    def __init__(self, model: torch.nn.Module, target: TargetEncoder, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, target: TargetEncoder, class_weights: torch.Tensor | None = None
+    ) -> None:
         self.model = model
         self.target = target
         self.class_weights = class_weights
@@ -142,7 +144,15 @@ def _model_spec(options: BiomarkersOptions, n_features: int, target: TargetEncod
 
 
 def _build(spec: dict[str, Any]) -> torch.nn.Module:
-    return create_model(TASK, spec["name"], in_features=spec["in_features"], out_features=spec["out_features"], hidden=tuple(spec["hidden"]), activation=spec["activation"], dropout=spec["dropout"])
+    return create_model(
+        TASK,
+        spec["name"],
+        in_features=spec["in_features"],
+        out_features=spec["out_features"],
+        hidden=tuple(spec["hidden"]),
+        activation=spec["activation"],
+        dropout=spec["dropout"],
+    )
 
 
 def _group_column(frame: pd.DataFrame, options: BiomarkersOptions, path: Path) -> str | None:
@@ -159,15 +169,31 @@ def prepare(path: Path, options: BiomarkersOptions) -> Prepared:
     frame = read_table(path)
     require_columns(frame, [options.target], path)
     group = _group_column(frame, options, path)
-    numeric, categorical = select_features(frame, target=options.target, features=options.features, exclude=options.exclude, group=group, path=path)
-    target = TargetEncoder.fit(frame[options.target], name=options.target, kind=options.task, positive=options.positive, path=path)
+    numeric, categorical = select_features(
+        frame,
+        target=options.target,
+        features=options.features,
+        exclude=options.exclude,
+        group=group,
+        path=path,
+    )
+    target = TargetEncoder.fit(
+        frame[options.target], name=options.target, kind=options.task, positive=options.positive, path=path
+    )
     if options.impute == "none":
         # Report every incomplete row now, before any training starts.
         FeatureEncoder.fit(frame, numeric=numeric, categorical=categorical).transform(frame, path=path)
-    groups = frame[group].map(label_text).to_numpy() if group else np.asarray([f"row-{i + 1}" for i in range(len(frame))])
+    groups = (
+        frame[group].map(label_text).to_numpy()
+        if group
+        else np.asarray([f"row-{i + 1}" for i in range(len(frame))])
+    )
     if group and frame[group].isna().any():
         rows = np.flatnonzero(frame[group].isna().to_numpy()) + 1
-        raise ManifestError(f"{path}: column '{group}' is empty in rows {', '.join(map(str, rows[:10]))}.", "Fill in the participant of every row.")
+        raise ManifestError(
+            f"{path}: column '{group}' is empty in rows {', '.join(map(str, rows[:10]))}.",
+            "Fill in the participant of every row.",
+        )
     if target.kind == "classification":
         strata = target.encode(frame[options.target], path=path)
     else:
@@ -204,17 +230,27 @@ def fit_rows(
     """Fit encoders on ``train_rows`` only, then train (early stopping on ``val_rows``)."""
     frame = data.frame
     train_frame = frame.iloc[train_rows]
-    features = FeatureEncoder.fit(train_frame, numeric=data.numeric, categorical=data.categorical, impute=options.impute)
+    features = FeatureEncoder.fit(
+        train_frame, numeric=data.numeric, categorical=data.categorical, impute=options.impute
+    )
     target = data.target
     if target.kind == "regression":
-        target = TargetEncoder.fit(train_frame[options.target], name=options.target, kind="regression", positive="", path=data.path)
+        target = TargetEncoder.fit(
+            train_frame[options.target], name=options.target, kind="regression", positive="", path=data.path
+        )
     x_train = torch.from_numpy(features.transform(train_frame, path=data.path))
     y_train = torch.from_numpy(target.encode(train_frame[options.target], path=data.path))
-    train_options = options.train if epochs is None else replace(options.train, epochs=max(1, epochs), patience=0)
+    train_options = (
+        options.train if epochs is None else replace(options.train, epochs=max(1, epochs), patience=0)
+    )
     torch.manual_seed(train_options.seed)
     spec = _model_spec(options, x_train.shape[1], target)
-    module = BiomarkersModule(_build(spec), target, _class_weights(y_train.numpy(), target, options.class_weight))
-    train = TensorBatches(x_train, y_train, batch_size=train_options.batch_size, shuffle=True, seed=train_options.seed)
+    module = BiomarkersModule(
+        _build(spec), target, _class_weights(y_train.numpy(), target, options.class_weight)
+    )
+    train = TensorBatches(
+        x_train, y_train, batch_size=train_options.batch_size, shuffle=True, seed=train_options.seed
+    )
     val = None
     if val_rows is not None and len(val_rows):
         val_frame = frame.iloc[val_rows]
@@ -223,7 +259,16 @@ def fit_rows(
             torch.from_numpy(target.encode(val_frame[options.target], path=data.path)),
             batch_size=4096,
         )
-    result = fit(module, train, val, train_options, checkpoint=checkpoint, resume=resume, callbacks=callbacks, resume_hint=resume_hint)
+    result = fit(
+        module,
+        train,
+        val,
+        train_options,
+        checkpoint=checkpoint,
+        resume=resume,
+        callbacks=callbacks,
+        resume_hint=resume_hint,
+    )
     return Fitted(module, features, target, result, spec)
 
 
@@ -238,7 +283,9 @@ def _id_columns(frame: pd.DataFrame, group: str | None) -> list[str]:
     return columns
 
 
-def prediction_frame(frame: pd.DataFrame, output: np.ndarray, target: TargetEncoder, id_columns: list[str]) -> pd.DataFrame:
+def prediction_frame(
+    frame: pd.DataFrame, output: np.ndarray, target: TargetEncoder, id_columns: list[str]
+) -> pd.DataFrame:
     """Id columns + the prediction (+ one probability column per class)."""
     result = frame[id_columns].copy() if id_columns else pd.DataFrame(index=frame.index)
     if target.kind == "classification":
@@ -258,7 +305,15 @@ def score(output: np.ndarray, truth: pd.Series, target: TargetEncoder, path: Pat
     return regression_metrics(y * target.scale + target.center, output)
 
 
-def _plots(run: RunDirectory, prefix: str, output: np.ndarray, truth: pd.Series, target: TargetEncoder, metrics: dict[str, Any], path: Path) -> list[str]:
+def _plots(
+    run: RunDirectory,
+    prefix: str,
+    output: np.ndarray,
+    truth: pd.Series,
+    target: TargetEncoder,
+    metrics: dict[str, Any],
+    path: Path,
+) -> list[str]:
     from neurodl.report import plots
 
     written = []
@@ -267,10 +322,16 @@ def _plots(run: RunDirectory, prefix: str, output: np.ndarray, truth: pd.Series,
         if len(np.unique(y)) > 1:
             run.save_figure(f"{prefix}roc.png", plots.roc_curves(y, output, target.classes))
             written.append(f"{prefix}roc.png")
-        run.save_figure(f"{prefix}confusion_matrix.png", plots.confusion_matrix_figure(metrics["confusion_matrix"], target.classes))
+        run.save_figure(
+            f"{prefix}confusion_matrix.png",
+            plots.confusion_matrix_figure(metrics["confusion_matrix"], target.classes),
+        )
         written.append(f"{prefix}confusion_matrix.png")
     else:
-        run.save_figure(f"{prefix}predicted_vs_true.png", plots.predicted_vs_true(pd.to_numeric(truth).to_numpy(), output, label=target.column))
+        run.save_figure(
+            f"{prefix}predicted_vs_true.png",
+            plots.predicted_vs_true(pd.to_numeric(truth).to_numpy(), output, label=target.column),
+        )
         written.append(f"{prefix}predicted_vs_true.png")
     return written
 
@@ -286,15 +347,29 @@ def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
     scales = np.asarray(fitted.features.scales + [1.0] * (len(names) - len(fitted.features.numeric)))
     centers = np.asarray(fitted.features.centers + [0.0] * (len(names) - len(fitted.features.numeric)))
     rows = []
-    outputs = (["value"] if fitted.target.kind == "regression" else [fitted.target.classes[1]]) if weights.shape[0] == 1 else fitted.target.classes
+    outputs = (
+        (["value"] if fitted.target.kind == "regression" else [fitted.target.classes[1]])
+        if weights.shape[0] == 1
+        else fitted.target.classes
+    )
     for k, output in enumerate(outputs):
         w = weights[k]
         y_scale = fitted.target.scale if fitted.target.kind == "regression" else 1.0
         y_center = fitted.target.center if fitted.target.kind == "regression" else 0.0
         raw = w / scales * y_scale
         intercept = (bias[k] - float(np.sum(w * centers / scales))) * y_scale + y_center
-        rows += [{"output": output, "feature": n, "weight_standardised": float(ws), "weight": float(wr)} for n, ws, wr in zip(names, w, raw, strict=True)]
-        rows.append({"output": output, "feature": "(intercept)", "weight_standardised": float(bias[k]), "weight": float(intercept)})
+        rows += [
+            {"output": output, "feature": n, "weight_standardised": float(ws), "weight": float(wr)}
+            for n, ws, wr in zip(names, w, raw, strict=True)
+        ]
+        rows.append(
+            {
+                "output": output,
+                "feature": "(intercept)",
+                "weight_standardised": float(bias[k]),
+                "weight": float(intercept),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -302,7 +377,20 @@ def _callbacks(console: Any, quiet: bool, description: str) -> list[Callback]:
     return [] if quiet or console is None else [RichProgress(console, description)]
 
 
-def _run_fit(data: Prepared, options: BiomarkersOptions, train_rows: np.ndarray, val_rows: np.ndarray | None, *, run: RunDirectory, name: str, resume: bool, console: Any, quiet: bool, description: str, epochs: int | None = None) -> Fitted:
+def _run_fit(
+    data: Prepared,
+    options: BiomarkersOptions,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray | None,
+    *,
+    run: RunDirectory,
+    name: str,
+    resume: bool,
+    console: Any,
+    quiet: bool,
+    description: str,
+    epochs: int | None = None,
+) -> Fitted:
     callbacks = _callbacks(console, quiet, description)
     try:
         return fit_rows(
@@ -351,14 +439,29 @@ def train(
         digest = saved.pop("table_sha256", None)
         options = from_dict(BiomarkersOptions, saved)
         if not table.exists():
-            raise RunDirectoryError(f"{out}: the table it was trained on, {table}, no longer exists.", "Restore the file, or train a new run.")
+            raise RunDirectoryError(
+                f"{out}: the table it was trained on, {table}, no longer exists.",
+                "Restore the file, or train a new run.",
+            )
         if digest and _table_digest(table) != digest:
-            raise RunDirectoryError(f"{out}: {table} changed since this run started, so it cannot be resumed.", "Train a new run (--overwrite to replace this one).")
+            raise RunDirectoryError(
+                f"{out}: {table} changed since this run started, so it cannot be resumed.",
+                "Train a new run (--overwrite to replace this one).",
+            )
     else:
         if table is None:
             raise DataError("no table given.", "Give the CSV/TSV to train on, or --resume RUN_DIR.")
         data_preview = table.resolve()
-        run = RunDirectory.create(out, task=TASK, options={"table": str(data_preview), "table_sha256": _table_digest(table) if table.is_file() else None, **to_dict(options)}, overwrite=overwrite)
+        run = RunDirectory.create(
+            out,
+            task=TASK,
+            options={
+                "table": str(data_preview),
+                "table_sha256": _table_digest(table) if table.is_file() else None,
+                **to_dict(options),
+            },
+            overwrite=overwrite,
+        )
     assert table is not None
     data = prepare(table, options)
     seed = options.train.seed
@@ -367,7 +470,9 @@ def train(
     summary: dict[str, Any] = {
         "task": data.target.kind,
         "target": options.target,
-        "features": FeatureEncoder.fit(data.frame, numeric=data.numeric, categorical=data.categorical).feature_names,
+        "features": FeatureEncoder.fit(
+            data.frame, numeric=data.numeric, categorical=data.categorical
+        ).feature_names,
         "rows": len(data.frame),
         "participants": len(np.unique(data.groups)),
         "classes": data.target.classes,
@@ -376,12 +481,29 @@ def train(
     splits: dict[str, Any] = {"group_column": data.group_column, "seed": seed}
     if options.cv:
         folds = kfold_by_participant(data.groups, data.strata, options.cv, seed)
-        oof = np.zeros((len(all_rows), len(data.target.classes))) if data.target.kind == "classification" else np.zeros(len(all_rows))
+        oof = (
+            np.zeros((len(all_rows), len(data.target.classes)))
+            if data.target.kind == "classification"
+            else np.zeros(len(all_rows))
+        )
         fold_metrics, best_epochs = [], []
         splits["folds"] = []
         for k, (train_rows, test_rows) in enumerate(folds, start=1):
-            inner_fit, inner_val = split_by_participant(data.groups[train_rows], data.strata[train_rows], options.val_fraction, seed + k)
-            fitted = _run_fit(data, options, train_rows[inner_fit], train_rows[inner_val], run=run, name=f"fold-{k}", resume=resume, console=console, quiet=quiet, description=f"fold {k}/{options.cv}")
+            inner_fit, inner_val = split_by_participant(
+                data.groups[train_rows], data.strata[train_rows], options.val_fraction, seed + k
+            )
+            fitted = _run_fit(
+                data,
+                options,
+                train_rows[inner_fit],
+                train_rows[inner_val],
+                run=run,
+                name=f"fold-{k}",
+                resume=resume,
+                console=console,
+                quiet=quiet,
+                description=f"fold {k}/{options.cv}",
+            )
             x_test = fitted.features.transform(data.frame.iloc[test_rows], path=table)
             oof[test_rows] = fitted.module.predict(x_test)
             metrics = score(oof[test_rows], data.frame[options.target].iloc[test_rows], fitted.target, table)
@@ -389,10 +511,33 @@ def train(
             fold_metrics.append(metrics)
             best_epochs.append(fitted.result.best_epoch)
             history += [{"fold": k, **r} for r in fitted.result.history]
-            splits["folds"].append({"fold": k, "test": sorted(set(data.groups[test_rows].tolist())), "validation": sorted(set(data.groups[train_rows[inner_val]].tolist()))})
+            splits["folds"].append(
+                {
+                    "fold": k,
+                    "test": sorted(set(data.groups[test_rows].tolist())),
+                    "validation": sorted(set(data.groups[train_rows[inner_val]].tolist())),
+                }
+            )
         final_epochs = int(np.median(best_epochs))
-        final = _run_fit(data, options, all_rows, None, run=run, name="final", resume=resume, console=console, quiet=quiet, description="final model (all rows)", epochs=final_epochs)
-        oof_metrics = score(oof, data.frame[options.target], data.target if data.target.kind == "classification" else final.target, table)
+        final = _run_fit(
+            data,
+            options,
+            all_rows,
+            None,
+            run=run,
+            name="final",
+            resume=resume,
+            console=console,
+            quiet=quiet,
+            description="final model (all rows)",
+            epochs=final_epochs,
+        )
+        oof_metrics = score(
+            oof,
+            data.frame[options.target],
+            data.target if data.target.kind == "classification" else final.target,
+            table,
+        )
         scalar_folds = [{k: v for k, v in m.items() if k != "confusion_matrix"} for m in fold_metrics]
         metrics_payload = {
             "evaluation": f"{options.cv}-fold cross-validation grouped by participant (out-of-fold predictions)",
@@ -401,8 +546,18 @@ def train(
             "out_of_fold": oof_metrics,
             "final_model_epochs": final_epochs,
         }
-        preds = prediction_frame(data.frame, oof, data.target if data.target.kind == "classification" else final.target, _id_columns(data.frame, data.group_column))
-        preds.insert(len(preds.columns) - (len(data.target.classes) + 1 if data.target.kind == "classification" else 1), options.target, data.frame[options.target].to_numpy())
+        preds = prediction_frame(
+            data.frame,
+            oof,
+            data.target if data.target.kind == "classification" else final.target,
+            _id_columns(data.frame, data.group_column),
+        )
+        preds.insert(
+            len(preds.columns)
+            - (len(data.target.classes) + 1 if data.target.kind == "classification" else 1),
+            options.target,
+            data.frame[options.target].to_numpy(),
+        )
         run.write_csv("oof_predictions.csv", preds)
         plot_files = _plots(run, "oof_", oof, data.frame[options.target], data.target, oof_metrics, table)
         splits["training_participants"] = sorted(set(data.groups.tolist()))
@@ -411,7 +566,18 @@ def train(
         summary["evaluation"] = metrics_payload["evaluation"]
     else:
         train_rows, val_rows = split_by_participant(data.groups, data.strata, options.val_fraction, seed)
-        final = _run_fit(data, options, train_rows, val_rows, run=run, name="final", resume=resume, console=console, quiet=quiet, description="training")
+        final = _run_fit(
+            data,
+            options,
+            train_rows,
+            val_rows,
+            run=run,
+            name="final",
+            resume=resume,
+            console=console,
+            quiet=quiet,
+            description="training",
+        )
         x_val = final.features.transform(data.frame.iloc[val_rows], path=table)
         output = final.module.predict(x_val)
         val_metrics = score(output, data.frame[options.target].iloc[val_rows], final.target, table)
@@ -423,9 +589,15 @@ def train(
         history = [dict(r) for r in final.result.history]
         val_frame = data.frame.iloc[val_rows]
         preds = prediction_frame(val_frame, output, final.target, _id_columns(data.frame, data.group_column))
-        preds.insert(len(_id_columns(data.frame, data.group_column)), options.target, val_frame[options.target].to_numpy())
+        preds.insert(
+            len(_id_columns(data.frame, data.group_column)),
+            options.target,
+            val_frame[options.target].to_numpy(),
+        )
         run.write_csv("validation_predictions.csv", preds)
-        plot_files = _plots(run, "validation_", output, val_frame[options.target], final.target, val_metrics, table)
+        plot_files = _plots(
+            run, "validation_", output, val_frame[options.target], final.target, val_metrics, table
+        )
         splits["train"] = sorted(set(data.groups[train_rows].tolist()))
         splits["validation"] = sorted(set(data.groups[val_rows].tolist()))
         splits["training_participants"] = sorted(set(data.groups.tolist()))
@@ -434,12 +606,23 @@ def train(
 
     from neurodl.report import plots
 
-    run.write_json("preprocessing.json", {"features": final.features.to_dict(), "target": final.target.to_dict(), "model": final.model_spec, "group_column": data.group_column})
+    run.write_json(
+        "preprocessing.json",
+        {
+            "features": final.features.to_dict(),
+            "target": final.target.to_dict(),
+            "model": final.model_spec,
+            "group_column": data.group_column,
+        },
+    )
     run.save_weights(final.module.model.state_dict())
     run.write_json("splits.json", splits)
     run.write_json("metrics.json", metrics_payload)
     run.write_csv("history.csv", pd.DataFrame(history))
-    run.save_figure("learning_curves.png", plots.learning_curves(history, title=f"{options.target}: {final.model_spec['name']}"))
+    run.save_figure(
+        "learning_curves.png",
+        plots.learning_curves(history, title=f"{options.target}: {final.model_spec['name']}"),
+    )
     coefficients = _coefficients(final)
     if coefficients is not None:
         run.write_csv("coefficients.csv", coefficients)
@@ -468,16 +651,25 @@ def load(run_dir: Path) -> LoadedModel:
         features = FeatureEncoder.from_dict(prep["features"])
         target = TargetEncoder.from_dict(prep["target"])
         spec = dict(prep["model"])
-        if not 0 < int(spec["in_features"]) <= 100_000 or not 0 < int(spec["out_features"]) <= 1000 or any(not 0 < int(h) <= 100_000 for h in spec["hidden"]):
+        if (
+            not 0 < int(spec["in_features"]) <= 100_000
+            or not 0 < int(spec["out_features"]) <= 1000
+            or any(not 0 < int(h) <= 100_000 for h in spec["hidden"])
+        ):
             raise ValueError("model sizes out of range")
         model = _build(spec)
     except (KeyError, TypeError, ValueError) as exc:
-        raise RunDirectoryError(f"{run_dir}: preprocessing.json is damaged ({exc}).", "Train the model again.") from exc
+        raise RunDirectoryError(
+            f"{run_dir}: preprocessing.json is damaged ({exc}).", "Train the model again."
+        ) from exc
     weights = run.load_weights()
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise RunDirectoryError(f"{run_dir}: model.safetensors does not match the model described in preprocessing.json.", "The run was modified; train again.") from exc
+        raise RunDirectoryError(
+            f"{run_dir}: model.safetensors does not match the model described in preprocessing.json.",
+            "The run was modified; train again.",
+        ) from exc
     return LoadedModel(run, BiomarkersModule(model, target), features, target, prep.get("group_column"))
 
 
@@ -485,10 +677,14 @@ def predict(model: LoadedModel, table: Path) -> pd.DataFrame:
     """Predictions for every row of ``table`` (id columns kept)."""
     frame = read_table(table)
     x = model.features.transform(frame, path=table)
-    return prediction_frame(frame, model.module.predict(x), model.target, _id_columns(frame, model.group_column))
+    return prediction_frame(
+        frame, model.module.predict(x), model.target, _id_columns(frame, model.group_column)
+    )
 
 
-def evaluate(model: LoadedModel, table: Path, *, allow_overlap: bool = False) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
+def evaluate(
+    model: LoadedModel, table: Path, *, allow_overlap: bool = False
+) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
     """Predict ``table`` and score it against its target column.
 
     Returns predictions, metrics and warnings. Rows of participants the model

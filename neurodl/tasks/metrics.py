@@ -21,7 +21,13 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
     Binary problems report sensitivity/specificity/F1 of the positive class;
     multiclass problems report their macro averages and a one-vs-rest AUC.
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        roc_auc_score,
+    )
 
     y_true = np.asarray(y_true, dtype=int)
     proba = np.asarray(proba, dtype=float)
@@ -81,5 +87,8 @@ def summarize_folds(folds: Sequence[dict[str, Any]]) -> dict[str, dict[str, floa
         values = [f[key] for f in folds if isinstance(f.get(key), int | float)]
         if len(values) == len(folds):
             arr = np.asarray(values, dtype=float)
-            summary[key] = {"mean": float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan, "std": float(np.nanstd(arr)) if np.isfinite(arr).any() else math.nan}
+            summary[key] = {
+                "mean": float(np.nanmean(arr)) if np.isfinite(arr).any() else math.nan,
+                "std": float(np.nanstd(arr)) if np.isfinite(arr).any() else math.nan,
+            }
     return summary

@@ -59,7 +59,15 @@ def test_every_optimizer_lowers_the_loss(optimizer):
     x, y = line_data(noise=0.1)
     task = Regression(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)))
     lr = 1.0 if optimizer == "adadelta" else 0.05
-    options = TrainOptions(epochs=30, batch_size=16, optimizer=optimizer, lr=lr, momentum=0.9 if optimizer == "sgd" else 0.0, patience=0, device="cpu")
+    options = TrainOptions(
+        epochs=30,
+        batch_size=16,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=0.9 if optimizer == "sgd" else 0.0,
+        patience=0,
+        device="cpu",
+    )
     result = fit(task, TensorBatches(x, y, batch_size=16, shuffle=True), None, options)
     assert result.history[-1]["train_loss"] < 0.5 * result.history[0]["train_loss"]
 
@@ -79,7 +87,9 @@ def test_early_stopping_stops_and_keeps_the_best_epoch():
     yv = torch.randn(32, generator=torch.Generator().manual_seed(2)) * 5
     task = Regression(nn.Sequential(nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 1)))
     options = TrainOptions(epochs=500, batch_size=8, lr=0.01, patience=5, device="cpu")
-    result = fit(task, TensorBatches(x, y, batch_size=8, shuffle=True), TensorBatches(xv, yv, batch_size=64), options)
+    result = fit(
+        task, TensorBatches(x, y, batch_size=8, shuffle=True), TensorBatches(xv, yv, batch_size=64), options
+    )
     assert result.stopped_early
     assert result.epochs_run < 500
     assert result.epochs_run - result.best_epoch == 5
@@ -104,7 +114,9 @@ def _dropout_task() -> Regression:
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path):
     x, y = line_data(noise=0.2)
     xv, yv = line_data(n=16, noise=0.2, seed=3)
-    options = TrainOptions(epochs=8, batch_size=8, lr=0.01, patience=0, scheduler="cosine", seed=7, device="cpu")
+    options = TrainOptions(
+        epochs=8, batch_size=8, lr=0.01, patience=0, scheduler="cosine", seed=7, device="cpu"
+    )
 
     def batches():
         return TensorBatches(x, y, batch_size=8, shuffle=True, seed=7), TensorBatches(xv, yv, batch_size=64)
@@ -120,7 +132,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path):
     result = fit(resumed, *batches(), options, checkpoint=checkpoint, resume=True)
 
     assert result.epochs_run == 8
-    for (name, a), (_, b) in zip(reference.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -134,7 +148,11 @@ def test_diverging_loss_is_a_failed_run():
 
 
 def test_checkpoint_round_trip_keeps_nested_state(tmp_path: Path):
-    state = {"a": torch.arange(3), "opt": {"state": {0: {"step": torch.tensor(2.0)}}, "groups": [{"betas": (0.9, 0.999)}]}, "n": None}
+    state = {
+        "a": torch.arange(3),
+        "opt": {"state": {0: {"step": torch.tensor(2.0)}}, "groups": [{"betas": (0.9, 0.999)}]},
+        "n": None,
+    }
     loaded = load_state(save_state(state, tmp_path / "s.safetensors"))
     assert torch.equal(loaded["a"], state["a"])
     assert 0 in loaded["opt"]["state"]

@@ -13,7 +13,9 @@ import pytest
 FAST = ["--epochs", "60", "--patience", "10", "--lr", "0.01", "--quiet"]
 
 
-def make_table(path: Path, n: int = 80, seed: int = 0, separable: bool = False, classes: tuple[str, ...] = ("CN", "AD")) -> Path:
+def make_table(
+    path: Path, n: int = 80, seed: int = 0, separable: bool = False, classes: tuple[str, ...] = ("CN", "AD")
+) -> Path:
     """A lecture-like cohort: CSF volume up and metabolism down with dementia."""
     rng = np.random.default_rng(seed)
     diagnosis = np.array([classes[i % len(classes)] for i in range(n)])
@@ -44,12 +46,36 @@ def test_logistic_regression_separates_separable_data(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.tsv", separable=True)
     before = digest(table)
     run = tmp_path / "run"
-    result = run_cli("biomarkers", "train", table, "--target", "diagnosis", "--features", "csf_volume_ml,brain_metabolism", "--hidden", "none", "--out", run, "--json", *FAST)
+    result = run_cli(
+        "biomarkers",
+        "train",
+        table,
+        "--target",
+        "diagnosis",
+        "--features",
+        "csf_volume_ml,brain_metabolism",
+        "--hidden",
+        "none",
+        "--out",
+        run,
+        "--json",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["model"] == "logistic"
     assert summary["metrics"]["accuracy"] == 1.0
-    for name in ("config.json", "model.safetensors", "preprocessing.json", "splits.json", "history.csv", "metrics.json", "learning_curves.png", "validation_roc.png", "coefficients.csv"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "preprocessing.json",
+        "splits.json",
+        "history.csv",
+        "metrics.json",
+        "learning_curves.png",
+        "validation_roc.png",
+        "coefficients.csv",
+    ):
         assert (run / name).is_file(), name
     coefficients = pd.read_csv(run / "coefficients.csv").set_index("feature")
     # Dementia (the positive class) has more fluid and lower metabolism.
@@ -63,7 +89,28 @@ def test_linear_regression_by_gradient_descent_recovers_the_line(run_cli, tmp_pa
     x = rng.uniform(0, 10, 60)
     pd.DataFrame({"x": x, "y": 3.0 * x - 2.0}).to_csv(tmp_path / "line.csv", index=False)
     run = tmp_path / "run"
-    result = run_cli("biomarkers", "train", tmp_path / "line.csv", "--target", "y", "--hidden", "none", "--batch-size", "all", "--optimizer", "sgd", "--lr", "0.1", "--epochs", "300", "--patience", "0", "--out", run, "--quiet")
+    result = run_cli(
+        "biomarkers",
+        "train",
+        tmp_path / "line.csv",
+        "--target",
+        "y",
+        "--hidden",
+        "none",
+        "--batch-size",
+        "all",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--epochs",
+        "300",
+        "--patience",
+        "0",
+        "--out",
+        run,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     coefficients = pd.read_csv(run / "coefficients.csv").set_index("feature")
     assert coefficients.loc["x", "weight"] == pytest.approx(3.0, abs=1e-3)
@@ -74,7 +121,25 @@ def test_linear_regression_by_gradient_descent_recovers_the_line(run_cli, tmp_pa
 def test_mlp_regression_of_severity_with_cv(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.csv")
     run = tmp_path / "run"
-    result = run_cli("biomarkers", "train", table, "--target", "severity", "--features", "csf_volume_ml,brain_metabolism", "--cv", "3", "--hidden", "16", "--activation", "tanh", "--out", run, "--json", *FAST)
+    result = run_cli(
+        "biomarkers",
+        "train",
+        table,
+        "--target",
+        "severity",
+        "--features",
+        "csf_volume_ml,brain_metabolism",
+        "--cv",
+        "3",
+        "--hidden",
+        "16",
+        "--activation",
+        "tanh",
+        "--out",
+        run,
+        "--json",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["task"] == "regression"
@@ -91,7 +156,21 @@ def test_mlp_regression_of_severity_with_cv(run_cli, tmp_path):
 def test_predict_probabilities_sum_to_one_multiclass(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.csv", n=90, classes=("CN", "MCI", "AD"), separable=True)
     run = tmp_path / "run"
-    assert run_cli("biomarkers", "train", table, "--target", "diagnosis", "--features", "csf_volume_ml,brain_metabolism,sex", "--out", run, *FAST).exit_code == 0
+    assert (
+        run_cli(
+            "biomarkers",
+            "train",
+            table,
+            "--target",
+            "diagnosis",
+            "--features",
+            "csf_volume_ml,brain_metabolism,sex",
+            "--out",
+            run,
+            *FAST,
+        ).exit_code
+        == 0
+    )
     new = make_table(tmp_path / "new.csv", n=12, seed=5, classes=("CN", "MCI", "AD"))
     result = run_cli("biomarkers", "predict", "--model", run, new, "-o", tmp_path / "preds.csv")
     assert result.exit_code == 0, result.output
@@ -106,14 +185,32 @@ def test_predict_probabilities_sum_to_one_multiclass(run_cli, tmp_path):
 
 def FeatureNames(prep: dict) -> list[str]:  # noqa: N802
     features = prep["features"]
-    return features["numeric"] + [f"{c}={lv}" for c in features["categorical"] for lv in features["levels"][c]]
+    return features["numeric"] + [
+        f"{c}={lv}" for c in features["categorical"] for lv in features["levels"][c]
+    ]
 
 
 def test_standardisation_is_fitted_on_training_rows_only(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.csv", n=40)
     frame = pd.read_csv(table)
     run = tmp_path / "run"
-    assert run_cli("biomarkers", "train", table, "--target", "diagnosis", "--features", "csf_volume_ml", "--out", run, "--epochs", "2", "--quiet").exit_code == 0
+    assert (
+        run_cli(
+            "biomarkers",
+            "train",
+            table,
+            "--target",
+            "diagnosis",
+            "--features",
+            "csf_volume_ml",
+            "--out",
+            run,
+            "--epochs",
+            "2",
+            "--quiet",
+        ).exit_code
+        == 0
+    )
     splits = json.loads((run / "splits.json").read_text())
     prep = json.loads((run / "preprocessing.json").read_text())
     train = frame[frame.participant_id.isin(splits["train"])]
@@ -129,7 +226,23 @@ def test_sessions_of_one_participant_stay_on_one_side(run_cli, tmp_path):
     frame["diagnosis"] = ["CN" if (i // 3) % 2 == 0 else "AD" for i in range(60)]
     frame.to_csv(table, index=False)
     run = tmp_path / "run"
-    assert run_cli("biomarkers", "train", table, "--target", "diagnosis", "--cv", "4", "--out", run, "--epochs", "2", "--quiet").exit_code == 0
+    assert (
+        run_cli(
+            "biomarkers",
+            "train",
+            table,
+            "--target",
+            "diagnosis",
+            "--cv",
+            "4",
+            "--out",
+            run,
+            "--epochs",
+            "2",
+            "--quiet",
+        ).exit_code
+        == 0
+    )
     folds = json.loads((run / "splits.json").read_text())["folds"]
     tested = [p for fold in folds for p in fold["test"]]
     assert len(tested) == len(set(tested)) == 20
@@ -138,7 +251,21 @@ def test_sessions_of_one_participant_stay_on_one_side(run_cli, tmp_path):
 def test_evaluate_refuses_training_participants_and_scores_held_out_ones(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.csv", separable=True)
     run = tmp_path / "run"
-    assert run_cli("biomarkers", "train", table, "--target", "diagnosis", "--features", "csf_volume_ml,brain_metabolism", "--out", run, *FAST).exit_code == 0
+    assert (
+        run_cli(
+            "biomarkers",
+            "train",
+            table,
+            "--target",
+            "diagnosis",
+            "--features",
+            "csf_volume_ml,brain_metabolism",
+            "--out",
+            run,
+            *FAST,
+        ).exit_code
+        == 0
+    )
     refused = run_cli("biomarkers", "evaluate", "--model", run, table)
     assert refused.exit_code == 2
     assert "used to train" in refused.stderr and "--allow-overlap" in refused.stderr
@@ -150,14 +277,32 @@ def test_evaluate_refuses_training_participants_and_scores_held_out_ones(run_cli
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["balanced_accuracy"] > 0.9
-    assert (tmp_path / "eval" / "roc.png").is_file() and (tmp_path / "eval" / "confusion_matrix.png").is_file()
+    assert (tmp_path / "eval" / "roc.png").is_file() and (
+        tmp_path / "eval" / "confusion_matrix.png"
+    ).is_file()
 
 
 def test_config_file_sets_options_and_flags_override_it(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.csv", n=40)
-    (tmp_path / "options.yaml").write_text("target: diagnosis\nhidden: none\nepochs: 3\nlr: 0.05\noptimizer: rmsprop\n")
+    (tmp_path / "options.yaml").write_text(
+        "target: diagnosis\nhidden: none\nepochs: 3\nlr: 0.05\noptimizer: rmsprop\n"
+    )
     run = tmp_path / "run"
-    assert run_cli("biomarkers", "train", table, "--config", tmp_path / "options.yaml", "--epochs", "2", "--out", run, "--quiet").exit_code == 0
+    assert (
+        run_cli(
+            "biomarkers",
+            "train",
+            table,
+            "--config",
+            tmp_path / "options.yaml",
+            "--epochs",
+            "2",
+            "--out",
+            run,
+            "--quiet",
+        ).exit_code
+        == 0
+    )
     saved = json.loads((run / "config.json").read_text())["options"]
     assert saved["hidden"] == [] and saved["train"]["optimizer"] == "rmsprop" and saved["train"]["lr"] == 0.05
     assert saved["train"]["epochs"] == 2
@@ -171,7 +316,11 @@ def test_config_file_sets_options_and_flags_override_it(run_cli, tmp_path):
         ("text_feature", ["--features", "notes"], "column 'notes' is not numeric"),
         ("nan", ["--features", "csf_volume_ml"], "missing values in rows 4, 8"),
         ("one_class", [], "single class 'CN'"),
-        (None, ["--cv", "60"], "40 participants are too few to train and validate (at least 120 needed for --cv 60)"),
+        (
+            None,
+            ["--cv", "60"],
+            "40 participants are too few to train and validate (at least 120 needed for --cv 60)",
+        ),
         (None, ["--hidden", "64,x"], "--hidden '64,x'"),
         (None, ["--optimizer", "lbfgs"], "--optimizer 'lbfgs' is not one of"),
     ],
@@ -187,7 +336,9 @@ def test_bad_training_input_exits_2_with_a_message(run_cli, tmp_path, edit, args
         frame["diagnosis"] = "CN"
     frame.to_csv(table, index=False)
     before = digest(table)
-    result = run_cli("biomarkers", "train", table, "--out", tmp_path / "run", "--epochs", "2", "--quiet", *args)
+    result = run_cli(
+        "biomarkers", "train", table, "--out", tmp_path / "run", "--epochs", "2", "--quiet", *args
+    )
     assert result.exit_code == 2, result.output
     assert expected in result.stderr
     assert "Traceback" not in result.output
@@ -199,14 +350,41 @@ def test_missing_values_can_be_imputed_from_training_rows(run_cli, tmp_path):
     frame = pd.read_csv(table)
     frame.loc[[3, 7], "csf_volume_ml"] = np.nan
     frame.to_csv(table, index=False)
-    result = run_cli("biomarkers", "train", table, "--features", "csf_volume_ml", "--impute", "median", "--out", tmp_path / "run", "--epochs", "2", "--quiet")
+    result = run_cli(
+        "biomarkers",
+        "train",
+        table,
+        "--features",
+        "csf_volume_ml",
+        "--impute",
+        "median",
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "2",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
 
 
 def test_predict_names_the_missing_feature_and_refuses_other_tasks(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.csv", n=40)
     run = tmp_path / "run"
-    assert run_cli("biomarkers", "train", table, "--features", "csf_volume_ml,brain_metabolism", "--out", run, "--epochs", "2", "--quiet").exit_code == 0
+    assert (
+        run_cli(
+            "biomarkers",
+            "train",
+            table,
+            "--features",
+            "csf_volume_ml,brain_metabolism",
+            "--out",
+            run,
+            "--epochs",
+            "2",
+            "--quiet",
+        ).exit_code
+        == 0
+    )
     pd.read_csv(table).drop(columns=["brain_metabolism"]).to_csv(tmp_path / "partial.csv", index=False)
     result = run_cli("biomarkers", "predict", "--model", run, tmp_path / "partial.csv")
     assert result.exit_code == 2
@@ -236,7 +414,12 @@ def test_existing_run_is_not_overwritten_without_flag(run_cli, tmp_path):
     assert run_cli("biomarkers", "train", table, "--out", run, "--epochs", "2", "--quiet").exit_code == 0
     result = run_cli("biomarkers", "train", table, "--out", run, "--epochs", "2", "--quiet")
     assert result.exit_code == 2 and "--resume" in result.stderr
-    assert run_cli("biomarkers", "train", table, "--out", run, "--epochs", "2", "--quiet", "--overwrite").exit_code == 0
+    assert (
+        run_cli(
+            "biomarkers", "train", table, "--out", run, "--epochs", "2", "--quiet", "--overwrite"
+        ).exit_code
+        == 0
+    )
 
 
 def test_resume_finishes_an_interrupted_run_with_identical_weights(run_cli, tmp_path, monkeypatch):
@@ -245,7 +428,20 @@ def test_resume_finishes_an_interrupted_run_with_identical_weights(run_cli, tmp_
     from neurodl.engine import loop
 
     table = make_table(tmp_path / "cohort.csv", n=40)
-    args = ["biomarkers", "train", table, "--target", "diagnosis", "--dropout", "0.2", "--epochs", "6", "--patience", "0", "--quiet"]
+    args = [
+        "biomarkers",
+        "train",
+        table,
+        "--target",
+        "diagnosis",
+        "--dropout",
+        "0.2",
+        "--epochs",
+        "6",
+        "--patience",
+        "0",
+        "--quiet",
+    ]
     assert run_cli(*args, "--out", tmp_path / "reference").exit_code == 0
 
     original = loop.validate

@@ -1,0 +1,1 @@
+"""Datasets, transform pipelines, splits and the synthetic phantom cohort."""
