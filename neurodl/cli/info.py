@@ -1,6 +1,116 @@
-"""TODO(helper): replaced by the real command."""
+"""``neurodl info``: shape, voxel size, orientation, dtype and intensities of NIfTI files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from neurodl.cli._console import err_console, print_json
+from neurodl.cli._options import JsonFlag, QuietFlag
+from neurodl.errors import ExitStatus
+
+if TYPE_CHECKING:
+    from neurodl.errors import ImageError
+    from neurodl.io.nifti import ImageSummary
+
+FilesArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        help="NIfTI files (.nii, .nii.gz), or folders to search for them (recursively).",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
 
 
-def info() -> None:
-    """Not built yet."""
-    raise NotImplementedError
+def info(files: FilesArgument, json_output: JsonFlag = False, quiet: QuietFlag = False) -> None:
+    """Show shape, voxel size, orientation, dtype and intensity range of NIfTI files.
+
+    Files that cannot be read are listed after the others, each with a fix; then exits with 2.
+    """
+    # nibabel and numpy load only when the command runs, so `neurodl --help` stays instant.
+    from rich.progress import Progress
+
+    from neurodl.errors import ImageError
+    from neurodl.io.nifti import find_nifti_files, summarize_image
+
+    console = err_console()
+    targets: list[Path | ImageError] = []
+    for given in files:
+        if given.is_dir():
+            found = find_nifti_files(given)
+            if not found:
+                targets.append(
+                    ImageError(
+                        given,
+                        "folder contains no .nii or .nii.gz files.",
+                        "Give NIfTI files, or a folder that holds some (searched recursively).",
+                    )
+                )
+            targets.extend(found)
+        else:
+            targets.append(given)
+    targets = list(dict.fromkeys(targets))
+
+    summaries: list[ImageSummary] = []
+    failures: list[ImageError] = []
+    show_progress = not quiet and len(targets) > 1
+    with Progress(console=console, transient=True, disable=not show_progress) as progress:
+        task = progress.add_task("Reading", total=len(targets))
+        for target in targets:
+            if isinstance(target, ImageError):
+                failures.append(target)
+            else:
+                try:
+                    summaries.append(summarize_image(target))
+                except ImageError as exc:
+                    failures.append(exc)
+            progress.advance(task)
+
+    if summaries and not quiet:
+        console.print(_table(summaries))
+    for failure in failures:
+        console.print(Text("Error: ", style="bold red") + Text(failure.message))
+        if failure.fix:
+            console.print(Text("Fix: ", style="bold") + Text(failure.fix))
+    if json_output:
+        print_json(
+            [s.to_dict() for s in summaries]
+            + [{"file": str(f.path), "error": f.message, "fix": f.fix} for f in failures]
+        )
+    if failures:
+        raise typer.Exit(ExitStatus.BAD_INPUT)
+
+
+def _table(summaries: list[ImageSummary]) -> Table:
+    table = Table(show_edge=False, header_style="bold", pad_edge=False)
+    longest = max(len(str(s.path)) for s in summaries)
+    table.add_column("File", overflow="fold", min_width=min(longest, 32))
+    table.add_column("Shape", no_wrap=True)
+    table.add_column("Voxel mm", no_wrap=True)
+    table.add_column("Orient", no_wrap=True)
+    table.add_column("Dtype", no_wrap=True)
+    for name in ("Min", "Max", "Mean", "NaN/Inf"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for s in summaries:
+        bad = s.n_nan + s.n_inf
+        table.add_row(
+            str(s.path),
+            "x".join(str(n) for n in s.shape),
+            "x".join(f"{v:.3g}" for v in s.voxel_size),
+            s.orientation,
+            s.dtype,
+            _number(s.minimum),
+            _number(s.maximum),
+            _number(s.mean),
+            Text(f"{s.n_nan}/{s.n_inf}", style="bold red" if bad else ""),
+        )
+    return table
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

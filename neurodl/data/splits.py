@@ -25,7 +25,9 @@ def _check(groups: np.ndarray, strata: np.ndarray, k: int, what: str) -> None:
         )
 
 
-def kfold_by_participant(groups: Sequence[str], strata: Sequence[int], k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold_by_participant(
+    groups: Sequence[str], strata: Sequence[int], k: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """K folds of (train rows, test rows), stratified on ``strata``, never splitting a participant.
 
     Example:
@@ -38,12 +40,18 @@ def kfold_by_participant(groups: Sequence[str], strata: Sequence[int], k: int, s
     _check(groups_arr, strata_arr, k, f"{k}-fold cross-validation")
     index = np.arange(len(groups_arr))
     _, counts = np.unique(strata_arr, return_counts=True)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed) if counts.min() >= k else GroupKFold(n_splits=k)
+    splitter = (
+        StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        if counts.min() >= k
+        else GroupKFold(n_splits=k)
+    )
     folds = [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(index, strata_arr, groups_arr)]
     return folds
 
 
-def split_by_participant(groups: Sequence[str], strata: Sequence[int], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_by_participant(
+    groups: Sequence[str], strata: Sequence[int], fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """One (train rows, held-out rows) split with about ``fraction`` of participants held out."""
     k = max(2, round(1 / fraction))
     train, held = kfold_by_participant(groups, strata, k, seed)[0]

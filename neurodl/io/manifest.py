@@ -8,9 +8,13 @@ columns hold paths relative to the manifest's own folder. A BIDS
 from __future__ import annotations
 
 import csv
+import io
+import os
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from neurodl.errors import InputFileError, ManifestError
 
@@ -22,17 +26,23 @@ _NA_VALUES = ["", "n/a", "N/A", "NA", "nan", "NaN", "null", "None"]
 
 def sniff_delimiter(sample: str, path: Path) -> str:
     """Pick tab, comma or semicolon from the first lines of a table."""
-    if path.suffix.lower() == ".tsv":
+    first = sample.splitlines()[0] if sample else ""
+    # A .tsv is tab-separated, unless its header has no tab at all (a CSV misnamed .tsv).
+    if path.suffix.lower() == ".tsv" and ("\t" in first or not first):
         return "\t"
     try:
         return csv.Sniffer().sniff(sample, delimiters=",\t;").delimiter
     except csv.Error:
-        first = sample.splitlines()[0] if sample else ""
         return max(",\t;", key=first.count) if first else ","
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, *, text_columns: Iterable[str] = ()) -> pd.DataFrame:
     """Read a CSV/TSV table (delimiter sniffed; BIDS ``n/a`` is missing).
+
+    Args:
+        path: the table.
+        text_columns: columns kept as text, so identifiers such as ``001`` keep their zeros
+            (absent columns are ignored).
 
     Raises:
         InputFileError: missing, empty, not UTF-8, or not a table.
@@ -46,10 +56,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise InputFileError(path, "file does not exist.", "Check the path.")
     if path.is_dir():
-        raise InputFileError(path, "is a directory, not a CSV/TSV file.", "Give the table itself (e.g. participants.tsv).")
+        raise InputFileError(
+            path,
+            "is a directory, not a CSV/TSV file.",
+            "Give the table itself (e.g. participants.tsv).",
+        )
     raw = path.read_bytes()
     if not raw.strip():
-        raise InputFileError(path, "is empty.", "Give a CSV/TSV with a header row and one row per subject or image.")
+        raise InputFileError(
+            path, "is empty.", "Give a CSV/TSV with a header row and one row per subject or image."
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -59,39 +75,59 @@ def read_table(path: str | Path) -> pd.DataFrame:
             "Save it as UTF-8 (in Excel: 'CSV UTF-8'; or `iconv -f latin1 -t utf-8`).",
         ) from exc
     if "\x00" in text[:4096]:
-        raise InputFileError(path, "is a binary file, not a CSV/TSV table.", "Give a text table with a header row.")
+        raise InputFileError(
+            path, "is a binary file, not a CSV/TSV table.", "Give a text table with a header row."
+        )
     delimiter = sniff_delimiter("\n".join(text.splitlines()[:20]), path)
+    # pandas silently renames a repeated column ("age", "age.1"), so look at the header itself.
+    header = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    names = [name.strip() for name in header]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise InputFileError(
+            path,
+            f"has duplicated column names: {', '.join(duplicated)}.",
+            "Rename the columns so each is unique.",
+        )
     try:
         frame = pd.read_csv(
-            path,
+            io.StringIO(text),
             sep=delimiter,
-            encoding="utf-8-sig",
+            dtype={name: str for name in text_columns},
             na_values=_NA_VALUES,
             keep_default_na=False,
             skipinitialspace=True,
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
-        raise InputFileError(path, f"cannot be parsed as a table ({exc}).", "Check that every row has the same number of fields as the header.") from exc
+        raise InputFileError(
+            path,
+            f"cannot be parsed as a table ({exc}).",
+            "Check that every row has the same number of fields as the header.",
+        ) from exc
     frame.columns = [str(c).strip() for c in frame.columns]
-    duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
-    if duplicated:
-        raise InputFileError(path, f"has duplicated column names: {', '.join(duplicated)}.", "Rename the columns so each is unique.")
     if len(frame) == 0:
         raise InputFileError(path, "has a header but no rows.", "Add one row per subject or image.")
-    if len(frame.columns) == 1 and delimiter == ",":
+    if len(frame.columns) == 1:
         only = frame.columns[0]
-        if any(sep in only for sep in ("\t", ";", "|", " ")):
-            raise InputFileError(path, f"has a single column '{only}': the delimiter was not recognised.", "Use commas (.csv) or tabs (.tsv) between columns.")
+        if any(sep in only for sep in ("\t", ",", ";", "|", " ") if sep != delimiter):
+            raise InputFileError(
+                path,
+                f"has a single column '{only}': the delimiter was not recognised.",
+                "Use commas (.csv) or tabs (.tsv) between columns.",
+            )
     return frame
 
 
-def require_columns(frame: pd.DataFrame, columns: Iterable[str], path: str | Path, *, what: str = "column") -> None:
+def require_columns(
+    frame: pd.DataFrame, columns: Iterable[str], path: str | Path, *, what: str = "column"
+) -> None:
     """Raise one error naming every missing column and listing the available ones."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         names = ", ".join(f"'{c}'" for c in missing)
         raise ManifestError(
-            f"{path}: no {what}{'s' if len(missing) > 1 else ''} {names}. Available columns: {', '.join(map(str, frame.columns))}.",
+            f"{path}: no {what}{'s' if len(missing) > 1 else ''} {names}. "
+            f"Available columns: {', '.join(map(str, frame.columns))}.",
             "Name an existing column with the matching option (e.g. --target, --image, --label).",
         )
 
@@ -100,3 +136,330 @@ def format_rows(rows: Sequence[int], limit: int = 10) -> str:
     """Human row numbers (1 = first data row after the header), shortened after ``limit``."""
     shown = ", ".join(str(r + 1) for r in rows[:limit])
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+DEFAULT_PARTICIPANT_COLUMN = "participant_id"
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# BIDS entity "sub-<label>": the label is alphanumeric, delimited by "_" or a folder separator.
+_BIDS_SUBJECT = re.compile(r"(?:^|[_/\\])(sub-[A-Za-z0-9]+)(?=$|[_./\\])")
+_LIST_LIMIT = 10
+
+ParticipantSource = Literal["column", "filename", "row"]
+
+
+@dataclass(frozen=True)
+class ManifestIssue:
+    """A cell the loader could not use: an empty value or an image file that is not there.
+
+    Attributes:
+        row: position of the data row (0 = first row after the header).
+        column: the column of the cell.
+        message: what is wrong, for people.
+        file: the resolved path, for image cells.
+        written: the cell's text, for image cells (as the user wrote it).
+    """
+
+    row: int
+    column: str
+    message: str
+    file: Path | None = None
+    written: str | None = None
+
+    def describe(self) -> str:
+        """``row 2, column 't1': sub-02_T1w.nii.gz: file does not exist``."""
+        subject = f"{self.written}: " if self.written else ""
+        return f"row {self.row + 1}, column '{self.column}': {subject}{self.message}"
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """A validated manifest: the table, its image columns and per-row resolved paths.
+
+    Row positions are 0-based (``frame`` is re-indexed 0..n-1); messages for people number
+    rows from 1, the first row after the header.
+
+    Attributes:
+        path: the CSV/TSV file.
+        root: the manifest's folder; relative image paths start here.
+        frame: the table as read.
+        image_columns: the columns holding input images, one channel each, in order.
+        label_column: the target column, if any.
+        participant_column: the grouping column (it may be absent: see ``participant_source``).
+        participant_source: where participant IDs come from: ``"column"``, ``"filename"``
+            (a BIDS ``sub-XXX`` in the first image's path) or ``"row"`` (each row its own).
+        image_columns_detected: True when ``image_columns`` were found by looking at the values.
+        label_is_image: True when the label column holds NIfTI paths (segmentation masks).
+        image_files: per row, the resolved path of each image column (None for an empty cell).
+        label_files: per row, the resolved mask path when ``label_is_image``.
+        participant_ids: per row, the participant the row belongs to.
+        issues: empty cells and missing files (only when loaded with ``require_files=False``;
+            otherwise they raise).
+    """
+
+    path: Path
+    root: Path
+    frame: pd.DataFrame
+    image_columns: tuple[str, ...]
+    label_column: str | None
+    participant_column: str
+    participant_source: ParticipantSource
+    image_files: tuple[tuple[Path | None, ...], ...]
+    participant_ids: tuple[str, ...]
+    label_files: tuple[Path | None, ...] | None = None
+    image_columns_detected: bool = False
+    label_is_image: bool = False
+    issues: tuple[ManifestIssue, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def image_paths(self, row: int) -> list[Path]:
+        """Absolute paths of the row's images, one per image column (channel order).
+
+        Raises:
+            ManifestError: the row has an empty image cell.
+        """
+        paths = self.image_files[row]
+        for column, path in zip(self.image_columns, paths, strict=True):
+            if path is None:
+                raise ManifestError(
+                    f"{self.path}: row {row + 1}, column '{column}' is empty.",
+                    "Give every row a path in each image column, or remove the row.",
+                )
+        return [p for p in paths if p is not None]
+
+    def label_path(self, row: int) -> Path | None:
+        """Absolute path of the row's label image (segmentation mask), or None."""
+        return None if self.label_files is None else self.label_files[row]
+
+    @property
+    def participants(self) -> pd.Series:
+        """Participant ID of each row (the grouping key for splits)."""
+        import pandas as pd  # heavy: only when a manifest is used
+
+        return pd.Series(self.participant_ids, index=self.frame.index, name=self.participant_column)
+
+    @property
+    def labels(self) -> pd.Series | None:
+        """The label column (None without one)."""
+        return None if self.label_column is None else self.frame[self.label_column]
+
+
+def looks_like_nifti_column(values: Iterable[Any]) -> bool:
+    """True if most non-empty values end in ``.nii`` or ``.nii.gz``."""
+    texts = [str(v).strip() for v in values if not _is_empty(v)]
+    if not texts:
+        return False
+    hits = sum(text.lower().endswith(_NIFTI_SUFFIXES) for text in texts)
+    return hits * 2 >= len(texts)
+
+
+def participant_from_path(path: str | Path) -> str | None:
+    """The BIDS subject (``sub-XXX``) in a file name, else in its folders, else None.
+
+    Example:
+        >>> participant_from_path("sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz")
+        'sub-01'
+    """
+    text = str(path)
+    name_match = _BIDS_SUBJECT.search(Path(text).name)
+    if name_match:
+        return name_match.group(1)
+    path_match = _BIDS_SUBJECT.search(text)
+    return path_match.group(1) if path_match else None
+
+
+def load_manifest(
+    path: str | Path,
+    image_columns: Sequence[str] | None = None,
+    label_column: str | None = None,
+    participant_column: str = DEFAULT_PARTICIPANT_COLUMN,
+    *,
+    require_files: bool = True,
+) -> Manifest:
+    """Read a CSV/TSV manifest and resolve its image paths.
+
+    Image paths are relative to the manifest's own folder (absolute paths and ``~`` work
+    too). Participants come from ``participant_column``; when that column is absent and is
+    the default ``participant_id``, each row's participant is the BIDS ``sub-XXX`` found in
+    its first image's path, else the row is its own participant. A participant column named
+    explicitly must exist. A label column whose values are NIfTI paths is a column of
+    segmentation masks: its files are resolved and checked like images.
+
+    Args:
+        path: the manifest.
+        image_columns: one column per input channel; None picks every column whose values
+            are NIfTI paths (``Manifest.image_columns_detected`` is then True).
+        label_column: the target column (class, value or mask path).
+        participant_column: the grouping column for splits.
+        require_files: raise on empty cells and missing files; with False they are collected
+            in ``Manifest.issues`` instead (for ``neurodl check``, which reports everything).
+
+    Raises:
+        InputFileError: the manifest is missing or not a table.
+        ManifestError: a named column is missing (the error lists the available ones), no
+            column holds images, or (with ``require_files``) cells are empty or files missing,
+            all listed in one message.
+
+    Example:
+        >>> manifest = load_manifest("sample_data/participants.tsv", ["t1"], "diagnosis")
+        >>> manifest.image_paths(0)
+        [PosixPath('/.../sample_data/sub-001/anat/sub-001_T1w.nii.gz')]
+    """
+    path = Path(path)
+    if isinstance(image_columns, str):
+        image_columns = [image_columns]
+    named = [*(image_columns or []), *([label_column] if label_column else [])]
+    frame = read_table(path, text_columns=[participant_column, *named])
+    frame = frame.reset_index(drop=True)
+    root = Path(os.path.abspath(path)).parent
+
+    required = list(named)
+    if participant_column != DEFAULT_PARTICIPANT_COLUMN:
+        required.append(participant_column)
+    require_columns(frame, required, path)
+
+    detected = image_columns is None
+    if image_columns is None:
+        image_columns = _detect_image_columns(frame, path, exclude=(label_column, participant_column))
+    columns = tuple(dict.fromkeys(image_columns))
+    if not columns:
+        raise ManifestError(f"{path}: no image column given.", "Name one with --image COLUMN.")
+    if label_column is not None and label_column in columns:
+        raise ManifestError(
+            f"{path}: column '{label_column}' is both an image column and the label column.",
+            "Give the label column with --label only, and the image columns with --image.",
+        )
+
+    issues: list[ManifestIssue] = []
+    image_files = tuple(
+        tuple(
+            _resolve_cell(frame.at[row, column], row, column, root, issues, what="image path")
+            for column in columns
+        )
+        for row in range(len(frame))
+    )
+
+    label_files = None
+    label_is_image = False
+    if label_column is not None:
+        label_is_image = looks_like_nifti_column(frame[label_column])
+        if label_is_image:
+            label_files = tuple(
+                _resolve_cell(frame.at[row, label_column], row, label_column, root, issues, "mask")
+                for row in range(len(frame))
+            )
+        else:
+            for row in range(len(frame)):
+                if _is_empty(frame.at[row, label_column]):
+                    issues.append(ManifestIssue(row, label_column, "the label is empty."))
+
+    participant_ids, source = _participants(frame, participant_column, columns[0], issues)
+
+    manifest = Manifest(
+        path=path,
+        root=root,
+        frame=frame,
+        image_columns=columns,
+        label_column=label_column,
+        participant_column=participant_column,
+        participant_source=source,
+        image_files=image_files,
+        participant_ids=participant_ids,
+        label_files=label_files,
+        image_columns_detected=detected,
+        label_is_image=label_is_image,
+        issues=tuple(issues),
+    )
+    if require_files and issues:
+        raise manifest_issues_error(manifest)
+    return manifest
+
+
+def manifest_issues_error(manifest: Manifest) -> ManifestError:
+    """One error listing every empty cell and missing file of a manifest (shortened)."""
+    issues = manifest.issues
+    missing = [i for i in issues if i.file is not None]
+    lines = [f"  {i.describe()}" for i in issues[:_LIST_LIMIT]]
+    if len(issues) > _LIST_LIMIT:
+        lines.append(f"  and {len(issues) - _LIST_LIMIT} more")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing file{'s' if len(missing) > 1 else ''}")
+    if len(issues) > len(missing):
+        empty = len(issues) - len(missing)
+        parts.append(f"{empty} empty cell{'s' if empty > 1 else ''}")
+    return ManifestError(
+        f"{manifest.path}: {' and '.join(parts)}:\n" + "\n".join(lines),
+        f"Paths are relative to the manifest's folder ({manifest.root}); correct them or fill "
+        f"the cells, then run `neurodl check {manifest.path}` to see every problem at once.",
+    )
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        # NaN (float, numpy or pandas) is the only value unequal to itself.
+        return bool(value != value)
+    except TypeError:  # pandas.NA refuses to be a bool
+        return True
+    except ValueError:
+        return False
+
+
+def _resolve_cell(
+    value: Any, row: int, column: str, root: Path, issues: list[ManifestIssue], what: str
+) -> Path | None:
+    if _is_empty(value):
+        issues.append(ManifestIssue(row, column, f"the {what} is empty."))
+        return None
+    written = str(value).strip()
+    candidate = Path(written).expanduser()
+    resolved = Path(os.path.normpath(candidate if candidate.is_absolute() else root / candidate))
+    if not resolved.exists():
+        issues.append(ManifestIssue(row, column, "file does not exist.", resolved, written))
+    elif resolved.is_dir():
+        issues.append(ManifestIssue(row, column, "is a directory, not a file.", resolved, written))
+    return resolved
+
+
+def _detect_image_columns(frame: pd.DataFrame, path: Path, exclude: Iterable[str | None]) -> list[str]:
+    skip = set(exclude)
+    found = [str(c) for c in frame.columns if c not in skip and looks_like_nifti_column(frame[c])]
+    if not found:
+        raise ManifestError(
+            f"{path}: no column holds NIfTI paths (.nii/.nii.gz). "
+            f"Columns: {', '.join(map(str, frame.columns))}.",
+            "Name the image column(s) with --image COLUMN, or add a column with each image's "
+            "path relative to the manifest's folder (a BIDS participants.tsv lists participants, "
+            "not images).",
+        )
+    return found
+
+
+def _participants(
+    frame: pd.DataFrame,
+    column: str,
+    first_image_column: str,
+    issues: list[ManifestIssue],
+) -> tuple[tuple[str, ...], ParticipantSource]:
+    if column in frame.columns:
+        ids: list[str] = []
+        for row, value in enumerate(frame[column]):
+            if _is_empty(value):
+                issues.append(ManifestIssue(row, column, "the participant ID is empty."))
+                ids.append(f"row-{row + 1}")
+            else:
+                ids.append(str(value).strip())
+        return tuple(ids), "column"
+    # Parse the path as written: folders above the manifest say nothing about the participant.
+    parsed = [
+        None if _is_empty(value) else participant_from_path(str(value).strip())
+        for value in frame[first_image_column]
+    ]
+    if any(p is not None for p in parsed):
+        return tuple(p if p is not None else f"row-{row + 1}" for row, p in enumerate(parsed)), "filename"
+    return tuple(f"row-{row + 1}" for row in range(len(frame))), "row"

@@ -82,13 +82,29 @@ def voxel_size(affine: np.ndarray) -> tuple[float, float, float]:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise ImageError(path, "file does not exist.", "Check the path (relative paths in a manifest are relative to the manifest's folder).")
+        raise ImageError(
+            path,
+            "file does not exist.",
+            "Check the path (relative paths in a manifest are relative to the manifest's folder).",
+        )
     if path.is_dir():
-        raise ImageError(path, "is a directory, not a NIfTI file.", "Give a .nii or .nii.gz file, or use a command that accepts folders.")
+        raise ImageError(
+            path,
+            "is a directory, not a NIfTI file.",
+            "Give a .nii or .nii.gz file, or use a command that accepts folders.",
+        )
     if not is_nifti_path(path):
-        raise ImageError(path, "is not a NIfTI file (expected a .nii or .nii.gz name).", "Convert it to NIfTI first (e.g. dcm2niix for DICOM).")
+        raise ImageError(
+            path,
+            "is not a NIfTI file (expected a .nii or .nii.gz name).",
+            "Convert it to NIfTI first (e.g. dcm2niix for DICOM).",
+        )
     if path.stat().st_size == 0:
-        raise ImageError(path, "is empty (0 bytes).", "Re-export or re-copy the file; it was probably cut off while being written.")
+        raise ImageError(
+            path,
+            "is empty (0 bytes).",
+            "Re-export or re-copy the file; it was probably cut off while being written.",
+        )
 
 
 def _declared_bytes(header: nib.Nifti1Header) -> int:
@@ -105,18 +121,24 @@ def _check_size(path: Path, header: nib.Nifti1Header) -> None:
         raise ImageError(
             path,
             f"header declares {tuple(shape)} = {n_voxels:.3g} voxels, more than neurodl will load.",
-            "The header is probably corrupt; check it with `neurodl info` or fslhd.",
+            "The header is probably corrupt; inspect it with `fslhd` or `nib-ls` and re-export it.",
         )
     expected = int(header.get_data_offset()) + _declared_bytes(header)
     if str(path).lower().endswith(".gz"):
         # The gzip trailer stores the uncompressed size modulo 2**32: a cheap truncation check.
-        with open(path, "rb") as handle:
-            handle.seek(-4, 2)
-            stored = struct.unpack("<I", handle.read(4))[0]
+        # A file cut short ends in arbitrary bytes, so this catches most, not all, truncations;
+        # the rest fail when the voxels are read.
+        if path.stat().st_size < 4:
+            stored = 0
+        else:
+            with open(path, "rb") as handle:
+                handle.seek(-4, 2)
+                stored = struct.unpack("<I", handle.read(4))[0]
         if expected < 2**32 and stored < expected:
             raise ImageError(
                 path,
-                f"is truncated or corrupt: the header declares {expected} bytes, the compressed data holds {stored}.",
+                f"is truncated or corrupt: the header declares {expected} bytes, "
+                f"the compressed data holds {stored}.",
                 "Re-copy or re-export the file.",
             )
     elif path.stat().st_size < expected:
@@ -137,16 +159,40 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     _check_file(path)
     try:
         image = nib.load(str(path))
-    except (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, EOFError, OSError, ValueError, struct.error) as exc:
-        raise ImageError(path, f"cannot be read as NIfTI ({exc}).", "Check that the file is a valid .nii/.nii.gz (try opening it in a viewer); re-export it if not.") from exc
-    header = image.header
+    except (
+        nib.filebasedimages.ImageFileError,
+        gzip.BadGzipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        struct.error,
+    ) as exc:
+        # nibabel hands a NIfTI-2 header with a CIFTI intent to its CIFTI reader, which fails
+        # when the CIFTI extension is missing; say what the file is, not how the reader failed.
+        if "cifti" in str(exc).lower():
+            raise _cifti_error(path) from exc
+        raise ImageError(
+            path,
+            f"cannot be read as NIfTI ({exc}).",
+            "Check that it is a valid .nii/.nii.gz (open it in a viewer); re-export it if not.",
+        ) from exc
+    if "cifti" in type(image).__name__.lower():
+        raise _cifti_error(path)
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageError(path, f"is a {type(image).__name__}, not a NIfTI volume.", "Convert it to NIfTI.")
-    intent = int(header.get("intent_code", 0)) if "intent_code" in header else 0
-    if intent in _CIFTI_INTENTS or "cifti" in type(image).__name__.lower():
-        raise ImageError(path, "is a CIFTI file (surface/grayordinate data), not a voxel volume.", "Use the volumetric NIfTI of the same data.")
+    header = image.header
+    if int(header["intent_code"]) in _CIFTI_INTENTS:
+        raise _cifti_error(path)
     _check_size(path, header)
     return image
+
+
+def _cifti_error(path: Path) -> ImageError:
+    return ImageError(
+        path,
+        "is a CIFTI file (surface/grayordinate data), not a voxel volume.",
+        "Use the volumetric NIfTI of the same data (e.g. the *_T1w.nii.gz, not a .dscalar.nii).",
+    )
 
 
 def _as_3d(path: Path, data: np.ndarray) -> np.ndarray:
@@ -155,12 +201,29 @@ def _as_3d(path: Path, data: np.ndarray) -> np.ndarray:
     if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):
         return data.reshape(data.shape[:3])
     if data.ndim < 3:
-        raise ImageError(path, f"is {data.ndim}D (shape {data.shape}); a 3D volume is expected.", "Give a 3D volume (a 2D slice cannot be used).")
-    extra = ", ".join(f"axis {i + 1} has {s}" for i, s in enumerate(data.shape) if i >= 3 and s > 1)
+        raise ImageError(
+            path,
+            f"is {data.ndim}D (shape {data.shape}); a 3D volume is expected.",
+            "Give a 3D volume (a 2D slice cannot be used).",
+        )
     raise ImageError(
         path,
-        f"is {data.ndim}D (shape {data.shape}; {extra}); a single 3D volume is expected.",
-        "Extract one volume first, e.g. `fslroi in.nii.gz out.nii.gz 0 1`, or nibabel's `image.slicer[..., 0]`.",
+        f"is {data.ndim}D (shape {data.shape}; {describe_extra_axes(data.shape)}); "
+        "a single 3D volume is expected.",
+        "Extract one volume first, e.g. `fslroi in.nii.gz out.nii.gz 0 1` "
+        "or nibabel's `image.slicer[..., 0]`.",
+    )
+
+
+def describe_extra_axes(shape: tuple[int, ...]) -> str:
+    """Name the axes beyond the third that hold more than one volume (1-based, as in viewers).
+
+    Example:
+        >>> describe_extra_axes((64, 64, 40, 120))
+        'axis 4 has 120 volumes'
+    """
+    return ", ".join(
+        f"axis {i + 1} has {size} volumes" for i, size in enumerate(shape) if i >= 3 and size > 1
     )
 
 
@@ -192,17 +255,29 @@ def load_volume(
     try:
         data = np.asanyarray(image.dataobj) if dtype is None else image.get_fdata(dtype=dtype)
     except (EOFError, OSError, ValueError, gzip.BadGzipFile, MemoryError, struct.error) as exc:
-        raise ImageError(path, f"voxel data cannot be read ({exc}); the file is truncated or corrupt.", "Re-copy or re-export the file.") from exc
+        raise ImageError(
+            path,
+            f"voxel data cannot be read ({exc}); the file is truncated or corrupt.",
+            "Re-copy or re-export the file.",
+        ) from exc
     data = np.asarray(data)
     if require_3d:
         data = _as_3d(path, data)
     if require_finite and data.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
-            raise ImageError(path, f"has {bad} NaN/Inf voxels.", "Fix the image (e.g. replace NaN by 0 with fslmaths -nan) before using it.")
+            raise ImageError(
+                path,
+                f"has {bad} NaN/Inf voxels.",
+                "Fix the image (e.g. replace NaN by 0 with fslmaths -nan) before using it.",
+            )
     affine = image.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ImageError(path, "has no usable affine (missing, NaN or singular).", "Fix the header's qform/sform (e.g. with fslorient) before using it.")
+        raise ImageError(
+            path,
+            "has no usable affine (missing, NaN or singular).",
+            "Fix the header's qform/sform (e.g. with fslorient) before using it.",
+        )
     return Volume(data=data, affine=np.asarray(affine, dtype=np.float64), header=image.header, path=path)
 
 
@@ -214,6 +289,10 @@ def save_volume(
     dtype: Any = None,
 ) -> Path:
     """Write ``data`` atomically as NIfTI in the grid of ``like`` (its affine, codes, units).
+
+    Values are stored as given, never rescaled: an integer ``dtype`` rounds to the nearest
+    integer and refuses values it cannot hold, so a label map stays exact. 64-bit integers,
+    which many viewers cannot read, are stored as int32 when the values fit.
 
     Args:
         data: array whose first three axes match ``like``'s grid; extra axes are kept.
@@ -230,22 +309,61 @@ def save_volume(
     data = np.asarray(data)
     if data.shape[:3] != like.shape[:3]:
         raise ValueError(f"data shape {data.shape} does not match the reference grid {like.shape[:3]}")
-    if data.dtype == np.float64:
-        data = data.astype(np.float32)
-    if data.dtype == np.bool_:
-        data = data.astype(np.uint8)
+    data = _storable(data, None if dtype is None else np.dtype(dtype), path)
     header = like.header.copy()
-    header.set_data_dtype(np.dtype(dtype) if dtype is not None else data.dtype)
+    header.set_data_dtype(data.dtype)
     image = nib.Nifti1Image(data, like.affine, header=header)
-    # Store values as given: no inherited intensity scaling.
+    # Store values as given: no inherited intensity scaling (data already has the stored dtype,
+    # so nibabel has nothing to rescale).
     image.header.set_slope_inter(None, None)
     qform, qcode = like.header.get_qform(coded=True)
     sform, scode = like.header.get_sform(coded=True)
-    image.set_qform(like.affine if qform is None else qform, int(qcode) if qform is not None else 1)
-    image.set_sform(like.affine if sform is None else sform, int(scode) if sform is not None else 1)
+    header_affine = sform if sform is not None else qform
+    if header_affine is not None and np.allclose(header_affine, like.affine, atol=1e-4):
+        # The header describes this grid: keep its qform/sform pair and codes as they were.
+        image.set_qform(like.affine if qform is None else qform, int(qcode) or 1)
+        image.set_sform(like.affine if sform is None else sform, int(scode) or 1)
+    else:
+        # The affine changed since the header was read (e.g. after to_ras): the header's
+        # qform/sform describe another grid, so write the affine itself into both.
+        image.set_qform(like.affine, int(qcode) or 1)
+        image.set_sform(like.affine, int(scode) or 1)
     with atomic_output(path) as tmp:
         nib.save(image, str(tmp))
     return path
+
+
+def _storable(data: np.ndarray, dtype: np.dtype | None, path: Path) -> np.ndarray:
+    """Cast ``data`` to the dtype it will be stored as, so that nibabel never rescales it."""
+    if dtype is None:
+        if data.dtype == np.float64:
+            return data.astype(np.float32)
+        if data.dtype == np.bool_:
+            return data.astype(np.uint8)
+        if data.dtype.kind in "iu" and data.dtype.itemsize == 8:
+            target = np.dtype(np.int32)
+            info = np.iinfo(target)
+            if data.size == 0 or (data.min() >= info.min and data.max() <= info.max):
+                return data.astype(target)
+        return data
+    if dtype.kind in "iu" and data.dtype.kind not in "iu":
+        if data.size and not np.all(np.isfinite(data)):
+            raise ImageError(
+                path,
+                f"cannot store NaN/Inf values as {dtype}.",
+                "Replace them first, or save as float32.",
+            )
+        data = np.rint(data)
+    if dtype.kind in "iu" and data.size:
+        info = np.iinfo(dtype)
+        low, high = data.min(), data.max()
+        if low < info.min or high > info.max:
+            raise ImageError(
+                path,
+                f"values {low}..{high} do not fit in {dtype} ({info.min}..{info.max}).",
+                "Save with a wider dtype (e.g. int32 or float32).",
+            )
+    return data.astype(dtype, copy=False)
 
 
 def ras_transform(affine: np.ndarray) -> np.ndarray:
@@ -264,6 +382,11 @@ def to_ras(volume: Volume) -> Volume:
     affine = volume.affine @ inv_ornt_aff(transform, volume.shape[:3])
     header = volume.header.copy()
     header.set_data_shape(data.shape)
+    # Keep the header consistent with the new axes, so saving with like=this volume is correct.
+    _, qcode = header.get_qform(coded=True)
+    _, scode = header.get_sform(coded=True)
+    header.set_qform(affine, int(qcode) or 1)
+    header.set_sform(affine, int(scode) or 1)
     return Volume(data=np.ascontiguousarray(data), affine=affine, header=header, path=volume.path)
 
 
@@ -271,3 +394,105 @@ def from_ras(data: np.ndarray, *, like: Volume) -> np.ndarray:
     """Undo :func:`to_ras`: bring an array computed in RAS back to ``like``'s axes."""
     back = ornt_transform(axcodes2ornt("RAS"), io_orientation(like.affine))
     return np.ascontiguousarray(apply_orientation(data, back))
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """What ``neurodl info`` shows about one NIfTI file.
+
+    Attributes:
+        path: the file.
+        shape: array shape (4D files keep their 4th axis).
+        voxel_size: mm along each of the first three array axes.
+        orientation: orientation code such as ``LAS``.
+        dtype: the type stored on disk.
+        minimum, maximum, mean: over finite voxels (None when there are none).
+        n_nan, n_inf: NaN and Inf voxel counts.
+        affine: the voxel-to-world matrix.
+        qform_code, sform_code: NIfTI codes saying which space the affine maps to.
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    voxel_size: tuple[float, float, float]
+    orientation: str
+    dtype: str
+    minimum: float | None
+    maximum: float | None
+    mean: float | None
+    n_nan: int
+    n_inf: int
+    affine: tuple[tuple[float, ...], ...]
+    qform_code: int
+    sform_code: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "shape": list(self.shape),
+            "voxel_size_mm": list(self.voxel_size),
+            "orientation": self.orientation,
+            "dtype": self.dtype,
+            "min": self.minimum,
+            "max": self.maximum,
+            "mean": self.mean,
+            "nan": self.n_nan,
+            "inf": self.n_inf,
+            "affine": [list(row) for row in self.affine],
+            "qform_code": self.qform_code,
+            "sform_code": self.sform_code,
+        }
+
+
+def summarize_image(path: str | Path) -> ImageSummary:
+    """Read a NIfTI file (2D to 5D) and summarise its header and intensities.
+
+    Raises:
+        ImageError: the file cannot be read (missing, empty, truncated, not NIfTI, CIFTI...).
+
+    Example:
+        >>> summarize_image("sub-001_T1w.nii.gz").orientation
+        'LAS'
+    """
+    volume = load_volume(path, dtype=None, require_3d=False)
+    data = volume.data
+    n_nan = n_inf = 0
+    finite = data
+    if data.dtype.kind in "fc":
+        n_nan = int(np.count_nonzero(np.isnan(data)))
+        n_inf = int(np.count_nonzero(np.isinf(data)))
+        if n_nan or n_inf:
+            finite = data[np.isfinite(data)]
+    has_values = finite.size > 0
+    header = volume.header
+    return ImageSummary(
+        path=Path(path),
+        shape=volume.shape,
+        voxel_size=volume.spacing,
+        orientation=volume.orientation,
+        dtype=str(header.get_data_dtype()),
+        minimum=float(finite.min()) if has_values else None,
+        maximum=float(finite.max()) if has_values else None,
+        mean=float(finite.mean(dtype=np.float64)) if has_values else None,
+        n_nan=n_nan,
+        n_inf=n_inf,
+        affine=tuple(tuple(float(v) for v in row) for row in volume.affine),
+        qform_code=int(header["qform_code"]),
+        sform_code=int(header["sform_code"]),
+    )
+
+
+def find_nifti_files(folder: str | Path) -> list[Path]:
+    """Every ``.nii``/``.nii.gz`` file under ``folder`` (recursively, sorted).
+
+    Hidden files are skipped: macOS ``._name.nii`` copies and neurodl's own temporary
+    files are not images.
+    """
+    folder = Path(folder)
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if is_nifti_path(path)
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
