@@ -27,6 +27,7 @@ from neurodl.errors import DataError, ManifestError, RunDirectoryError
 from neurodl.io.manifest import read_table, require_columns
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
+from neurodl.tasks._classification import balanced_class_weights, class_probabilities, classification_loss
 from neurodl.tasks.metrics import classification_metrics, regression_metrics, summarize_folds
 
 TASK = "biomarkers"
@@ -53,13 +54,7 @@ class BiomarkersModule:
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.target.kind == "regression":
             return F.mse_loss(output.squeeze(1), y)
-        if self.target.outputs == 1:
-            pos_weight = None
-            if self.class_weights is not None:
-                pos_weight = (self.class_weights[1] / self.class_weights[0]).to(output.device)
-            return F.binary_cross_entropy_with_logits(output.squeeze(1), y.float(), pos_weight=pos_weight)
-        weight = self.class_weights.to(output.device) if self.class_weights is not None else None
-        return F.cross_entropy(output, y, weight=weight)
+        return classification_loss(output, y, self.class_weights)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
@@ -84,11 +79,7 @@ class BiomarkersModule:
 
     def probabilities(self, output: torch.Tensor) -> np.ndarray:
         """(n, K) class probabilities: sigmoid for two classes, softmax otherwise."""
-        output = output.detach().float().cpu()
-        if self.target.outputs == 1:
-            p = torch.sigmoid(output.squeeze(1))
-            return torch.stack([1 - p, p], dim=1).numpy()
-        return torch.softmax(output, dim=1).numpy()
+        return class_probabilities(output)
 
     def values(self, output: torch.Tensor) -> np.ndarray:
         """Regression predictions in the target's own units."""
@@ -210,9 +201,7 @@ def prepare(path: Path, options: BiomarkersOptions) -> Prepared:
 def _class_weights(y: np.ndarray, target: TargetEncoder, mode: str) -> torch.Tensor | None:
     if mode != "balanced" or target.kind != "classification":
         return None
-    counts = np.bincount(y, minlength=len(target.classes)).astype(float)
-    counts[counts == 0] = 1.0
-    return torch.tensor(len(y) / (len(target.classes) * counts), dtype=torch.float32)
+    return balanced_class_weights(y, len(target.classes))
 
 
 def fit_rows(
