@@ -79,7 +79,8 @@ class BiomarkersOptions:
     group: str = "auto"
     val_fraction: float = 0.2
     positive: str = ""
-    train: TrainOptions = field(default_factory=TrainOptions)
+    # Tables are small: a few steps per epoch, so a larger step and more epochs than for images.
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=0.01, epochs=300, patience=30))
 
     def __post_init__(self) -> None:
         _choice("task", self.task, ("auto", "classification", "regression"))
@@ -142,21 +143,33 @@ def _coerce(value: Any, kind: Any) -> Any:
     return value
 
 
+def _nested_defaults(cls: type) -> dict[str, Any]:
+    """Default instances of the nested option sets of ``cls`` (e.g. its ``train`` options)."""
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            if dataclasses.is_dataclass(value):
+                defaults[f.name] = value
+    return defaults
+
+
 def build(cls: type[T], values: dict[str, Any], *, source: str = "options") -> T:
     """Build a frozen option set from a flat dict, refusing unknown names.
 
     Keys of nested option sets (``train`` in a task's options) may be given
-    flat: ``{"lr": 0.1}`` sets ``train.lr``.
+    flat: ``{"lr": 0.1}`` sets ``train.lr``. Nested sets start from the task's
+    own defaults (a task may default to another learning rate than the engine).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    nested = {name: f for name, f in fields.items() if dataclasses.is_dataclass(f.default_factory)}  # type: ignore[misc]
+    nested = _nested_defaults(cls)
     own: dict[str, Any] = {}
     sub: dict[str, dict[str, Any]] = {name: {} for name in nested}
-    sub_fields = {name: {g.name for g in dataclasses.fields(f.default_factory)} for name, f in nested.items()}  # type: ignore[arg-type]
+    sub_fields = {name: {g.name: g for g in dataclasses.fields(base)} for name, base in nested.items()}
     for key, value in values.items():
         key = key.replace("-", "_")
         if key in nested and isinstance(value, dict):
-            sub[key].update(value)
+            sub[key].update({k.replace("-", "_"): v for k, v in value.items()})
         elif key in fields and key not in nested:
             own[key] = _coerce(value, fields[key].type)
         else:
@@ -168,8 +181,16 @@ def build(cls: type[T], values: dict[str, Any], *, source: str = "options") -> T
                 )
                 raise UsageError(f"{source}: unknown option '{key}'.", f"Known options: {', '.join(known)}.")
             sub[owner][key] = value
-    for name, f in nested.items():
-        own[name] = build(f.default_factory, sub[name], source=source)  # type: ignore[arg-type]
+    for name, base in nested.items():
+        unknown = sorted(set(sub[name]) - set(sub_fields[name]))
+        if unknown:
+            raise UsageError(
+                f"{source}: unknown option '{unknown[0]}' in '{name}'.",
+                f"Known options: {', '.join(sorted(sub_fields[name]))}.",
+            )
+        own[name] = dataclasses.replace(
+            base, **{k: _coerce(v, sub_fields[name][k].type) for k, v in sub[name].items()}
+        )
     return cls(**own)
 
 

@@ -6,9 +6,6 @@ from typing import Annotated
 
 import typer
 
-from neurodl.config import TrainOptions
-
-_D = TrainOptions()
 _P = "Training"
 
 Epochs = Annotated[int, typer.Option("--epochs", help="Maximum number of epochs.", rich_help_panel=_P)]
@@ -77,5 +74,3 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N o
 Precision = Annotated[
     str, typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).", rich_help_panel=_P)
 ]
-
-DEFAULTS = _D

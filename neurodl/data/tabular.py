@@ -63,12 +63,11 @@ def label_text(value: Any) -> str:
 
 
 def _non_numeric_rows(column: pd.Series) -> list[int]:
+    """Rows holding a value that is not a number (missing values do not count)."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return []
     converted = pd.to_numeric(column, errors="coerce")
-    return [
-        i
-        for i, (raw, num) in enumerate(zip(column, converted, strict=True))
-        if pd.notna(raw) and pd.isna(num)
-    ]
+    return np.flatnonzero(column.notna().to_numpy() & converted.isna().to_numpy()).tolist()
 
 
 def select_features(

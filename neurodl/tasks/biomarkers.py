@@ -28,7 +28,12 @@ from neurodl.io.manifest import read_table, require_columns
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
 from neurodl.tasks._classification import balanced_class_weights, class_probabilities, classification_loss
-from neurodl.tasks.metrics import classification_metrics, regression_metrics, summarize_folds
+from neurodl.tasks.metrics import (
+    classification_metrics,
+    epoch_classification_metrics,
+    regression_metrics,
+    summarize_folds,
+)
 
 TASK = "biomarkers"
 
@@ -73,8 +78,7 @@ class BiomarkersModule:
             truth = y.numpy() * self.target.scale + self.target.center
             metrics.update(regression_metrics(truth, self.values(output)))
         else:
-            scores = classification_metrics(y.numpy(), self.probabilities(output), self.target.classes)
-            metrics.update({k: scores[k] for k in ("accuracy", "balanced_accuracy", "roc_auc")})
+            metrics.update(epoch_classification_metrics(y.numpy(), self.probabilities(output)))
         return metrics
 
     def probabilities(self, output: torch.Tensor) -> np.ndarray:

@@ -464,3 +464,17 @@ def test_resume_finishes_an_interrupted_run_with_identical_weights(run_cli, tmp_
     result = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(np.array_equal(reference[k].numpy(), result[k].numpy()) for k in reference)
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 6
+
+
+def test_fast_epoch_metrics_equal_scikit_learn():
+    from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics
+
+    rng = np.random.default_rng(0)
+    for k in (2, 3):
+        for _ in range(20):
+            y = rng.integers(0, k, 30)
+            proba = rng.random((30, k)).round(1) + 0.01  # rounded: ties, as in real scores
+            proba /= proba.sum(axis=1, keepdims=True)
+            reference = classification_metrics(y, proba, [str(c) for c in range(k)])
+            for key, value in epoch_classification_metrics(y, proba).items():
+                assert value == pytest.approx(reference[key], abs=1e-12, nan_ok=True), key
