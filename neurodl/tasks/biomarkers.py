@@ -7,7 +7,6 @@ mini-batch gradient descent and any of its optimisers.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,20 +18,20 @@ import torch
 import torch.nn.functional as F
 
 from neurodl.config import BiomarkersOptions, from_dict, to_dict
-from neurodl.data.splits import kfold_by_participant, regression_strata, split_by_participant
+from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import FeatureEncoder, TargetEncoder, is_id_column, label_text, select_features
 from neurodl.engine import Callback, FitResult, TensorBatches, fit
-from neurodl.engine.progress import RichProgress
 from neurodl.errors import DataError, ManifestError, RunDirectoryError
 from neurodl.io.manifest import read_table, require_columns
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
 from neurodl.tasks._classification import balanced_class_weights, class_probabilities, classification_loss
+from neurodl.tasks._protocol import run_protocol
+from neurodl.tasks._run import progress, start_run
 from neurodl.tasks.metrics import (
     classification_metrics,
     epoch_classification_metrics,
     regression_metrics,
-    summarize_folds,
 )
 
 TASK = "biomarkers"
@@ -265,10 +264,6 @@ def fit_rows(
     return Fitted(module, features, target, result, spec)
 
 
-def _table_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _id_columns(frame: pd.DataFrame, group: str | None) -> list[str]:
     columns = [c for c in frame.columns if is_id_column(c)]
     if group and group not in columns:
@@ -366,43 +361,6 @@ def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def _callbacks(console: Any, quiet: bool, description: str) -> list[Callback]:
-    return [] if quiet or console is None else [RichProgress(console, description)]
-
-
-def _run_fit(
-    data: Prepared,
-    options: BiomarkersOptions,
-    train_rows: np.ndarray,
-    val_rows: np.ndarray | None,
-    *,
-    run: RunDirectory,
-    name: str,
-    resume: bool,
-    console: Any,
-    quiet: bool,
-    description: str,
-    epochs: int | None = None,
-) -> Fitted:
-    callbacks = _callbacks(console, quiet, description)
-    try:
-        return fit_rows(
-            data,
-            options,
-            train_rows,
-            val_rows,
-            checkpoint=run.file(f"checkpoints/{name}.safetensors"),
-            resume=resume,
-            callbacks=callbacks,
-            resume_hint=f"Continue with: neurodl biomarkers train --resume {run.path}",
-            epochs=epochs,
-        )
-    finally:
-        for cb in callbacks:
-            if isinstance(cb, RichProgress):
-                cb.close()
-
-
 def train(
     table: Path | None,
     options: BiomarkersOptions,
@@ -415,190 +373,65 @@ def train(
 ) -> dict[str, Any]:
     """Train on a table and write the run directory ``out``; return the summary.
 
-    Without ``--cv``: participants are split into training and validation sets
-    (``val_fraction``), early stopping and model selection use the validation
-    set, and the reported metrics are the validation metrics at the best epoch.
-
-    With ``--cv K``: K folds grouped by participant and stratified on the
-    target; in each fold an inner validation split of the training rows drives
-    early stopping, and the held-out fold gives out-of-fold predictions and the
-    reported metrics (mean ± std). The final model, used by ``predict``, is then
-    trained on every row for the median best epoch of the folds.
+    Evaluation follows :func:`neurodl.tasks._protocol.run_protocol`: one
+    validation split, or ``--cv K`` folds and a final model on every row.
     """
-    if resume:
-        run = RunDirectory.open(out, task=TASK)
-        saved = run.options
-        table = Path(saved.pop("table"))
-        digest = saved.pop("table_sha256", None)
-        options = from_dict(BiomarkersOptions, saved)
-        if not table.exists():
-            raise RunDirectoryError(
-                f"{out}: the table it was trained on, {table}, no longer exists.",
-                "Restore the file, or train a new run.",
-            )
-        if digest and _table_digest(table) != digest:
-            raise RunDirectoryError(
-                f"{out}: {table} changed since this run started, so it cannot be resumed.",
-                "Train a new run (--overwrite to replace this one).",
-            )
-    else:
-        if table is None:
-            raise DataError("no table given.", "Give the CSV/TSV to train on, or --resume RUN_DIR.")
-        data_preview = table.resolve()
-        run = RunDirectory.create(
-            out,
-            task=TASK,
-            options={
-                "table": str(data_preview),
-                "table_sha256": _table_digest(table) if table.is_file() else None,
-                **to_dict(options),
-            },
-            overwrite=overwrite,
-        )
-    assert table is not None
+    run, table, saved = start_run(
+        out, task=TASK, source=table, options=to_dict(options), resume=resume, overwrite=overwrite
+    )
+    options = from_dict(BiomarkersOptions, saved)
     data = prepare(table, options)
-    seed = options.train.seed
-    all_rows = np.arange(len(data.frame))
-    history: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {
-        "task": data.target.kind,
-        "target": options.target,
-        "features": FeatureEncoder.fit(
-            data.frame, numeric=data.numeric, categorical=data.categorical
-        ).feature_names,
-        "rows": len(data.frame),
-        "participants": len(np.unique(data.groups)),
-        "classes": data.target.classes,
-        "model": _model_spec(options, 0, data.target)["name"],
-    }
-    splits: dict[str, Any] = {"group_column": data.group_column, "seed": seed}
-    if options.cv:
-        folds = kfold_by_participant(data.groups, data.strata, options.cv, seed)
-        oof = (
-            np.zeros((len(all_rows), len(data.target.classes)))
-            if data.target.kind == "classification"
-            else np.zeros(len(all_rows))
-        )
-        fold_metrics, best_epochs = [], []
-        splits["folds"] = []
-        for k, (train_rows, test_rows) in enumerate(folds, start=1):
-            inner_fit, inner_val = split_by_participant(
-                data.groups[train_rows], data.strata[train_rows], options.val_fraction, seed + k
-            )
-            fitted = _run_fit(
+
+    def fit(
+        train_rows: np.ndarray, val_rows: np.ndarray | None, name: str, description: str, epochs: int | None
+    ) -> Fitted:
+        with progress(console, quiet, description) as callbacks:
+            return fit_rows(
                 data,
                 options,
-                train_rows[inner_fit],
-                train_rows[inner_val],
-                run=run,
-                name=f"fold-{k}",
+                train_rows,
+                val_rows,
+                checkpoint=run.file(f"checkpoints/{name}.safetensors"),
                 resume=resume,
-                console=console,
-                quiet=quiet,
-                description=f"fold {k}/{options.cv}",
+                callbacks=callbacks,
+                resume_hint=f"Continue with: neurodl biomarkers train --resume --out {run.path}",
+                epochs=epochs,
             )
-            x_test = fitted.features.transform(data.frame.iloc[test_rows], path=table)
-            oof[test_rows] = fitted.module.predict(x_test)
-            metrics = score(oof[test_rows], data.frame[options.target].iloc[test_rows], fitted.target, table)
-            metrics["best_epoch"] = fitted.result.best_epoch
-            fold_metrics.append(metrics)
-            best_epochs.append(fitted.result.best_epoch)
-            history += [{"fold": k, **r} for r in fitted.result.history]
-            splits["folds"].append(
-                {
-                    "fold": k,
-                    "test": sorted(set(data.groups[test_rows].tolist())),
-                    "validation": sorted(set(data.groups[train_rows[inner_val]].tolist())),
-                }
-            )
-        final_epochs = int(np.median(best_epochs))
-        final = _run_fit(
-            data,
-            options,
-            all_rows,
-            None,
-            run=run,
-            name="final",
-            resume=resume,
-            console=console,
-            quiet=quiet,
-            description="final model (all rows)",
-            epochs=final_epochs,
-        )
-        oof_metrics = score(
-            oof,
-            data.frame[options.target],
-            data.target if data.target.kind == "classification" else final.target,
-            table,
-        )
-        scalar_folds = [{k: v for k, v in m.items() if k != "confusion_matrix"} for m in fold_metrics]
-        metrics_payload = {
-            "evaluation": f"{options.cv}-fold cross-validation grouped by participant (out-of-fold predictions)",
-            "mean_std": summarize_folds(scalar_folds),
-            "folds": fold_metrics,
-            "out_of_fold": oof_metrics,
-            "final_model_epochs": final_epochs,
-        }
-        preds = prediction_frame(
-            data.frame,
-            oof,
-            data.target if data.target.kind == "classification" else final.target,
-            _id_columns(data.frame, data.group_column),
-        )
-        preds.insert(
-            len(preds.columns)
-            - (len(data.target.classes) + 1 if data.target.kind == "classification" else 1),
-            options.target,
-            data.frame[options.target].to_numpy(),
-        )
-        run.write_csv("oof_predictions.csv", preds)
-        plot_files = _plots(run, "oof_", oof, data.frame[options.target], data.target, oof_metrics, table)
-        splits["training_participants"] = sorted(set(data.groups.tolist()))
-        summary["metrics"] = {k: v["mean"] for k, v in metrics_payload["mean_std"].items()}
-        summary["metrics_std"] = {k: v["std"] for k, v in metrics_payload["mean_std"].items()}
-        summary["evaluation"] = metrics_payload["evaluation"]
-    else:
-        train_rows, val_rows = split_by_participant(data.groups, data.strata, options.val_fraction, seed)
-        final = _run_fit(
-            data,
-            options,
-            train_rows,
-            val_rows,
-            run=run,
-            name="final",
-            resume=resume,
-            console=console,
-            quiet=quiet,
-            description="training",
-        )
-        x_val = final.features.transform(data.frame.iloc[val_rows], path=table)
-        output = final.module.predict(x_val)
-        val_metrics = score(output, data.frame[options.target].iloc[val_rows], final.target, table)
-        metrics_payload = {
-            "evaluation": f"validation split ({len(val_rows)} rows, {len(set(data.groups[val_rows]))} participants) used for early stopping and model selection",
-            "validation": val_metrics,
-            "best_epoch": final.result.best_epoch,
-        }
-        history = [dict(r) for r in final.result.history]
-        val_frame = data.frame.iloc[val_rows]
-        preds = prediction_frame(val_frame, output, final.target, _id_columns(data.frame, data.group_column))
-        preds.insert(
-            len(_id_columns(data.frame, data.group_column)),
-            options.target,
-            val_frame[options.target].to_numpy(),
-        )
-        run.write_csv("validation_predictions.csv", preds)
-        plot_files = _plots(
-            run, "validation_", output, val_frame[options.target], final.target, val_metrics, table
-        )
-        splits["train"] = sorted(set(data.groups[train_rows].tolist()))
-        splits["validation"] = sorted(set(data.groups[val_rows].tolist()))
-        splits["training_participants"] = sorted(set(data.groups.tolist()))
-        summary["metrics"] = {k: v for k, v in val_metrics.items() if k != "confusion_matrix"}
-        summary["evaluation"] = metrics_payload["evaluation"]
+
+    def predict_rows(fitted: Fitted, rows: np.ndarray) -> np.ndarray:
+        return fitted.module.predict(fitted.features.transform(data.frame.iloc[rows], path=table))
+
+    def score_rows(rows: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+        return score(outputs, data.frame[options.target].iloc[rows], data.target, table)
+
+    outcome = run_protocol(
+        data.groups,
+        data.strata,
+        np.arange(len(data.frame)),
+        cv=options.cv,
+        val_fraction=options.val_fraction,
+        seed=options.train.seed,
+        fit=fit,
+        predict=predict_rows,
+        score=score_rows,
+    )
+    final: Fitted = outcome.final
+    prefix = "oof_" if options.cv else "validation_"
+    held = data.frame.iloc[outcome.rows]
+    ids = _id_columns(data.frame, data.group_column)
+    predictions = prediction_frame(held, outcome.outputs, final.target, ids)
+    predictions.insert(len(ids), options.target, held[options.target].to_numpy())
+    run.write_csv(f"{prefix}predictions.csv", predictions)
+    scored = outcome.metrics["out_of_fold"] if options.cv else outcome.metrics["validation"]
+    plot_files = _plots(run, prefix, outcome.outputs, held[options.target], data.target, scored, table)
 
     from neurodl.report import plots
 
+    splits = {
+        "group_column": data.group_column,
+        **outcome.splits,
+        "training_participants": sorted(set(data.groups.tolist())),
+    }
     run.write_json(
         "preprocessing.json",
         {
@@ -610,19 +443,30 @@ def train(
     )
     run.save_weights(final.module.model.state_dict())
     run.write_json("splits.json", splits)
-    run.write_json("metrics.json", metrics_payload)
-    run.write_csv("history.csv", pd.DataFrame(history))
+    run.write_json("metrics.json", outcome.metrics)
+    run.write_csv("history.csv", pd.DataFrame(outcome.history))
     run.save_figure(
         "learning_curves.png",
-        plots.learning_curves(history, title=f"{options.target}: {final.model_spec['name']}"),
+        plots.learning_curves(outcome.history, title=f"{options.target}: {final.model_spec['name']}"),
     )
     coefficients = _coefficients(final)
     if coefficients is not None:
         run.write_csv("coefficients.csv", coefficients)
-    summary["run"] = str(run.path)
-    summary["epochs"] = final.result.epochs_run
-    summary["plots"] = ["learning_curves.png", *plot_files]
-    return summary
+    return {
+        "task": data.target.kind,
+        "target": options.target,
+        "model": final.model_spec["name"],
+        "features": final.features.feature_names,
+        "rows": len(data.frame),
+        "participants": len(np.unique(data.groups)),
+        "classes": data.target.classes,
+        "evaluation": outcome.evaluation,
+        "metrics": {k: v for k, v in outcome.headline.items() if k != "confusion_matrix"},
+        "metrics_std": outcome.headline_std,
+        "epochs": final.result.epochs_run,
+        "run": str(run.path),
+        "plots": ["learning_curves.png", *plot_files],
+    }
 
 
 @dataclass

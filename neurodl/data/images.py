@@ -1,0 +1,350 @@
+"""Image preprocessing recorded in the run and inverted on output, and image datasets.
+
+Preprocessing is a MONAI pipeline: load (with neurodl's checks) -> reorient to
+RAS -> resample to ``spacing`` -> optionally crop to the head -> pad/crop to
+``size`` -> normalise intensities. Its parameters are saved in the run's
+``preprocessing.json`` so ``predict`` applies exactly the same, and MONAI's
+invertible transforms bring any map computed in that space back to the
+input's own grid and affine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandFlipd,
+    RandGaussianNoised,
+    ResizeWithPadOrCropd,
+    ScaleIntensityd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+from nibabel.orientations import io_orientation
+
+from neurodl.errors import ImageError, UsageError
+from neurodl.io.nifti import load_volume, read_image, voxel_size
+
+NORMALIZATIONS = ("zscore", "minmax", "percentile")
+AUGMENTATIONS = ("none", "light", "strong")
+
+
+def ras_spacing_and_shape(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel size and array shape along the R, A, S axes (after reorientation to RAS)."""
+    order = io_orientation(affine)[:, 0].astype(int)
+    spacing = np.zeros(3)
+    extent = np.zeros(3)
+    sizes = voxel_size(affine)
+    for axis in range(3):
+        spacing[order[axis]] = sizes[axis]
+        extent[order[axis]] = shape[axis]
+    return spacing, extent
+
+
+class LoadChannelsd(MapTransform):
+    """Load one or several NIfTI files (channels) into a MetaTensor (C, X, Y, Z) with its affine.
+
+    neurodl's loader does the checks (missing, truncated, 4D, NaN...), so errors
+    name the file; the channels of one row must share a grid.
+    """
+
+    def __init__(self, keys: str = "image") -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = load_channels(d[key])
+        return d
+
+
+def load_channels(paths: Sequence[str | Path]) -> MetaTensor:
+    """Stack the files of one row as channels, refusing channels on different grids."""
+    volumes = [load_volume(p, require_finite=True) for p in paths]
+    reference = volumes[0]
+    for volume in volumes[1:]:
+        if volume.shape != reference.shape or not np.allclose(volume.affine, reference.affine, atol=1e-3):
+            raise ImageError(
+                volume.path or "image",
+                f"has shape {volume.shape} and orientation {volume.orientation}, but the first channel {reference.path} has {reference.shape} and {reference.orientation}; the channels of one image must share a grid.",
+                "Resample the channels onto one grid first (e.g. with ANTs or FSL flirt -applyxfm).",
+            )
+    array = np.stack([v.data for v in volumes]).astype(np.float32)
+    meta = {"filename_or_obj": str(reference.path), "original_affine": reference.affine.copy()}
+    return MetaTensor(torch.from_numpy(array), affine=torch.from_numpy(reference.affine), meta=meta)
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """The deterministic preprocessing of a run, saved in ``preprocessing.json``.
+
+    Attributes:
+        spacing: target voxel size in mm (R, A, S).
+        size: array size after resampling and crop/pad.
+        normalize: ``zscore`` (mean 0, sd 1 over non-zero voxels), ``minmax`` or ``percentile`` (1-99 % to 0-1).
+        crop_foreground: crop to the head's bounding box before padding/cropping to ``size``.
+        channels: number of input channels (image columns).
+    """
+
+    spacing: tuple[float, float, float]
+    size: tuple[int, int, int]
+    normalize: str = "zscore"
+    crop_foreground: bool = False
+    channels: int = 1
+
+    def transforms(self) -> Compose:
+        """The MONAI pipeline, from a list of file paths to a normalised tensor."""
+        steps: list[Any] = [
+            LoadChannelsd("image"),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=self.spacing, mode="bilinear"),
+        ]
+        if self.crop_foreground:
+            steps.append(CropForegroundd(keys="image", source_key="image", margin=2, allow_smaller=True))
+        steps.append(ResizeWithPadOrCropd(keys="image", spatial_size=self.size))
+        if self.normalize == "zscore":
+            steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+        elif self.normalize == "minmax":
+            steps.append(ScaleIntensityd(keys="image", minv=0.0, maxv=1.0, channel_wise=True))
+        else:
+            steps.append(ScaleIntensityRangePercentilesd(keys="image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True, channel_wise=True))
+        steps.append(EnsureTyped(keys="image", dtype=torch.float32))
+        return Compose(steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ImagePreprocessing:
+        try:
+            spacing = tuple(float(s) for s in payload["spacing"])
+            size = tuple(int(s) for s in payload["size"])
+            if len(spacing) != 3 or len(size) != 3 or not all(0.05 <= s <= 50 for s in spacing) or not all(1 <= s <= 1024 for s in size):
+                raise ValueError(f"spacing {spacing} or size {size} out of range")
+            if payload.get("normalize", "zscore") not in NORMALIZATIONS:
+                raise ValueError(f"unknown normalisation {payload.get('normalize')}")
+            return cls(spacing=spacing, size=size, normalize=payload.get("normalize", "zscore"), crop_foreground=bool(payload.get("crop_foreground", False)), channels=int(payload.get("channels", 1)))  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"image preprocessing is damaged ({exc})") from exc
+
+
+def plan_preprocessing(
+    paths: Sequence[Path],
+    *,
+    spacing: Sequence[float],
+    size: Sequence[int],
+    normalize: str,
+    crop_foreground: bool,
+    channels: int,
+) -> ImagePreprocessing:
+    """Choose spacing and size from the training images' headers where not given.
+
+    Spacing defaults to the median voxel size (per RAS axis); size to the
+    median field of view at that spacing, rounded up to a multiple of 16 so
+    networks that halve the size four times fit.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise UsageError(f"--normalize '{normalize}' is not one of: {', '.join(NORMALIZATIONS)}.")
+    spacings, extents = [], []
+    for path in paths:
+        image = read_image(path)
+        s, e = ras_spacing_and_shape(image.affine, image.shape[:3])
+        spacings.append(s)
+        extents.append(s * e)
+    if spacing:
+        target = np.asarray([float(spacing[0])] * 3 if len(spacing) == 1 else [float(s) for s in spacing])
+        if target.shape != (3,) or (target <= 0).any():
+            raise UsageError(f"--spacing must be one or three positive numbers (mm), not {','.join(map(str, spacing))}.")
+    else:
+        target = np.round(np.median(np.asarray(spacings), axis=0), 3)
+    if size:
+        shape = [int(size[0])] * 3 if len(size) == 1 else [int(s) for s in size]
+        if len(shape) != 3 or min(shape) < 4:
+            raise UsageError(f"--size must be one or three integers >= 4, not {','.join(map(str, size))}.")
+    else:
+        fov = np.median(np.asarray(extents), axis=0)
+        shape = [int(16 * math.ceil(f / t / 16)) for f, t in zip(fov, target, strict=True)]
+    return ImagePreprocessing(
+        spacing=(float(target[0]), float(target[1]), float(target[2])),
+        size=(shape[0], shape[1], shape[2]),
+        normalize=normalize,
+        crop_foreground=crop_foreground,
+        channels=channels,
+    )
+
+
+def augmentation(level: str) -> Compose | None:
+    """Random transforms for training images only: flips, small affine, intensity, bias field, noise."""
+    if level not in AUGMENTATIONS:
+        raise UsageError(f"--augment '{level}' is not one of: {', '.join(AUGMENTATIONS)}.")
+    if level == "none":
+        return None
+    strong = level == "strong"
+    steps: list[Any] = [
+        RandFlipd(keys="image", prob=0.5, spatial_axis=0),  # left-right: brains are roughly symmetric
+        RandAffined(
+            keys="image",
+            prob=0.5 if not strong else 0.8,
+            rotate_range=(0.1 if not strong else 0.25,) * 3,
+            scale_range=(0.05 if not strong else 0.12,) * 3,
+            translate_range=(2 if not strong else 5,) * 3,
+            padding_mode="zeros",
+            mode="bilinear",
+        ),
+        RandGaussianNoised(keys="image", prob=0.2 if not strong else 0.4, std=0.05 if not strong else 0.1),
+    ]
+    if strong:
+        steps += [
+            RandBiasFieldd(keys="image", prob=0.3, coeff_range=(0.0, 0.2)),
+            RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
+        ]
+    return Compose(steps)
+
+
+def preprocess(preprocessing: ImagePreprocessing, paths: Sequence[Path], *, where: str = "") -> MetaTensor:
+    """Load and preprocess one image (its channel files), keeping what is needed to invert it."""
+    try:
+        return preprocessing.transforms()({"image": [str(p) for p in paths]})["image"]
+    except ImageError as exc:
+        if where:
+            exc.message = f"{exc.message} ({where})"
+        raise
+    except RuntimeError as exc:
+        # MONAI wraps errors raised inside transforms; unwrap ours.
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ImageError):
+            cause = cause.__cause__
+        if isinstance(cause, ImageError):
+            if where:
+                cause.message = f"{cause.message} ({where})"
+            raise cause from None
+        raise
+
+
+def invert_to_input(values: torch.Tensor, preprocessed: MetaTensor, preprocessing: ImagePreprocessing) -> np.ndarray:
+    """Bring an array computed on ``preprocessed``'s grid back to the input's own grid.
+
+    Args:
+        values: (C, X, Y, Z) maps or probabilities in the preprocessed space
+            (labels: invert their probabilities, then take the argmax).
+        preprocessed: the output of :func:`preprocess` for this input.
+        preprocessing: the run's preprocessing.
+
+    Returns:
+        (C, I, J, K) array in the input's voxel order (same shape as the input file).
+    """
+    mapped = MetaTensor(values.detach().float().cpu(), affine=preprocessed.affine.clone(), meta=dict(preprocessed.meta))
+    mapped.applied_operations = [dict(op) for op in preprocessed.applied_operations]
+    inverted = preprocessing.transforms().inverse({"image": mapped})["image"]
+    return np.asarray(inverted.detach().cpu().numpy())
+
+
+class VolumeDataset(torch.utils.data.Dataset):
+    """Preprocessed volumes and labels; random augmentation drawn from (seed, epoch, index).
+
+    Args:
+        items: per image, the list of its channel files.
+        labels: class index (or any target) per image.
+        preprocessing: the run's deterministic preprocessing.
+        augment: random transforms for training (None for validation/prediction).
+        cache: ``memory`` keeps every preprocessed volume in RAM after the first load.
+        seed: base seed of the augmentation.
+        describe: names an item in error messages (e.g. ``row 4 of manifest.tsv``).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Sequence[Path]],
+        labels: Sequence[Any],
+        preprocessing: ImagePreprocessing,
+        *,
+        augment: Compose | None = None,
+        cache: str = "memory",
+        seed: int = 0,
+        describe: Callable[[int], str] | None = None,
+    ) -> None:
+        self.items = [list(i) for i in items]
+        self.labels = torch.as_tensor(np.asarray(labels))
+        self.preprocessing = preprocessing
+        self.augment = augment
+        self.cache: dict[int, torch.Tensor] | None = {} if cache == "memory" else None
+        self.seed = seed
+        self.epoch = 0
+        self.describe = describe or (lambda i: "")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def volume(self, index: int) -> torch.Tensor:
+        """The preprocessed (C, X, Y, Z) tensor of one item (cached if enabled)."""
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        tensor = preprocess(self.preprocessing, self.items[index], where=self.describe(index)).as_tensor().contiguous()
+        if self.cache is not None:
+            self.cache[index] = tensor
+        return tensor
+
+    def warm(self, progress: Callable[[int], None] | None = None) -> None:
+        """Preprocess every item now (so a bad file stops training before it starts)."""
+        for index in range(len(self)):
+            self.volume(index)
+            if progress is not None:
+                progress(index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.volume(index)
+        if self.augment is not None:
+            # Seeded per (seed, epoch, item): a resumed run draws the same augmentations.
+            self.augment.set_random_state(seed=(self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**31))
+            image = torch.as_tensor(self.augment({"image": image})["image"]).float()
+        return image, self.labels[index]
+
+
+class ImageBatches:
+    """Mini-batches of a :class:`VolumeDataset`, reshuffled each epoch from (seed, epoch)."""
+
+    def __init__(self, dataset: VolumeDataset, *, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0) -> None:
+        self.dataset = dataset
+        self.batch_size = len(dataset) if batch_size <= 0 else batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.workers = workers
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        else:
+            order = list(range(len(self.dataset)))
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order,
+            num_workers=self.workers,
+            persistent_workers=False,
+        )
+        yield from loader

@@ -1,0 +1,72 @@
+"""Starting, resuming and reporting a training run: the same for every task."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from neurodl.engine import Callback
+from neurodl.engine.progress import RichProgress
+from neurodl.errors import DataError, RunDirectoryError
+from neurodl.io.rundir import RunDirectory
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file: a run refuses to resume on changed data."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def start_run(
+    out: Path,
+    *,
+    task: str,
+    source: Path | None,
+    options: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+) -> tuple[RunDirectory, Path, dict[str, Any]]:
+    """Create ``out`` (or reopen it with ``resume``) and return it with the input and options.
+
+    A resumed run uses its saved options and input, and refuses to continue if
+    the input changed since.
+    """
+    if resume:
+        run = RunDirectory.open(out, task=task)
+        saved = run.options
+        source = Path(saved.pop("input"))
+        digest = saved.pop("input_sha256", None)
+        if not source.exists():
+            raise RunDirectoryError(
+                f"{out}: its input {source} no longer exists.", "Restore the file, or train a new run."
+            )
+        if digest and file_digest(source) != digest:
+            raise RunDirectoryError(
+                f"{out}: {source} changed since this run started, so it cannot be resumed.",
+                "Train a new run (--overwrite to replace this one).",
+            )
+        return run, source, saved
+    if source is None:
+        raise DataError(
+            "no input table or manifest given.",
+            "Give the CSV/TSV to train on, or --resume with the run directory as --out.",
+        )
+    if not source.is_file():
+        raise DataError(f"{source}: file does not exist.", "Check the path.")
+    recorded = {"input": str(source.resolve()), "input_sha256": file_digest(source), **options}
+    run = RunDirectory.create(out, task=task, options=recorded, overwrite=overwrite)
+    return run, source, options
+
+
+@contextlib.contextmanager
+def progress(console: Any, quiet: bool, description: str) -> Iterator[list[Callback]]:
+    """Progress-bar callbacks for one fit (none when quiet); the bar is closed even on error."""
+    callbacks: list[Callback] = [] if quiet or console is None else [RichProgress(console, description)]
+    try:
+        yield callbacks
+    finally:
+        for callback in callbacks:
+            if isinstance(callback, RichProgress):
+                callback.close()
