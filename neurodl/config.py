@@ -100,6 +100,75 @@ class BiomarkersOptions:
             raise UsageError(f"--val-fraction must be between 0 and 1, not {self.val_fraction}.")
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """Which images to read and how to preprocess them; shared by the image tasks.
+
+    Empty ``spacing``/``size`` are chosen from the training images (median
+    voxel size; median field of view rounded up to a multiple of 16).
+    """
+
+    image: tuple[str, ...] = ("t1",)
+    participant: str = "participant_id"
+    spacing: tuple[float, ...] = ()
+    size: tuple[int, ...] = ()
+    normalize: str = "zscore"
+    crop_foreground: bool = False
+    augment: str = "light"
+    cache: str = "memory"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("normalize", self.normalize, ("zscore", "minmax", "percentile"))
+        _choice("augment", self.augment, ("none", "light", "strong"))
+        _choice("cache", self.cache, ("memory", "none"))
+        if not self.image:
+            raise UsageError("at least one --image column is needed.")
+        if len(self.spacing) not in (0, 1, 3) or any(s <= 0 for s in self.spacing):
+            raise UsageError(
+                f"--spacing must be one or three positive numbers (mm), not {','.join(map(str, self.spacing))}."
+            )
+        if len(self.size) not in (0, 1, 3) or any(s < 4 for s in self.size):
+            raise UsageError(
+                f"--size must be one or three integers >= 4, not {','.join(map(str, self.size))}."
+            )
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, not {self.workers}.")
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """Options of ``neurodl classify train``."""
+
+    label: str = "diagnosis"
+    model: str = "cnn"
+    depth: int = 4
+    width: int = 16
+    dropout: float = 0.2
+    class_weight: str = "none"
+    positive: str = ""
+    cv: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    images: ImageOptions = field(default_factory=ImageOptions)
+    train: TrainOptions = field(
+        default_factory=lambda: TrainOptions(lr=1e-3, epochs=40, batch_size=8, patience=10)
+    )
+
+    def __post_init__(self) -> None:
+        _choice("class-weight", self.class_weight, ("none", "balanced"))
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
+        if not 1 <= self.depth <= 8 or self.width < 1:
+            raise UsageError(f"--depth must be 1-8 and --width >= 1 (got {self.depth}, {self.width}).")
+        if self.cv == 1 or self.cv < 0:
+            raise UsageError(f"--cv must be 0 (no cross-validation) or at least 2, not {self.cv}.")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 0.9:
+            raise UsageError(
+                f"--val-fraction must be in (0, 1) and --test-fraction in [0, 0.9) (got {self.val_fraction}, {self.test_fraction})."
+            )
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(choices)}.")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from neurodl.cli import _train_options as T
+from neurodl.cli._batch import check_output_file
 from neurodl.cli._config import parse_batch_size, parse_hidden, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag
+from neurodl.cli._render import metrics_table, render_train_summary
 from neurodl.config import BiomarkersOptions
 
 app = typer.Typer(
@@ -24,13 +26,6 @@ Table = Annotated[
     Path,
     typer.Argument(help="CSV or TSV table, one row per subject (e.g. participants.tsv).", dir_okay=False),
 ]
-
-
-def _format_metric(value: Any, std: Any = None) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "n/a"
-    text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    return f"{text} ± {std:.3f}" if isinstance(std, float) and std == std else text
 
 
 @app.command("train")
@@ -185,42 +180,11 @@ def train(
     if json_output:
         print_json(summary)
     if not quiet:
-        _render_summary(console, summary)
-
-
-def _render_summary(console: Any, summary: dict[str, Any]) -> None:
-    from rich.table import Table as RichTable
-
-    table = RichTable(title=f"{summary['target']} ({summary['task']}, {summary['model']})", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    stds = summary.get("metrics_std", {})
-    for key, value in summary["metrics"].items():
-        if key in ("best_epoch",) or isinstance(value, list):
-            continue
-        table.add_row(key, _format_metric(value, stds.get(key)))
-    console.print(table)
-    console.print(
-        f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}"
-    )
-    console.print(f"Evaluation: {summary['evaluation']}")
-    console.print(
-        f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epochs for the final model)."
-    )
-
-
-def _check_output(output: Path | None, inputs: list[Path], overwrite: bool) -> None:
-    from neurodl.errors import OutputError
-
-    if output is None:
-        return
-    if any(output.resolve() == p.resolve() for p in inputs):
-        raise OutputError(
-            f"{output}: is also an input; neurodl never overwrites its inputs.",
-            "Choose another -o/--output path.",
+        render_train_summary(
+            console,
+            summary,
+            f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}",
         )
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output}: already exists.", "Choose another path, or add --overwrite.")
 
 
 @app.command("predict")
@@ -241,7 +205,7 @@ def predict(
     from neurodl.io.atomic import atomic_output
     from neurodl.tasks import biomarkers  # heavy: only when the command runs
 
-    _check_output(output, [table], overwrite)
+    check_output_file(output, [table], overwrite)
     loaded = biomarkers.load(model)
     predictions = biomarkers.predict(loaded, table)
     if output is None:
@@ -276,34 +240,17 @@ def evaluate(
 
     Example: neurodl biomarkers evaluate --model runs/dx held_out.csv --out runs/dx/test
     """
-    from neurodl.errors import OutputError
-    from neurodl.io.rundir import RunDirectory
     from neurodl.tasks import biomarkers  # heavy: only when the command runs
 
-    if out is not None and (out / "metrics.json").exists() and not overwrite:
-        raise OutputError(f"{out}: already holds metrics.json.", "Choose another --out, or add --overwrite.")
     loaded = biomarkers.load(model)
-    predictions, metrics, warnings = biomarkers.evaluate(loaded, table, allow_overlap=allow_overlap)
+    metrics, warnings = biomarkers.evaluate(
+        loaded, table, allow_overlap=allow_overlap, report_dir=out, overwrite=overwrite
+    )
     console = err_console()
     for warning in warnings:
         console.print(f"[yellow]Warning:[/yellow] {warning}")
-    if out is not None:
-        writer = RunDirectory(out, biomarkers.TASK)
-        writer.write_csv("predictions.csv", predictions)
-        writer.write_json("metrics.json", {"table": str(table), "model": str(model), **metrics})
-        from neurodl.io.manifest import read_table
-
-        frame = read_table(table)
-        output = loaded.module.predict(loaded.features.transform(frame, path=table))
-        biomarkers._plots(writer, "", output, frame[loaded.target.column], loaded.target, metrics, table)
     if json_output:
         print_json(metrics)
-    from rich.table import Table as RichTable
-
-    shown = RichTable(title=f"{loaded.target.column} on {table.name} ({metrics['rows']} rows)")
-    shown.add_column("metric")
-    shown.add_column("value", justify="right")
-    for key, value in metrics.items():
-        if key not in ("confusion_matrix", "rows"):
-            shown.add_row(key, _format_metric(value))
-    console.print(shown)
+    console.print(metrics_table(f"{loaded.target.column} on {table.name} ({metrics['rows']} rows)", metrics))
+    if out is not None:
+        console.print(f"Predictions, metrics and plots written to {out}")

@@ -123,7 +123,11 @@ class ImagePreprocessing:
         elif self.normalize == "minmax":
             steps.append(ScaleIntensityd(keys="image", minv=0.0, maxv=1.0, channel_wise=True))
         else:
-            steps.append(ScaleIntensityRangePercentilesd(keys="image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True, channel_wise=True))
+            steps.append(
+                ScaleIntensityRangePercentilesd(
+                    keys="image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
+                )
+            )
         steps.append(EnsureTyped(keys="image", dtype=torch.float32))
         return Compose(steps)
 
@@ -135,11 +139,22 @@ class ImagePreprocessing:
         try:
             spacing = tuple(float(s) for s in payload["spacing"])
             size = tuple(int(s) for s in payload["size"])
-            if len(spacing) != 3 or len(size) != 3 or not all(0.05 <= s <= 50 for s in spacing) or not all(1 <= s <= 1024 for s in size):
+            if (
+                len(spacing) != 3
+                or len(size) != 3
+                or not all(0.05 <= s <= 50 for s in spacing)
+                or not all(1 <= s <= 1024 for s in size)
+            ):
                 raise ValueError(f"spacing {spacing} or size {size} out of range")
             if payload.get("normalize", "zscore") not in NORMALIZATIONS:
                 raise ValueError(f"unknown normalisation {payload.get('normalize')}")
-            return cls(spacing=spacing, size=size, normalize=payload.get("normalize", "zscore"), crop_foreground=bool(payload.get("crop_foreground", False)), channels=int(payload.get("channels", 1)))  # type: ignore[arg-type]
+            return cls(
+                spacing=spacing,
+                size=size,
+                normalize=payload.get("normalize", "zscore"),
+                crop_foreground=bool(payload.get("crop_foreground", False)),
+                channels=int(payload.get("channels", 1)),
+            )  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"image preprocessing is damaged ({exc})") from exc
 
@@ -170,7 +185,9 @@ def plan_preprocessing(
     if spacing:
         target = np.asarray([float(spacing[0])] * 3 if len(spacing) == 1 else [float(s) for s in spacing])
         if target.shape != (3,) or (target <= 0).any():
-            raise UsageError(f"--spacing must be one or three positive numbers (mm), not {','.join(map(str, spacing))}.")
+            raise UsageError(
+                f"--spacing must be one or three positive numbers (mm), not {','.join(map(str, spacing))}."
+            )
     else:
         target = np.round(np.median(np.asarray(spacings), axis=0), 3)
     if size:
@@ -237,7 +254,9 @@ def preprocess(preprocessing: ImagePreprocessing, paths: Sequence[Path], *, wher
         raise
 
 
-def invert_to_input(values: torch.Tensor, preprocessed: MetaTensor, preprocessing: ImagePreprocessing) -> np.ndarray:
+def invert_to_input(
+    values: torch.Tensor, preprocessed: MetaTensor, preprocessing: ImagePreprocessing
+) -> np.ndarray:
     """Bring an array computed on ``preprocessed``'s grid back to the input's own grid.
 
     Args:
@@ -249,22 +268,22 @@ def invert_to_input(values: torch.Tensor, preprocessed: MetaTensor, preprocessin
     Returns:
         (C, I, J, K) array in the input's voxel order (same shape as the input file).
     """
-    mapped = MetaTensor(values.detach().float().cpu(), affine=preprocessed.affine.clone(), meta=dict(preprocessed.meta))
+    mapped = MetaTensor(
+        values.detach().float().cpu(), affine=preprocessed.affine.clone(), meta=dict(preprocessed.meta)
+    )
     mapped.applied_operations = [dict(op) for op in preprocessed.applied_operations]
     inverted = preprocessing.transforms().inverse({"image": mapped})["image"]
     return np.asarray(inverted.detach().cpu().numpy())
 
 
 class VolumeDataset(torch.utils.data.Dataset):
-    """Preprocessed volumes and labels; random augmentation drawn from (seed, epoch, index).
+    """Preprocessed volumes and labels; :meth:`subset` gives (augmented) views for training.
 
     Args:
         items: per image, the list of its channel files.
         labels: class index (or any target) per image.
         preprocessing: the run's deterministic preprocessing.
-        augment: random transforms for training (None for validation/prediction).
         cache: ``memory`` keeps every preprocessed volume in RAM after the first load.
-        seed: base seed of the augmentation.
         describe: names an item in error messages (e.g. ``row 4 of manifest.tsv``).
     """
 
@@ -274,18 +293,13 @@ class VolumeDataset(torch.utils.data.Dataset):
         labels: Sequence[Any],
         preprocessing: ImagePreprocessing,
         *,
-        augment: Compose | None = None,
         cache: str = "memory",
-        seed: int = 0,
         describe: Callable[[int], str] | None = None,
     ) -> None:
         self.items = [list(i) for i in items]
         self.labels = torch.as_tensor(np.asarray(labels))
         self.preprocessing = preprocessing
-        self.augment = augment
         self.cache: dict[int, torch.Tensor] | None = {} if cache == "memory" else None
-        self.seed = seed
-        self.epoch = 0
         self.describe = describe or (lambda i: "")
 
     def __len__(self) -> int:
@@ -295,7 +309,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         """The preprocessed (C, X, Y, Z) tensor of one item (cached if enabled)."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
-        tensor = preprocess(self.preprocessing, self.items[index], where=self.describe(index)).as_tensor().contiguous()
+        tensor = (
+            preprocess(self.preprocessing, self.items[index], where=self.describe(index))
+            .as_tensor()
+            .contiguous()
+        )
         if self.cache is not None:
             self.cache[index] = tensor
         return tensor
@@ -307,19 +325,50 @@ class VolumeDataset(torch.utils.data.Dataset):
             if progress is not None:
                 progress(index)
 
+    def subset(self, rows: Sequence[int], *, augment: Compose | None = None, seed: int = 0) -> VolumeSubset:
+        """A view of some items sharing this dataset's cache, optionally augmented."""
+        return VolumeSubset(self, [int(r) for r in rows], augment=augment, seed=seed)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.volume(index)
         if self.augment is not None:
             # Seeded per (seed, epoch, item): a resumed run draws the same augmentations.
-            self.augment.set_random_state(seed=(self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**31))
+            self.augment.set_random_state(
+                seed=(self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**31)
+            )
             image = torch.as_tensor(self.augment({"image": image})["image"]).float()
         return image, self.labels[index]
+
+
+class VolumeSubset(torch.utils.data.Dataset):
+    """Some items of a :class:`VolumeDataset` (e.g. one fold), with their own augmentation."""
+
+    def __init__(self, base: VolumeDataset, rows: list[int], *, augment: Compose | None, seed: int) -> None:
+        self.base = base
+        self.rows = rows
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.rows[index]
+        image = self.base.volume(row)
+        if self.augment is not None:
+            # Seeded per (seed, epoch, item): a resumed run draws the same augmentations.
+            self.augment.set_random_state(seed=(self.seed * 1_000_003 + self.epoch * 10_007 + row) % (2**31))
+            image = torch.as_tensor(self.augment({"image": image})["image"]).float()
+        return image, self.base.labels[row]
 
 
 class ImageBatches:
     """Mini-batches of a :class:`VolumeDataset`, reshuffled each epoch from (seed, epoch)."""
 
-    def __init__(self, dataset: VolumeDataset, *, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0) -> None:
+    def __init__(
+        self, dataset: VolumeDataset, *, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0
+    ) -> None:
         self.dataset = dataset
         self.batch_size = len(dataset) if batch_size <= 0 else batch_size
         self.shuffle = shuffle
@@ -329,7 +378,8 @@ class ImageBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.dataset.epoch = epoch
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = epoch
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)

@@ -31,7 +31,9 @@ class ConvNet3D(nn.Module):
         torch.Size([2, 1])
     """
 
-    def __init__(self, in_channels: int, out_features: int, depth: int = 4, width: int = 16, dropout: float = 0.2) -> None:
+    def __init__(
+        self, in_channels: int, out_features: int, depth: int = 4, width: int = 16, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         channels = in_channels
@@ -45,7 +47,9 @@ class ConvNet3D(nn.Module):
             ]
             channels = filters
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, out_features))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, out_features)
+        )
         # Grad-CAM explains the last ReLU (before its pooling): the finest deep feature map.
         self.gradcam_layer = f"features.{4 * depth - 2}"
 
@@ -53,8 +57,19 @@ class ConvNet3D(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model("classify", "cnn", "the lecture's CNN in 3D: conv->ReLU->pool blocks (--depth, --width, --dropout); fast on CPU")
-def cnn(in_channels: int = 1, out_features: int = 1, depth: int = 4, width: int = 16, dropout: float = 0.2, **_: object) -> nn.Module:
+@register_model(
+    "classify",
+    "cnn",
+    "the lecture's CNN in 3D: conv->ReLU->pool blocks (--depth, --width, --dropout); fast on CPU",
+)
+def cnn(
+    in_channels: int = 1,
+    out_features: int = 1,
+    depth: int = 4,
+    width: int = 16,
+    dropout: float = 0.2,
+    **_: object,
+) -> nn.Module:
     return ConvNet3D(in_channels, out_features, depth=depth, width=width, dropout=dropout)
 
 
@@ -62,7 +77,9 @@ def cnn(in_channels: int = 1, out_features: int = 1, depth: int = 4, width: int 
 def densenet121(in_channels: int = 1, out_features: int = 1, dropout: float = 0.0, **_: object) -> nn.Module:
     from monai.networks.nets import DenseNet121
 
-    model = DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=out_features, dropout_prob=dropout)
+    model = DenseNet121(
+        spatial_dims=3, in_channels=in_channels, out_channels=out_features, dropout_prob=dropout
+    )
     model.gradcam_layer = "class_layers.relu"
     return model
 
@@ -70,7 +87,9 @@ def densenet121(in_channels: int = 1, out_features: int = 1, dropout: float = 0.
 def _resnet(builder_name: str, in_channels: int, out_features: int) -> nn.Module:
     from monai.networks import nets
 
-    model = getattr(nets, builder_name)(spatial_dims=3, n_input_channels=in_channels, num_classes=out_features)
+    model = getattr(nets, builder_name)(
+        spatial_dims=3, n_input_channels=in_channels, num_classes=out_features
+    )
     model.gradcam_layer = "layer4"
     return model
 

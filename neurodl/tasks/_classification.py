@@ -7,6 +7,9 @@ cross-entropy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,3 +47,23 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
     counts = np.bincount(np.asarray(y, dtype=int), minlength=n_classes).astype(float)
     counts[counts == 0] = 1.0
     return torch.tensor(len(y) / (n_classes * counts), dtype=torch.float32)
+
+
+def save_classification_plots(
+    run: Any,
+    prefix: str,
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    confusion: Sequence[Sequence[int]],
+) -> list[str]:
+    """ROC curve (when both classes are present) and confusion matrix PNGs; returns their names."""
+    from neurodl.report import plots
+
+    written = []
+    if len(np.unique(y)) > 1:
+        run.save_figure(f"{prefix}roc.png", plots.roc_curves(y, proba, classes))
+        written.append(f"{prefix}roc.png")
+    run.save_figure(f"{prefix}confusion_matrix.png", plots.confusion_matrix_figure(confusion, classes))
+    written.append(f"{prefix}confusion_matrix.png")
+    return written

@@ -7,7 +7,6 @@ mini-batch gradient descent and any of its optimisers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,16 @@ from neurodl.config import BiomarkersOptions, from_dict, to_dict
 from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import FeatureEncoder, TargetEncoder, is_id_column, label_text, select_features
 from neurodl.engine import Callback, FitResult, TensorBatches, fit
-from neurodl.errors import DataError, ManifestError, RunDirectoryError
+from neurodl.errors import DataError, ManifestError, OutputError, RunDirectoryError
 from neurodl.io.manifest import read_table, require_columns
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
-from neurodl.tasks._classification import balanced_class_weights, class_probabilities, classification_loss
+from neurodl.tasks._classification import (
+    balanced_class_weights,
+    class_probabilities,
+    classification_loss,
+    save_classification_plots,
+)
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import progress, start_run
 from neurodl.tasks.metrics import (
@@ -302,26 +306,17 @@ def _plots(
     metrics: dict[str, Any],
     path: Path,
 ) -> list[str]:
+    if target.kind == "classification":
+        return save_classification_plots(
+            run, prefix, target.encode(truth, path=path), output, target.classes, metrics["confusion_matrix"]
+        )
     from neurodl.report import plots
 
-    written = []
-    if target.kind == "classification":
-        y = target.encode(truth, path=path)
-        if len(np.unique(y)) > 1:
-            run.save_figure(f"{prefix}roc.png", plots.roc_curves(y, output, target.classes))
-            written.append(f"{prefix}roc.png")
-        run.save_figure(
-            f"{prefix}confusion_matrix.png",
-            plots.confusion_matrix_figure(metrics["confusion_matrix"], target.classes),
-        )
-        written.append(f"{prefix}confusion_matrix.png")
-    else:
-        run.save_figure(
-            f"{prefix}predicted_vs_true.png",
-            plots.predicted_vs_true(pd.to_numeric(truth).to_numpy(), output, label=target.column),
-        )
-        written.append(f"{prefix}predicted_vs_true.png")
-    return written
+    run.save_figure(
+        f"{prefix}predicted_vs_true.png",
+        plots.predicted_vs_true(pd.to_numeric(truth).to_numpy(), output, label=target.column),
+    )
+    return [f"{prefix}predicted_vs_true.png"]
 
 
 def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
@@ -520,13 +515,23 @@ def predict(model: LoadedModel, table: Path) -> pd.DataFrame:
 
 
 def evaluate(
-    model: LoadedModel, table: Path, *, allow_overlap: bool = False
-) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
-    """Predict ``table`` and score it against its target column.
+    model: LoadedModel,
+    table: Path,
+    *,
+    allow_overlap: bool = False,
+    report_dir: Path | None = None,
+    overwrite: bool = False,
+) -> tuple[dict[str, Any], list[str]]:
+    """Predict ``table`` and score it against its target column; return metrics and warnings.
 
-    Returns predictions, metrics and warnings. Rows of participants the model
-    was trained on are refused unless ``allow_overlap`` (their scores would be optimistic).
+    Rows of participants the model was trained on are refused unless
+    ``allow_overlap`` (their scores would be optimistic). With ``report_dir``,
+    ``predictions.csv``, ``metrics.json`` and the plots are written there.
     """
+    if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
+        raise OutputError(
+            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
+        )
     frame = read_table(table)
     target = model.target
     require_columns(frame, [target.column], table)
@@ -546,12 +551,15 @@ def evaluate(
             warnings.append(f"{len(overlap)} participants were in the training data (--allow-overlap).")
     elif trained:
         warnings.append(f"no '{group}' column: cannot check that these rows were not used for training.")
-    x = model.features.transform(frame, path=table)
-    output = model.module.predict(x)
+    output = model.module.predict(model.features.transform(frame, path=table))
     metrics = score(output, frame[target.column], target, table)
-    preds = prediction_frame(frame, output, target, _id_columns(frame, group))
-    preds.insert(len(_id_columns(frame, group)), target.column, frame[target.column].to_numpy())
     metrics["rows"] = len(frame)
-    if not math.isfinite(float(metrics.get("roc_auc", 0.0) or 0.0)):
-        warnings.append("ROC AUC is undefined: the table holds a single class.")
-    return preds, metrics, warnings
+    if report_dir is not None:
+        ids = _id_columns(frame, group)
+        predictions = prediction_frame(frame, output, target, ids)
+        predictions.insert(len(ids), target.column, frame[target.column].to_numpy())
+        writer = RunDirectory(report_dir, TASK)  # an atomic writer for the report files
+        writer.write_csv("predictions.csv", predictions)
+        writer.write_json("metrics.json", {"table": str(table), "model": str(model.run.path), **metrics})
+        _plots(writer, "", output, frame[target.column], target, metrics, table)
+    return metrics, warnings

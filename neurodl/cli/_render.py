@@ -1,0 +1,47 @@
+"""Rendering results for people (stderr): metric tables and run summaries."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_SKIP = ("confusion_matrix", "rows", "images", "best_epoch")
+
+
+def format_metric(value: Any, std: Any = None) -> str:
+    """``0.912 ± 0.031``, or ``n/a`` for a missing or undefined value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{text} ± {std:.3f}" if isinstance(std, float) and not math.isnan(std) else text
+
+
+def metrics_table(title: str, metrics: dict[str, Any], stds: dict[str, Any] | None = None) -> Table:
+    """A two-column table of scalar metrics (mean ± std when ``stds`` are given)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key in _SKIP or isinstance(value, list | dict):
+            continue
+        table.add_row(key, format_metric(value, (stds or {}).get(key)))
+    return table
+
+
+def render_train_summary(console: Console, summary: dict[str, Any], data_line: str) -> None:
+    """The end-of-training report: metrics, what was trained on, where the run is."""
+    console.print(
+        metrics_table(
+            f"{summary['target']} ({summary['task']}, {summary['model']})",
+            summary["metrics"],
+            summary.get("metrics_std"),
+        )
+    )
+    console.print(data_line)
+    console.print(f"Evaluation: {summary['evaluation']}")
+    console.print(
+        f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epochs for the final model)."
+    )

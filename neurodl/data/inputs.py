@@ -1,0 +1,126 @@
+"""What ``predict``-like commands accept: NIfTI files, folders of them, or a manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neurodl.errors import UsageError
+from neurodl.io.manifest import Manifest, load_manifest, participant_from_path
+from neurodl.io.nifti import find_nifti_files, is_nifti_path
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to process: its channel files and where it came from.
+
+    Attributes:
+        name: base name for outputs (``sub-001_T1w``), unique among the inputs.
+        paths: one file per channel.
+        participant: the participant, when known (for the leakage check).
+        row: the manifest row (0-based), when read from a manifest.
+        label: the manifest's label cell, when a label column was asked for.
+    """
+
+    name: str
+    paths: tuple[Path, ...]
+    participant: str | None = None
+    row: int | None = None
+    label: Any = None
+
+    @property
+    def where(self) -> str:
+        return f"manifest row {self.row + 1}" if self.row is not None else ""
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        result.append(name if count == 0 else f"{name}_{count + 1}")
+    return result
+
+
+def resolve_inputs(
+    inputs: Sequence[Path],
+    *,
+    image_columns: Sequence[str],
+    participant_column: str = "participant_id",
+    label_column: str | None = None,
+) -> tuple[list[InputImage], Manifest | None]:
+    """Turn the command's INPUTS into images.
+
+    A single CSV/TSV is a manifest with the model's image columns (and the label
+    column, if asked). Otherwise each input is a NIfTI file or a folder searched
+    for them; that only works for single-channel models.
+
+    Raises:
+        UsageError: no inputs, a multi-channel model given plain files, or a folder without NIfTI files.
+        ManifestError: a manifest without the needed columns.
+    """
+    if not inputs:
+        raise UsageError("no inputs given.", "Give NIfTI files, folders of them, or a manifest (CSV/TSV).")
+    tables = [p for p in inputs if p.suffix.lower() in TABLE_SUFFIXES]
+    if tables:
+        if len(inputs) > 1:
+            raise UsageError(
+                f"{tables[0]}: a manifest must be the only input.",
+                "Run once per manifest, or give image files only.",
+            )
+        manifest = load_manifest(
+            tables[0], list(image_columns), label_column, participant_column, require_files=False
+        )
+        names = _unique(
+            [
+                _stem(files[0]) if files and files[0] is not None else f"row-{i + 1}"
+                for i, files in enumerate(manifest.image_files)
+            ]
+        )
+        labels = manifest.frame[label_column].tolist() if label_column else [None] * len(manifest)
+        images = [
+            InputImage(
+                name=names[i],
+                paths=tuple(p for p in manifest.image_files[i] if p is not None),
+                participant=manifest.participant_ids[i],
+                row=i,
+                label=labels[i],
+            )
+            for i in range(len(manifest))
+        ]
+        return images, manifest
+    if len(image_columns) > 1:
+        raise UsageError(
+            f"this model takes {len(image_columns)} channels ({', '.join(image_columns)}); plain files give one.",
+            f"Give a manifest (CSV/TSV) with the columns {', '.join(image_columns)}.",
+        )
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = find_nifti_files(path)
+            if not found:
+                raise UsageError(
+                    f"{path}: folder holds no .nii/.nii.gz files.",
+                    "Give NIfTI files, a folder of them, or a manifest.",
+                )
+            files += found
+        else:
+            files.append(path)  # missing or non-NIfTI files fail later, one by one, with their own message
+    names = _unique([_stem(p) if is_nifti_path(p) else p.name for p in files])
+    return [
+        InputImage(name=n, paths=(p,), participant=participant_from_path(p))
+        for n, p in zip(names, files, strict=True)
+    ], None

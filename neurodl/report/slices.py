@@ -1,0 +1,83 @@
+"""Three orthogonal slices of a volume, optionally with a map or labels over it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from neurodl.io.nifti import Volume, to_ras
+from neurodl.report.plots import plt
+
+
+def _ras(data: np.ndarray, like: Volume) -> np.ndarray:
+    return to_ras(Volume(data=data, affine=like.affine, header=like.header)).data
+
+
+def orthogonal_slices(
+    image: Volume,
+    overlay: np.ndarray | None = None,
+    *,
+    title: str = "",
+    labels: bool = False,
+    centre: tuple[int, int, int] | None = None,
+) -> Any:
+    """Sagittal, coronal and axial slices (displayed in RAS, anatomy upright).
+
+    Args:
+        image: the input volume (any orientation).
+        overlay: a map (heat colours) or a label image (``labels=True``) on ``image``'s grid.
+        title: figure title.
+        labels: draw ``overlay`` as discrete labels.
+        centre: voxel (in RAS order) the slices go through; default the overlay's maximum or the centre.
+    """
+    base = _ras(np.asarray(image.data, dtype=np.float32), image)
+    top = _ras(np.asarray(overlay, dtype=np.float32), image) if overlay is not None else None
+    if centre is None:
+        if top is not None and not labels and np.isfinite(top).any() and top.max() > top.min():
+            centre = tuple(int(i) for i in np.unravel_index(int(np.nanargmax(top)), top.shape))  # type: ignore[assignment]
+        else:
+            centre = tuple(s // 2 for s in base.shape)  # type: ignore[assignment]
+    assert centre is not None
+    ras_spacing = np.asarray(
+        to_ras(
+            Volume(data=np.zeros(image.shape[:3], dtype=np.uint8), affine=image.affine, header=image.header)
+        ).spacing
+    )
+    low, high = np.percentile(base, [1, 99]) if base.size else (0, 1)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+    views = [("sagittal", 0, (1, 2)), ("coronal", 1, (0, 2)), ("axial", 2, (0, 1))]
+    for ax, (name, axis, (a, b)) in zip(axes, views, strict=True):
+        index = [slice(None)] * 3
+        index[axis] = centre[axis]
+        ax.imshow(
+            base[tuple(index)].T,
+            cmap="gray",
+            origin="lower",
+            vmin=low,
+            vmax=high,
+            aspect=ras_spacing[b] / ras_spacing[a],
+        )
+        if top is not None:
+            layer = top[tuple(index)].T
+            if labels:
+                ax.imshow(
+                    np.ma.masked_where(layer == 0, layer),
+                    cmap="tab10",
+                    origin="lower",
+                    alpha=0.45,
+                    vmin=0,
+                    vmax=9,
+                    interpolation="nearest",
+                    aspect=ras_spacing[b] / ras_spacing[a],
+                )
+            else:
+                ax.imshow(
+                    layer, cmap="hot", origin="lower", alpha=0.45, aspect=ras_spacing[b] / ras_spacing[a]
+                )
+        ax.set_title(name)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
