@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from neurodl import __version__
-from neurodl.cli import biomarkers, check, info, models, sample_data
+from neurodl.cli import biomarkers, check, classify, info, models, sample_data
 from neurodl.cli._console import err_console
 from neurodl.errors import ExitStatus, NeurodlError
 
@@ -49,6 +49,7 @@ app.command("check")(check.check)
 app.command("sample-data")(sample_data.sample_data)
 app.command("models")(models.models)
 app.add_typer(biomarkers.app, name="biomarkers")
+app.add_typer(classify.app, name="classify")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

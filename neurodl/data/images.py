@@ -10,6 +10,7 @@ input's own grid and affine.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -109,10 +110,18 @@ class ImagePreprocessing:
     channels: int = 1
 
     def transforms(self) -> Compose:
-        """The MONAI pipeline, from a list of file paths to a normalised tensor."""
+        """The MONAI pipeline, from a list of file paths to a normalised tensor.
+
+        Always the same object for one preprocessing: MONAI inverts only with the
+        transform instances that were applied.
+        """
+        return self._pipeline
+
+    @functools.cached_property
+    def _pipeline(self) -> Compose:
         steps: list[Any] = [
             LoadChannelsd("image"),
-            Orientationd(keys="image", axcodes="RAS"),
+            Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys="image", pixdim=self.spacing, mode="bilinear"),
         ]
         if self.crop_foreground:

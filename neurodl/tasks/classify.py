@@ -466,9 +466,20 @@ def evaluate(
     *,
     label_column: str | None = None,
     allow_overlap: bool = False,
+    report_dir: Path | None = None,
+    overwrite: bool = False,
     on_image: Any = None,
-) -> tuple[pd.DataFrame, dict[str, Any], list[Failure], list[str]]:
-    """Predict a manifest and score it against its label column (default: the trained label)."""
+) -> tuple[dict[str, Any], list[Failure], list[str]]:
+    """Predict a manifest and score it against its label column (default: the trained label).
+
+    Participants the model was trained or selected on are refused unless
+    ``allow_overlap``. With ``report_dir``, predictions, metrics and plots are written there.
+    Returns metrics, failed images and warnings.
+    """
+    if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
+        raise OutputError(
+            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
+        )
     label = label_column or loaded.target.column
     manifest = load_manifest(
         manifest_path, loaded.image_columns, label, loaded.participant_column, require_files=False
@@ -497,8 +508,15 @@ def evaluate(
     proba = frame[[f"probability_{c}" for c in loaded.target.classes]].to_numpy()
     metrics = classification_metrics(y, proba, loaded.target.classes)
     metrics["images"] = len(frame)
-    frame.insert(2, label, truth.map(label_text).to_numpy())
-    return frame, metrics, failures, warnings
+    if report_dir is not None:
+        frame.insert(2, label, truth.map(label_text).to_numpy())
+        writer = RunDirectory(report_dir, TASK)  # an atomic writer for the report files
+        writer.write_csv("predictions.csv", frame)
+        writer.write_json(
+            "metrics.json", {"manifest": str(manifest_path), "model": str(loaded.run.path), **metrics}
+        )
+        save_classification_plots(writer, "", y, proba, loaded.target.classes, metrics["confusion_matrix"])
+    return metrics, failures, warnings
 
 
 def _explain(loaded: LoadedClassifier, x: torch.Tensor, method: str, class_index: int) -> torch.Tensor:

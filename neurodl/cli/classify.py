@@ -1,0 +1,371 @@
+"""``neurodl classify``: 3D CNN classification of NIfTI volumes, with interpretation maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neurodl.cli import _train_options as T
+from neurodl.cli._batch import check_output_file, file_progress, report_failures
+from neurodl.cli._config import parse_batch_size, resolve_options, split_list
+from neurodl.cli._console import err_console, print_json
+from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag
+from neurodl.cli._render import metrics_table, render_train_summary
+from neurodl.config import ClassifyOptions
+
+app = typer.Typer(
+    help="Classify NIfTI volumes (e.g. dementia vs healthy) with 3D CNNs; interpretation maps.",
+    no_args_is_help=True,
+)
+
+_D = ClassifyOptions()
+_I = "Images and preprocessing"
+_M = "Model"
+Inputs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="NIfTI files, folders of them, or one manifest (CSV/TSV) with the model's image columns."
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def _floats(value: object) -> tuple[float, ...]:
+    return tuple(float(v) for v in split_list(value))
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    return tuple(int(v) for v in split_list(value))
+
+
+@app.command("train")
+def train(
+    ctx: typer.Context,
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Manifest (CSV/TSV): one row per image, image path and label columns. Not needed with --resume.",
+            dir_okay=False,
+        ),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image", "-i", help="Image column(s); several = several input channels.", rich_help_panel=_I
+        ),
+    ] = None,
+    label: Annotated[str, typer.Option("--label", "-l", help="Class column (e.g. diagnosis).")] = _D.label,
+    participant: Annotated[
+        str,
+        typer.Option(
+            "--participant",
+            help="Participant column: sessions of one participant stay on one side of every split.",
+            rich_help_panel=_I,
+        ),
+    ] = _D.images.participant,
+    spacing: Annotated[
+        str,
+        typer.Option(
+            "--spacing",
+            help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
+            rich_help_panel=_I,
+        ),
+    ] = "",
+    size: Annotated[
+        str,
+        typer.Option(
+            "--size",
+            help="Array size after crop/pad: one or three integers (default: median field of view, multiple of 16).",
+            rich_help_panel=_I,
+        ),
+    ] = "",
+    normalize: Annotated[
+        str,
+        typer.Option(
+            "--normalize", help="zscore (brain voxels), minmax or percentile (1-99%).", rich_help_panel=_I
+        ),
+    ] = _D.images.normalize,
+    crop_foreground: Annotated[
+        bool,
+        typer.Option(
+            "--crop-foreground",
+            help="Crop to the head's bounding box before padding to --size.",
+            rich_help_panel=_I,
+        ),
+    ] = False,
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            help="Training augmentation: none, light (flips, small affine, noise) or strong (+ bias field, contrast).",
+            rich_help_panel=_I,
+        ),
+    ] = _D.images.augment,
+    cache: Annotated[
+        str,
+        typer.Option(
+            "--cache",
+            help="memory: decode and preprocess each image once; none: every epoch.",
+            rich_help_panel=_I,
+        ),
+    ] = _D.images.cache,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", help="Data-loading processes (0: in the main process).", rich_help_panel=_I
+        ),
+    ] = _D.images.workers,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Network from `neurodl models classify`: cnn, densenet121, resnet18, resnet50.",
+            rich_help_panel=_M,
+        ),
+    ] = _D.model,
+    depth: Annotated[
+        int, typer.Option("--depth", help="cnn: number of conv->ReLU->pool blocks.", rich_help_panel=_M)
+    ] = _D.depth,
+    width: Annotated[
+        int,
+        typer.Option(
+            "--width", help="cnn: filters in the first block (doubling each block).", rich_help_panel=_M
+        ),
+    ] = _D.width,
+    dropout: Annotated[
+        float,
+        typer.Option(
+            "--dropout", help="Dropout before the last layer (cnn, densenet121).", rich_help_panel=_M
+        ),
+    ] = _D.dropout,
+    class_weight: Annotated[
+        str, typer.Option("--class-weight", help="none or balanced.", rich_help_panel=_M)
+    ] = _D.class_weight,
+    positive: Annotated[
+        str,
+        typer.Option(
+            "--positive",
+            help="Positive class of a binary label (default: the one that is not CN/HC/control/0).",
+        ),
+    ] = _D.positive,
+    cv: Annotated[
+        int,
+        typer.Option("--cv", help="K-fold cross-validation by participant (0: one train/validation split)."),
+    ] = _D.cv,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of participants for validation / early stopping.")
+    ] = _D.val_fraction,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            "--test-fraction",
+            help="Share of participants held out entirely, scored at the end and written to test_manifest.tsv.",
+        ),
+    ] = _D.test_fraction,
+    epochs: T.Epochs = _D.train.epochs,
+    batch_size: T.BatchSize = str(_D.train.batch_size),
+    optimizer: T.Optimizer = _D.train.optimizer,
+    lr: T.LearningRate = _D.train.lr,
+    momentum: T.Momentum = _D.train.momentum,
+    weight_decay: T.WeightDecay = _D.train.weight_decay,
+    scheduler: T.Scheduler = _D.train.scheduler,
+    grad_clip: T.GradClip = _D.train.grad_clip,
+    patience: T.Patience = _D.train.patience,
+    min_delta: T.MinDelta = _D.train.min_delta,
+    monitor: T.Monitor = _D.train.monitor,
+    seed: T.Seed = _D.train.seed,
+    deterministic: T.Deterministic = _D.train.deterministic,
+    device: T.Device = _D.train.device,
+    precision: T.Precision = _D.train.precision,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/classify"),
+    config: ConfigOption = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run in --out (its saved options and manifest are used).",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
+    ] = False,
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Train a 3D CNN on the images of a manifest; write a run directory.
+
+    Example: neurodl classify train sample_data/participants.tsv --image t1 --label diagnosis --test-fraction 0.2 --out runs/cnn
+    """
+    from neurodl.tasks import classify  # heavy (torch, monai): only when the command runs
+
+    values = dict(locals())
+    for name in (
+        "ctx",
+        "manifest",
+        "out",
+        "config",
+        "resume",
+        "overwrite",
+        "quiet",
+        "json_output",
+        "classify",
+    ):
+        values.pop(name, None)
+    options = resolve_options(
+        ClassifyOptions,
+        ctx,
+        values,
+        config_file=config,
+        converters={"image": split_list, "spacing": _floats, "size": _ints, "batch_size": parse_batch_size},
+    )
+    console = err_console()
+    summary = classify.train(
+        manifest, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet
+    )
+    if json_output:
+        print_json(summary)
+    if not quiet:
+        prep = summary["preprocessing"]
+        render_train_summary(
+            console,
+            summary,
+            f"{summary['images']} images, {summary['participants']} participants; resampled to {prep['spacing']} mm, size {prep['size']}, {prep['normalize']} intensities",
+        )
+
+
+@app.command("predict")
+def predict(
+    model: ModelDirOption,
+    inputs: Inputs,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)
+    ] = None,
+    overwrite: OverwriteFlag = False,
+    device: Device = "auto",
+    quiet: QuietFlag = False,
+) -> None:
+    """Predict the class of each image: predicted class and one probability per class.
+
+    Example: neurodl classify predict --model runs/cnn scans/ -o predictions.csv
+    """
+    import sys
+
+    from neurodl.io.atomic import atomic_output
+    from neurodl.tasks import classify  # heavy: only when the command runs
+
+    check_output_file(output, inputs, overwrite)
+    console = err_console()
+    loaded = classify.load(model, device=device)
+    with file_progress(console, "predicting", quiet=quiet) as advance:
+        predictions, failures, _ = classify.predict(loaded, inputs, on_image=advance)
+    if output is None:
+        predictions.to_csv(sys.stdout, index=False)
+    else:
+        with atomic_output(output) as tmp:
+            predictions.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
+        console.print(f"{len(predictions)} predictions written to {output}")
+    report_failures(console, failures, len(predictions) + len(failures))
+
+
+@app.command("evaluate")
+def evaluate(
+    model: ModelDirOption,
+    manifest: Annotated[
+        Path,
+        typer.Argument(help="Manifest with the model's image columns and the label column.", dir_okay=False),
+    ],
+    label: Annotated[
+        str | None,
+        typer.Option("--label", "-l", help="Label column (default: the one the model was trained on)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for predictions.csv, metrics.json, ROC and confusion-matrix PNGs.",
+            file_okay=False,
+        ),
+    ] = None,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
+    ] = False,
+    overwrite: OverwriteFlag = False,
+    device: Device = "auto",
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Score a trained classifier on a labelled manifest of held-out participants.
+
+    Example: neurodl classify evaluate --model runs/cnn runs/cnn/test_manifest.tsv --out runs/cnn/test
+    """
+    from neurodl.tasks import classify  # heavy: only when the command runs
+
+    console = err_console()
+    loaded = classify.load(model, device=device)
+    with file_progress(console, "evaluating", quiet=quiet) as advance:
+        metrics, failures, warnings = classify.evaluate(
+            loaded,
+            manifest,
+            label_column=label,
+            allow_overlap=allow_overlap,
+            report_dir=out,
+            overwrite=overwrite,
+            on_image=advance,
+        )
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/yellow] {warning}")
+    if json_output:
+        print_json(metrics)
+    console.print(
+        metrics_table(f"{loaded.target.column} on {manifest.name} ({metrics['images']} images)", metrics)
+    )
+    if out is not None:
+        console.print(f"Predictions, metrics and plots written to {out}")
+    report_failures(console, failures, metrics["images"] + len(failures))
+
+
+@app.command("interpret")
+def interpret(
+    model: ModelDirOption,
+    inputs: Inputs,
+    method: Annotated[
+        str, typer.Option("--method", help="gradcam, saliency (input gradients) or occlusion.")
+    ] = "gradcam",
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder for <image>_<method>.nii.gz maps and PNG previews.", file_okay=False
+        ),
+    ] = Path("interpretation"),
+    overwrite: OverwriteFlag = False,
+    device: Device = "auto",
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Explain predictions: one map per image, in the image's own grid and affine, plus a PNG of three slices.
+
+    Binary models explain the positive class; multiclass models the predicted class.
+
+    Example: neurodl classify interpret --model runs/cnn sample_data/sub-002/anat/sub-002_T1w.nii.gz --method gradcam -o maps/
+    """
+    from neurodl.tasks import classify  # heavy: only when the command runs
+
+    console = err_console()
+    loaded = classify.load(model, device=device)
+    with file_progress(console, f"{method} maps", quiet=quiet) as advance:
+        written, failures = classify.interpret(
+            loaded, inputs, method=method, out_dir=out, overwrite=overwrite, on_image=advance
+        )
+    if json_output:
+        print_json(written)
+    skipped = sum(1 for w in written if w.get("skipped"))
+    console.print(
+        f"{len(written) - skipped} maps written to {out}"
+        + (f"; {skipped} existing kept (--overwrite to redo)" if skipped else "")
+    )
+    report_failures(console, failures, len(written) + len(failures))
