@@ -151,8 +151,9 @@ class ClassifyOptions:
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     images: ImageOptions = field(default_factory=ImageOptions)
+    # Imaging cohorts are small: small batches (more steps per epoch) and a patient early stop.
     train: TrainOptions = field(
-        default_factory=lambda: TrainOptions(lr=1e-3, epochs=40, batch_size=8, patience=10)
+        default_factory=lambda: TrainOptions(lr=1e-3, epochs=80, batch_size=4, patience=20)
     )
 
     def __post_init__(self) -> None:
@@ -203,12 +204,42 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _coerce(value: Any, kind: Any) -> Any:
+def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
+    """Check and convert one option value to its declared type (from a config file or a flag)."""
     text = str(kind)
-    if isinstance(value, list) and "tuple" in text:
-        return tuple(value)
-    if text in ("float", "<class 'float'>") and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+
+    def bad(expected: str) -> UsageError:
+        return UsageError(f"{source}: option '{name}' must be {expected}, not {value!r}.")
+
+    try:
+        if text.startswith("tuple"):
+            items = value if isinstance(value, list | tuple) else ([] if value in (None, "") else [value])
+            element = float if "float" in text else int if "int" in text else str
+            return tuple(element(v) for v in items)
+        if text == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
+                return str(value).lower() in ("true", "yes", "1")
+            raise bad("true or false")
+        if text == "float":
+            if isinstance(value, bool):
+                raise bad("a number")
+            return float(value)
+        if text == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise bad("an integer")
+            return int(value)
+        if text == "str":
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        expected = {"float": "a number", "int": "an integer"}.get(
+            text,
+            f"a list of {'numbers' if 'float' in text or 'int' in text else 'names'}"
+            if text.startswith("tuple")
+            else text,
+        )
+        raise bad(expected) from exc
     return value
 
 
@@ -240,7 +271,7 @@ def build(cls: type[T], values: dict[str, Any], *, source: str = "options") -> T
         if key in nested and isinstance(value, dict):
             sub[key].update({k.replace("-", "_"): v for k, v in value.items()})
         elif key in fields and key not in nested:
-            own[key] = _coerce(value, fields[key].type)
+            own[key] = _coerce(value, fields[key].type, key, source)
         else:
             owner = next((name for name, names in sub_fields.items() if key in names), None)
             if owner is None:
@@ -258,7 +289,7 @@ def build(cls: type[T], values: dict[str, Any], *, source: str = "options") -> T
                 f"Known options: {', '.join(sorted(sub_fields[name]))}.",
             )
         own[name] = dataclasses.replace(
-            base, **{k: _coerce(v, sub_fields[name][k].type) for k, v in sub[name].items()}
+            base, **{k: _coerce(v, sub_fields[name][k].type, k, source) for k, v in sub[name].items()}
         )
     return cls(**own)
 

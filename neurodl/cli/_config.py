@@ -68,14 +68,27 @@ def resolve_options(
     *,
     config_file: Path | None,
     converters: dict[str, Callable[[Any], Any]] | None = None,
+    resume: bool = False,
 ) -> T:
-    """Build ``cls`` from the config file and the flags typed on the command line."""
+    """Build ``cls`` from the config file and the flags typed on the command line.
+
+    With ``resume`` the run's saved options are used, so any typed option is refused
+    rather than silently ignored.
+    """
     converters = converters or {}
+    typed = {
+        name: value
+        for name, value in values.items()
+        if (source := ctx.get_parameter_source(name)) is not None and source.name != "DEFAULT"
+    }
+    if resume and (typed or config_file):
+        given = [f"--{n.replace('_', '-')}" for n in typed] + (["--config"] if config_file else [])
+        raise UsageError(
+            f"--resume continues with the options saved in the run, so {', '.join(given)} cannot be changed.",
+            "Drop those options, or start a new run (another --out, or --overwrite).",
+        )
     merged: dict[str, Any] = load_config_file(config_file) if config_file else {}
-    for name, value in values.items():
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name != "DEFAULT":
-            merged[name] = value
+    merged.update(typed)
     for name, convert in converters.items():
         if name in merged:
             merged[name] = convert(merged[name])

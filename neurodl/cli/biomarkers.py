@@ -166,6 +166,7 @@ def train(
         ctx,
         values,
         config_file=config,
+        resume=resume,
         converters={
             "features": split_list,
             "exclude": split_list,

@@ -219,6 +219,7 @@ def train(
         ctx,
         values,
         config_file=config,
+        resume=resume,
         converters={"image": split_list, "spacing": _floats, "size": _ints, "batch_size": parse_batch_size},
     )
     console = err_console()

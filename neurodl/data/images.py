@@ -36,6 +36,7 @@ from monai.transforms import (
     ScaleIntensityd,
     ScaleIntensityRangePercentilesd,
     Spacingd,
+    SpatialPadd,
 )
 from nibabel.orientations import io_orientation
 
@@ -91,16 +92,73 @@ def load_channels(paths: Sequence[str | Path]) -> MetaTensor:
     return MetaTensor(torch.from_numpy(array), affine=torch.from_numpy(reference.affine), meta=meta)
 
 
+class LoadLabeld(MapTransform):
+    """Load a label map on the image's grid and map its values to class indices 0..K-1.
+
+    Args:
+        keys: the label key (its value is the mask path).
+        values: the label values of the run, background (0) first; index i stands for values[i].
+    """
+
+    def __init__(self, keys: str, values: Sequence[int]) -> None:
+        super().__init__(keys)
+        self.values = np.asarray(values, dtype=np.int64)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        image = d["image"]
+        for key in self.key_iterator(d):
+            mask = load_volume(d[key], dtype=None)
+            reference = Path(str(image.meta.get("filename_or_obj", "the image")))
+            if mask.shape != tuple(image.shape[1:]) or not np.allclose(
+                mask.affine, image.affine.numpy(), atol=1e-3
+            ):
+                raise ImageError(
+                    mask.path or "mask",
+                    f"has shape {mask.shape} and orientation {mask.orientation}, but its image {reference.name} has {tuple(image.shape[1:])} and another grid; a mask must share its image's grid.",
+                    "Resample the mask onto the image with nearest-neighbour interpolation first.",
+                )
+            values = np.asarray(mask.data)
+            fractional = values.dtype.kind == "f" and (
+                not np.all(np.isfinite(values)) or not np.all(values == np.round(values))
+            )
+            if fractional:
+                raise ImageError(
+                    mask.path or "mask",
+                    "holds non-integer values; a label map must hold whole numbers.",
+                    "Give the integer label image (e.g. *_dseg.nii.gz), not probabilities.",
+                )
+            values = values.astype(np.int64)
+            index = np.searchsorted(self.values, values)
+            index = np.clip(index, 0, len(self.values) - 1)
+            unknown = np.unique(values[self.values[index] != values])
+            if unknown.size:
+                raise ImageError(
+                    mask.path or "mask",
+                    f"holds label values {', '.join(map(str, unknown[:10]))} that the model does not know (it knows {', '.join(map(str, self.values))}).",
+                    "Relabel the mask, or train with these labels.",
+                )
+            d[key] = MetaTensor(
+                torch.from_numpy(index[None].astype(np.float32)),
+                affine=image.affine.clone(),
+                meta={"filename_or_obj": str(mask.path)},
+            )
+        return d
+
+
 @dataclass(frozen=True)
 class ImagePreprocessing:
     """The deterministic preprocessing of a run, saved in ``preprocessing.json``.
 
     Attributes:
         spacing: target voxel size in mm (R, A, S).
-        size: array size after resampling and crop/pad.
+        size: array size after resampling: exactly this size (``resize``), or at least this size.
         normalize: ``zscore`` (mean 0, sd 1 over non-zero voxels), ``minmax`` or ``percentile`` (1-99 % to 0-1).
-        crop_foreground: crop to the head's bounding box before padding/cropping to ``size``.
+        crop_foreground: crop to the head's bounding box first.
         channels: number of input channels (image columns).
+        resize: crop/pad to ``size`` (classification); otherwise only pad up to ``size``
+            (segmentation: whole volumes, however large, for sliding-window inference).
+        label_values: label values of a segmentation run, background first.
     """
 
     spacing: tuple[float, float, float]
@@ -108,6 +166,8 @@ class ImagePreprocessing:
     normalize: str = "zscore"
     crop_foreground: bool = False
     channels: int = 1
+    resize: bool = True
+    label_values: tuple[int, ...] = ()
 
     def transforms(self) -> Compose:
         """The MONAI pipeline, from a list of file paths to a normalised tensor.
@@ -117,16 +177,34 @@ class ImagePreprocessing:
         """
         return self._pipeline
 
+    def transforms_with_label(self) -> Compose:
+        """The same pipeline for an image (key ``image``) and its label map (key ``label``)."""
+        return self._labelled_pipeline
+
     @functools.cached_property
     def _pipeline(self) -> Compose:
-        steps: list[Any] = [
-            LoadChannelsd("image"),
-            Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            Spacingd(keys="image", pixdim=self.spacing, mode="bilinear"),
+        return Compose(self._steps(("image",)))
+
+    @functools.cached_property
+    def _labelled_pipeline(self) -> Compose:
+        return Compose(self._steps(("image", "label")))
+
+    def _steps(self, keys: tuple[str, ...]) -> list[Any]:
+        labelled = "label" in keys
+        steps: list[Any] = [LoadChannelsd("image")]
+        if labelled:
+            steps.append(LoadLabeld("label", self.label_values))
+        modes = ("bilinear", "nearest")[: len(keys)]
+        steps += [
+            Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacingd(keys=keys, pixdim=self.spacing, mode=modes),
         ]
         if self.crop_foreground:
-            steps.append(CropForegroundd(keys="image", source_key="image", margin=2, allow_smaller=True))
-        steps.append(ResizeWithPadOrCropd(keys="image", spatial_size=self.size))
+            steps.append(CropForegroundd(keys=keys, source_key="image", margin=2, allow_smaller=True))
+        if self.resize:
+            steps.append(ResizeWithPadOrCropd(keys=keys, spatial_size=self.size))
+        else:
+            steps.append(SpatialPadd(keys=keys, spatial_size=self.size))
         if self.normalize == "zscore":
             steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
         elif self.normalize == "minmax":
@@ -137,8 +215,8 @@ class ImagePreprocessing:
                     keys="image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
                 )
             )
-        steps.append(EnsureTyped(keys="image", dtype=torch.float32))
-        return Compose(steps)
+        steps.append(EnsureTyped(keys=keys, dtype=torch.float32))
+        return steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +226,7 @@ class ImagePreprocessing:
         try:
             spacing = tuple(float(s) for s in payload["spacing"])
             size = tuple(int(s) for s in payload["size"])
+            values = tuple(int(v) for v in payload.get("label_values", ()))
             if (
                 len(spacing) != 3
                 or len(size) != 3
@@ -157,13 +236,17 @@ class ImagePreprocessing:
                 raise ValueError(f"spacing {spacing} or size {size} out of range")
             if payload.get("normalize", "zscore") not in NORMALIZATIONS:
                 raise ValueError(f"unknown normalisation {payload.get('normalize')}")
+            if len(values) > 1000:
+                raise ValueError(f"{len(values)} label values")
             return cls(
-                spacing=spacing,
-                size=size,
+                spacing=spacing,  # type: ignore[arg-type]
+                size=size,  # type: ignore[arg-type]
                 normalize=payload.get("normalize", "zscore"),
                 crop_foreground=bool(payload.get("crop_foreground", False)),
                 channels=int(payload.get("channels", 1)),
-            )  # type: ignore[arg-type]
+                resize=bool(payload.get("resize", True)),
+                label_values=values,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"image preprocessing is damaged ({exc})") from exc
 
@@ -176,6 +259,8 @@ def plan_preprocessing(
     normalize: str,
     crop_foreground: bool,
     channels: int,
+    resize: bool = True,
+    label_values: Sequence[int] = (),
 ) -> ImagePreprocessing:
     """Choose spacing and size from the training images' headers where not given.
 
@@ -212,6 +297,8 @@ def plan_preprocessing(
         normalize=normalize,
         crop_foreground=crop_foreground,
         channels=channels,
+        resize=resize,
+        label_values=tuple(int(v) for v in label_values),
     )
 
 

@@ -207,7 +207,6 @@ def fit(
     steps = len(train) if isinstance(train, Sized) else 0
     for cb in callbacks:
         cb.on_fit_start(epochs=options.epochs, steps=steps, start_epoch=start)
-    epoch = start
     try:
         with deterministic_algorithms(options.deterministic):
             for epoch in range(start, options.epochs):
@@ -280,12 +279,15 @@ def fit(
                 if result.stopped_early:
                     break
     except KeyboardInterrupt as exc:
+        done = len(result.history)
         saved = (
-            f"; epochs 1-{len(result.history)} are saved in {checkpoint}"
-            if checkpoint is not None and result.history
-            else ""
+            f"epochs 1-{done} are saved in {checkpoint}"
+            if checkpoint is not None and done
+            else "no epoch was completed"
         )
-        raise Interrupted(f"training stopped during epoch {epoch + 1}{saved}.", resume_hint or None) from exc
+        raise Interrupted(
+            f"training interrupted after {done} of {options.epochs} epochs; {saved}.", resume_hint or None
+        ) from exc
     if val is not None:
         model.load_state_dict(best_state)
     else:

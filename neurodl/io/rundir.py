@@ -106,16 +106,20 @@ class RunDirectory:
         existing = path / CONFIG_FILE
         if resume:
             return cls.open(path, task=task)
-        if existing.exists() and not overwrite:
+        started = existing.exists() and (
+            (path / WEIGHTS_FILE).exists() or any((path / "checkpoints").glob("*"))
+        )
+        if started and not overwrite:
             raise RunDirectoryError(
                 f"{path}: already holds a run.",
-                f"Choose another --out, add --overwrite to replace it, or --resume {path} to continue it.",
+                f"Choose another --out, add --overwrite to replace it, or add --resume (with --out {path}) to continue it.",
             )
         if path.is_dir() and not existing.exists() and any(path.iterdir()) and not overwrite:
             raise RunDirectoryError(
                 f"{path}: exists, is not empty and is not a run directory.",
                 "Choose a new or empty folder for --out.",
             )
+        # A run that failed before its first epoch (bad option, bad input) holds only config.json: start again.
         path.mkdir(parents=True, exist_ok=True)
         config = {
             "neurodl_format": FORMAT_VERSION,

@@ -126,7 +126,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path):
 
     interrupted = _dropout_task()
     checkpoint = tmp_path / "checkpoints" / "run.safetensors"
-    with pytest.raises(Interrupted, match="epochs 1-4 are saved"):
+    with pytest.raises(Interrupted, match="after 4 of 8 epochs; epochs 1-4 are saved"):
         fit(interrupted, *batches(), options, checkpoint=checkpoint, callbacks=[StopAt(epoch=5)])
     resumed = _dropout_task()  # a fresh process: nothing but the checkpoint survives
     result = fit(resumed, *batches(), options, checkpoint=checkpoint, resume=True)
