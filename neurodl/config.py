@@ -170,6 +170,50 @@ class ClassifyOptions:
             )
 
 
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Options of ``neurodl segment train``."""
+
+    mask: str = "dseg"
+    labels: str = ""
+    model: str = "unet"
+    patch: tuple[int, ...] = (48, 48, 48)
+    samples_per_image: int = 2
+    loss: str = "dicece"
+    dropout: float = 0.0
+    overlap: float = 0.25
+    cv: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    images: ImageOptions = field(default_factory=ImageOptions)
+    train: TrainOptions = field(
+        default_factory=lambda: TrainOptions(lr=2e-3, epochs=60, batch_size=2, patience=15)
+    )
+
+    def __post_init__(self) -> None:
+        _choice("loss", self.loss, ("dice", "dicece", "ce"))
+        if len(self.patch) not in (1, 3) or any(p < 8 for p in self.patch):
+            raise UsageError(
+                f"--patch must be one or three integers >= 8, not {','.join(map(str, self.patch))}."
+            )
+        if self.samples_per_image < 1:
+            raise UsageError(f"--samples-per-image must be >= 1, not {self.samples_per_image}.")
+        if not 0 <= self.overlap < 1 or not 0 <= self.dropout < 1:
+            raise UsageError(
+                f"--overlap and --dropout must be in [0, 1) (got {self.overlap}, {self.dropout})."
+            )
+        if self.cv == 1 or self.cv < 0:
+            raise UsageError(f"--cv must be 0 (no cross-validation) or at least 2, not {self.cv}.")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 0.9:
+            raise UsageError(
+                f"--val-fraction must be in (0, 1) and --test-fraction in [0, 0.9) (got {self.val_fraction}, {self.test_fraction})."
+            )
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return (self.patch[0],) * 3 if len(self.patch) == 1 else (self.patch[0], self.patch[1], self.patch[2])  # type: ignore[return-value]
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(choices)}.")

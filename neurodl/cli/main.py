@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from neurodl import __version__
-from neurodl.cli import biomarkers, check, classify, info, models, sample_data
+from neurodl.cli import biomarkers, check, classify, info, models, sample_data, segment
 from neurodl.cli._console import err_console
 from neurodl.errors import ExitStatus, NeurodlError
 
@@ -50,6 +50,7 @@ app.command("sample-data")(sample_data.sample_data)
 app.command("models")(models.models)
 app.add_typer(biomarkers.app, name="biomarkers")
 app.add_typer(classify.app, name="classify")
+app.add_typer(segment.app, name="segment")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

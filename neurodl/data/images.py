@@ -302,23 +302,28 @@ def plan_preprocessing(
     )
 
 
-def augmentation(level: str) -> Compose | None:
-    """Random transforms for training images only: flips, small affine, intensity, bias field, noise."""
+def augmentation(level: str, *, label: bool = False) -> Compose | None:
+    """Random transforms for training images only: flips, small affine, intensity, bias field, noise.
+
+    With ``label`` the spatial transforms move the label map (key ``label``) with the
+    image, with nearest-neighbour interpolation.
+    """
     if level not in AUGMENTATIONS:
         raise UsageError(f"--augment '{level}' is not one of: {', '.join(AUGMENTATIONS)}.")
     if level == "none":
         return None
     strong = level == "strong"
+    keys = ("image", "label") if label else ("image",)
     steps: list[Any] = [
-        RandFlipd(keys="image", prob=0.5, spatial_axis=0),  # left-right: brains are roughly symmetric
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),  # left-right: brains are roughly symmetric
         RandAffined(
-            keys="image",
+            keys=keys,
             prob=0.5 if not strong else 0.8,
             rotate_range=(0.1 if not strong else 0.25,) * 3,
             scale_range=(0.05 if not strong else 0.12,) * 3,
             translate_range=(2 if not strong else 5,) * 3,
             padding_mode="zeros",
-            mode="bilinear",
+            mode=("bilinear", "nearest")[: len(keys)],
         ),
         RandGaussianNoised(keys="image", prob=0.2 if not strong else 0.4, std=0.05 if not strong else 0.1),
     ]
@@ -494,3 +499,126 @@ class ImageBatches:
             persistent_workers=False,
         )
         yield from loader
+
+
+class LabelledVolumeDataset(torch.utils.data.Dataset):
+    """Preprocessed images with their label maps (segmentation), cached like :class:`VolumeDataset`.
+
+    Items are (image (C, X, Y, Z), label (1, X, Y, Z) of class indices).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Sequence[Path]],
+        masks: Sequence[Path],
+        preprocessing: ImagePreprocessing,
+        *,
+        cache: str = "memory",
+        describe: Callable[[int], str] | None = None,
+    ) -> None:
+        self.items = [list(i) for i in items]
+        self.masks = list(masks)
+        self.preprocessing = preprocessing
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache == "memory" else None
+        self.describe = describe or (lambda i: "")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
+        data = {"image": [str(p) for p in self.items[index]], "label": str(self.masks[index])}
+        try:
+            out = self.preprocessing.transforms_with_label()(data)
+        except RuntimeError as exc:
+            cause = exc.__cause__
+            while cause is not None and not isinstance(cause, ImageError):
+                cause = cause.__cause__
+            if isinstance(cause, ImageError):
+                where = self.describe(index)
+                if where:
+                    cause.message = f"{cause.message} ({where})"
+                raise cause from None
+            raise
+        pair = (out["image"].as_tensor().contiguous(), out["label"].as_tensor().contiguous())
+        if self.cache is not None:
+            self.cache[index] = pair
+        return pair
+
+    def warm(self, progress: Callable[[int], None] | None = None) -> None:
+        for index in range(len(self)):
+            self.pair(index)
+            if progress is not None:
+                progress(index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pair(index)
+
+    def subset(
+        self,
+        rows: Sequence[int],
+        *,
+        patch: Sequence[int] | None = None,
+        samples: int = 1,
+        augment: Compose | None = None,
+        seed: int = 0,
+    ) -> PatchSubset:
+        """Whole volumes of some items (``patch`` None), or random patches of them for training."""
+        return PatchSubset(
+            self, [int(r) for r in rows], patch=patch, samples=samples, augment=augment, seed=seed
+        )
+
+
+class PatchSubset(torch.utils.data.Dataset):
+    """Training patches (half centred on foreground) or whole volumes of a :class:`LabelledVolumeDataset`."""
+
+    def __init__(
+        self,
+        base: LabelledVolumeDataset,
+        rows: list[int],
+        *,
+        patch: Sequence[int] | None,
+        samples: int,
+        augment: Compose | None,
+        seed: int,
+    ) -> None:
+        from monai.transforms import RandCropByPosNegLabeld
+
+        self.base = base
+        self.rows = rows
+        self.seed = seed
+        self.epoch = 0
+        steps: list[Any] = []
+        if patch is not None:
+            steps.append(
+                RandCropByPosNegLabeld(
+                    keys=("image", "label"),
+                    label_key="label",
+                    spatial_size=tuple(patch),
+                    pos=1,
+                    neg=1,
+                    num_samples=samples,
+                    allow_smaller=False,
+                )
+            )
+        self.random = (
+            Compose(steps + (list(augment.transforms) if augment is not None else []))
+            if steps or augment is not None
+            else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.rows[index]
+        image, label = self.base.pair(row)
+        if self.random is None:
+            return image, label
+        self.random.set_random_state(seed=(self.seed * 1_000_003 + self.epoch * 10_007 + row) % (2**31))
+        out = self.random({"image": image, "label": label})
+        samples = out if isinstance(out, list) else [out]
+        images = torch.stack([torch.as_tensor(s["image"]).float() for s in samples])
+        labels = torch.stack([torch.as_tensor(s["label"]).float() for s in samples])
+        return images, labels

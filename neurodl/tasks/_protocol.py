@@ -60,6 +60,7 @@ def run_protocol(
     fit: FitFn,
     predict: PredictFn,
     score: ScoreFn,
+    unit: str = "rows",
 ) -> ProtocolResult:
     """Train and evaluate on ``rows`` (indices into ``groups``/``strata``).
 
@@ -83,7 +84,7 @@ def run_protocol(
         splits.update(
             {"train": _participants(groups, train_rows), "validation": _participants(groups, val_rows)}
         )
-        evaluation = f"validation split ({len(val_rows)} images/rows, {len(splits['validation'])} participants) used for early stopping and model selection"
+        evaluation = f"validation split ({len(val_rows)} {unit}, {len(splits['validation'])} participants) used for early stopping and model selection"
         return ProtocolResult(
             final=final,
             rows=val_rows,

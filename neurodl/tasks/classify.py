@@ -236,6 +236,7 @@ def train(
         fit=fit_fn,
         predict=predict_rows,
         score=score_rows,
+        unit="images",
     )
     final: Fitted = outcome.final
     spec = model_spec(options, channels, len(target.classes))
