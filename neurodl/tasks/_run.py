@@ -70,3 +70,42 @@ def progress(console: Any, quiet: bool, description: str) -> Iterator[list[Callb
         for callback in callbacks:
             if isinstance(callback, RichProgress):
                 callback.close()
+
+
+def warm_cache(dataset: Any, console: Any, quiet: bool) -> None:
+    """Decode and preprocess every image once, before training (a bad file stops the run here)."""
+    if quiet or console is None:
+        dataset.warm()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]preprocessing images"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("", total=len(dataset))
+        dataset.warm(lambda i: bar.update(task, completed=i + 1))
+
+
+def check_leakage(run: RunDirectory, participants: Any, source: Path, *, allow_overlap: bool) -> list[str]:
+    """Refuse to score participants the run was trained or selected on (unless ``allow_overlap``).
+
+    Returns warnings for the report.
+    """
+    trained = (
+        set(run.read_json("splits.json").get("training_participants", []))
+        if run.exists("splits.json")
+        else set()
+    )
+    overlap = sorted(set(str(p) for p in participants) & trained)
+    if overlap and not allow_overlap:
+        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
+        raise DataError(
+            f"{source}: {len(overlap)} participant(s) of this manifest were used to train or select the model ({shown}); their scores would be optimistic.",
+            "Evaluate on held-out participants (train with --test-fraction and evaluate RUN/test_manifest.tsv), or add --allow-overlap.",
+        )
+    return [f"{len(overlap)} participants were in the training data (--allow-overlap)."] if overlap else []

@@ -43,7 +43,7 @@ from neurodl.tasks._classification import (
     save_classification_plots,
 )
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import progress, start_run
+from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache
 from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics
 
 TASK = "classify"
@@ -171,7 +171,7 @@ def train(
         items, y, preprocessing, cache=images.cache, describe=lambda i: f"{manifest_path.name} row {i + 1}"
     )
     if images.cache == "memory":
-        _warm(base, console, quiet)
+        warm_cache(base, console, quiet)
     augment = augmentation(images.augment)
 
     def fit_fn(
@@ -317,25 +317,6 @@ def _write_tsv(run: RunDirectory, name: str, frame: pd.DataFrame) -> None:
 
     with atomic_output(run.file(name)) as tmp:
         frame.to_csv(tmp, sep="\t", index=False)
-
-
-def _warm(dataset: VolumeDataset, console: Any, quiet: bool) -> None:
-    """Decode and preprocess every image once, before training (bad files stop it here)."""
-    if quiet or console is None:
-        dataset.warm()
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("[bold]preprocessing images"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("", total=len(dataset))
-        dataset.warm(lambda i: bar.update(task, completed=i + 1))
 
 
 def _prediction_frame(
@@ -486,21 +467,7 @@ def evaluate(
         manifest_path, loaded.image_columns, label, loaded.participant_column, require_files=False
     )
     require_columns(manifest.frame, [label], manifest_path)
-    warnings = []
-    trained = (
-        set(loaded.run.read_json("splits.json").get("training_participants", []))
-        if loaded.run.exists("splits.json")
-        else set()
-    )
-    overlap = sorted(set(manifest.participant_ids) & trained)
-    if overlap and not allow_overlap:
-        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
-        raise DataError(
-            f"{manifest_path}: {len(overlap)} participant(s) of this manifest were used to train or select the model ({shown}); their scores would be optimistic.",
-            "Evaluate on held-out participants (train with --test-fraction and evaluate RUN/test_manifest.tsv), or add --allow-overlap.",
-        )
-    if overlap:
-        warnings.append(f"{len(overlap)} participants were in the training data (--allow-overlap).")
+    warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
     frame, failures, kept = predict(loaded, [manifest_path], label_column=label, on_image=on_image)
     if not len(frame):
         raise DataError(f"{manifest_path}: no image could be processed.", "See the messages above.")

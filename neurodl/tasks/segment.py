@@ -40,7 +40,7 @@ from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import progress, start_run
+from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache
 
 TASK = "segment"
 
@@ -307,9 +307,7 @@ def train(
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
     if images.cache == "memory":
-        from neurodl.tasks.classify import _warm
-
-        _warm(base, console, quiet)
+        warm_cache(base, console, quiet)
     augment = augmentation(images.augment, label=True)
 
     def fit_fn(
@@ -671,21 +669,7 @@ def evaluate(
         manifest_path, loaded.image_columns, column, loaded.participant_column, require_files=False
     )
     require_columns(manifest.frame, [column], manifest_path)
-    trained = (
-        set(loaded.run.read_json("splits.json").get("training_participants", []))
-        if loaded.run.exists("splits.json")
-        else set()
-    )
-    overlap = sorted(set(manifest.participant_ids) & trained)
-    warnings = []
-    if overlap and not allow_overlap:
-        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
-        raise DataError(
-            f"{manifest_path}: {len(overlap)} participant(s) of this manifest were used to train or select the model ({shown}); their scores would be optimistic.",
-            "Evaluate on held-out participants (train with --test-fraction and evaluate RUN/test_manifest.tsv), or add --allow-overlap.",
-        )
-    if overlap:
-        warnings.append(f"{len(overlap)} participants were in the training data (--allow-overlap).")
+    warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
     images, _ = resolve_inputs(
         [manifest_path],
         image_columns=loaded.image_columns,
