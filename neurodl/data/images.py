@@ -370,7 +370,9 @@ def invert_to_input(
         (C, I, J, K) array in the input's voxel order (same shape as the input file).
     """
     mapped = MetaTensor(
-        values.detach().float().cpu(), affine=preprocessed.affine.clone(), meta=dict(preprocessed.meta)
+        values.detach().float().cpu(),
+        affine=preprocessed.affine.clone(),
+        meta={k: v for k, v in preprocessed.meta.items() if k != "affine"},
     )
     mapped.applied_operations = [dict(op) for op in preprocessed.applied_operations]
     inverted = preprocessing.transforms().inverse({"image": mapped})["image"]

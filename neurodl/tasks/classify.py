@@ -470,7 +470,10 @@ def evaluate(
     warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
     frame, failures, kept = predict(loaded, [manifest_path], label_column=label, on_image=on_image)
     if not len(frame):
-        raise DataError(f"{manifest_path}: no image could be processed.", "See the messages above.")
+        reasons = "; ".join(f"{f.name}: {f.message}" for f in failures[:3])
+        raise DataError(
+            f"{manifest_path}: no image could be processed ({reasons}).", "Fix the inputs named above."
+        )
     truth = pd.Series([image.label for image in kept])
     y = loaded.target.encode(truth, path=manifest_path)
     proba = frame[[f"probability_{c}" for c in loaded.target.classes]].to_numpy()

@@ -630,12 +630,17 @@ def predict(
                 "mask": str(target),
                 "status": status,
             }
+            measured = label_volumes(values, affine, loaded.labels)
             if manifest is not None and image.row is not None:
                 extra = manifest.frame.iloc[image.row].drop(
                     labels=[c for c in loaded.image_columns if c in manifest.frame.columns]
                 )
-                row.update({k: v for k, v in extra.items() if k not in row and k not in ("participant_id",)})
-            row.update(label_volumes(values, affine, loaded.labels))
+                for key, value in extra.items():
+                    if key in row or key == "participant_id":
+                        continue
+                    # A manifest column named like a measured volume is kept, renamed, not overwritten.
+                    row[f"{key}_manifest" if key in measured else key] = value
+            row.update(measured)
             rows.append(row)
         except NeurodlError as exc:
             failures.append(Failure(image.name, str(exc)))
@@ -692,15 +697,16 @@ def evaluate(
                     "Fill in the mask path.",
                 )
             truth_volume = load_volume(mask_path, dtype=None)
-            values, _, original = segment_image(loaded, image, tta=tta)
-            if truth_volume.shape != original.shape or not np.allclose(
-                truth_volume.affine, original.affine, atol=1e-3
+            reference = load_volume(image.paths[0])
+            if truth_volume.shape != reference.shape or not np.allclose(
+                truth_volume.affine, reference.affine, atol=1e-3
             ):
                 raise ImageError(
                     mask_path,
-                    f"is not on its image's grid ({truth_volume.shape} vs {original.shape}).",
+                    f"is not on its image's grid ({truth_volume.shape} vs {reference.shape}).",
                     "Resample the mask onto the image first.",
                 )
+            values, _, original = segment_image(loaded, image, tta=tta)
             truth_values = np.asarray(truth_volume.data).astype(np.int64)
             unknown = sorted(set(np.unique(truth_values).tolist()) - set(lookup))
             if unknown:
@@ -730,7 +736,10 @@ def evaluate(
             if on_image is not None:
                 on_image(image)
     if not rows:
-        raise DataError(f"{manifest_path}: no image could be evaluated.", "See the messages above.")
+        reasons = "; ".join(f"{f.name}: {f.message}" for f in failures[:3])
+        raise DataError(
+            f"{manifest_path}: no image could be evaluated ({reasons}).", "Fix the inputs named above."
+        )
     per_image = pd.DataFrame(rows)
     metrics: dict[str, Any] = {"images": len(per_image)}
     dice_columns = [c for c in per_image.columns if c.startswith("dice_")]
