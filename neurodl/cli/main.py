@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -66,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not debug:
+        # Deprecation notices from MONAI's internals are for its developers, not for neurodl's users.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="monai")
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
     console = err_console()
     try:
         result = typer.main.get_command(app).main(args=args, prog_name="neurodl", standalone_mode=False)

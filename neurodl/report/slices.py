@@ -45,6 +45,11 @@ def orthogonal_slices(
         ).spacing
     )
     low, high = np.percentile(base, [1, 99]) if base.size else (0, 1)
+    if top is not None and not labels:
+        finite = top[np.isfinite(top)]
+        low_map, high_map = (
+            (float(np.percentile(finite, 60)), float(finite.max())) if finite.size else (0.0, 1.0)
+        )
     fig, axes = plt.subplots(1, 3, figsize=(11, 4))
     views = [("sagittal", 0, (1, 2)), ("coronal", 1, (0, 2)), ("axial", 2, (0, 1))]
     for ax, (name, axis, (a, b)) in zip(axes, views, strict=True):
@@ -72,8 +77,15 @@ def orthogonal_slices(
                     aspect=ras_spacing[b] / ras_spacing[a],
                 )
             else:
+                # Only the upper part of the map is drawn, so the anatomy under it stays visible.
                 ax.imshow(
-                    layer, cmap="hot", origin="lower", alpha=0.45, aspect=ras_spacing[b] / ras_spacing[a]
+                    np.ma.masked_where(layer < low_map, layer),
+                    cmap="hot",
+                    origin="lower",
+                    alpha=0.5,
+                    vmin=low_map,
+                    vmax=high_map,
+                    aspect=ras_spacing[b] / ras_spacing[a],
                 )
         ax.set_title(name)
         ax.axis("off")
