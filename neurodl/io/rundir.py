@@ -216,9 +216,9 @@ class RunDirectory:
         return write_text_atomic(self.file(name), text)
 
     def write_csv(self, name: str, frame: Any) -> Path:
-        """Write a pandas DataFrame atomically (no index)."""
+        """Write a pandas DataFrame atomically (no index; tab-separated for a ``.tsv`` name)."""
         with atomic_output(self.file(name)) as tmp:
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False, sep="\t" if name.lower().endswith(".tsv") else ",")
         return self.file(name)
 
     def save_figure(self, name: str, figure: Any) -> Path:

@@ -265,7 +265,7 @@ def train(
         test_frame = frame.iloc[test_rows].copy()
         for column, index in zip(images.image, range(channels), strict=True):
             test_frame[column] = [str(items[int(r)][index]) for r in test_rows]
-        _write_tsv(run, "test_manifest.tsv", test_frame)
+        run.write_csv("test_manifest.tsv", test_frame)
         headline = {k: v for k, v in test_metrics.items() if k != "confusion_matrix"}
         evaluation = f"held-out test participants ({len(set(groups[test_rows]))}, never trained or selected on); {evaluation}"
 
@@ -310,13 +310,6 @@ def train(
         "run": str(run.path),
         "plots": ["learning_curves.png", *plots],
     }
-
-
-def _write_tsv(run: RunDirectory, name: str, frame: pd.DataFrame) -> None:
-    from neurodl.io.atomic import atomic_output
-
-    with atomic_output(run.file(name)) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False)
 
 
 def _prediction_frame(

@@ -402,10 +402,7 @@ def train(
         for index, column in enumerate(images.image):
             test_frame[column] = [str(items[int(r)][index]) for r in test_rows]
         test_frame[options.mask] = [str(masks[int(r)]) for r in test_rows]
-        from neurodl.io.atomic import atomic_output
-
-        with atomic_output(run.file("test_manifest.tsv")) as tmp:
-            test_frame.to_csv(tmp, sep="\t", index=False)
+        run.write_csv("test_manifest.tsv", test_frame)
         headline = {k: v for k, v in metrics["test"].items() if k.startswith("dice")}
         evaluation = f"held-out test participants ({len(set(groups[test_rows]))}, never trained or selected on); {evaluation}"
 
