@@ -168,7 +168,13 @@ class FeatureEncoder:
 
     def transform(self, frame: pd.DataFrame, *, path: str | Path) -> np.ndarray:
         """Feature matrix (float32) for ``frame``; missing values are imputed or reported."""
-        require_columns(frame, self.numeric + self.categorical, path, what="feature column")
+        require_columns(
+            frame,
+            self.numeric + self.categorical,
+            path,
+            what="feature column",
+            fix="The model was trained with these features: add the missing column(s) to the table, with the same name and units.",
+        )
         values = frame[self.numeric].apply(pd.to_numeric, errors="coerce").astype(float)
         for name in self.numeric:
             bad = _non_numeric_rows(frame[name])

@@ -119,7 +119,12 @@ def read_table(path: str | Path, *, text_columns: Iterable[str] = ()) -> pd.Data
 
 
 def require_columns(
-    frame: pd.DataFrame, columns: Iterable[str], path: str | Path, *, what: str = "column"
+    frame: pd.DataFrame,
+    columns: Iterable[str],
+    path: str | Path,
+    *,
+    what: str = "column",
+    fix: str = "Name an existing column with the matching option (e.g. --target, --image, --label).",
 ) -> None:
     """Raise one error naming every missing column and listing the available ones."""
     missing = [c for c in columns if c not in frame.columns]
@@ -128,7 +133,7 @@ def require_columns(
         raise ManifestError(
             f"{path}: no {what}{'s' if len(missing) > 1 else ''} {names}. "
             f"Available columns: {', '.join(map(str, frame.columns))}.",
-            "Name an existing column with the matching option (e.g. --target, --image, --label).",
+            fix,
         )
 
 
