@@ -104,10 +104,6 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
     return create_model(TASK, spec["name"], **{k: v for k, v in spec.items() if k != "name"})
 
 
-def _batch_size(options: ClassifyOptions, n: int) -> int:
-    return n if options.train.batch_size <= 0 else options.train.batch_size
-
-
 def train(
     manifest_path: Path | None,
     options: ClassifyOptions,
@@ -190,7 +186,7 @@ def train(
         module = ClassifyModule(build_model(spec), weights)
         train_batches = ImageBatches(
             base.subset(train_rows, augment=augment, seed=seed),
-            batch_size=_batch_size(options, len(train_rows)),
+            batch_size=options.train.batch_size,
             shuffle=True,
             seed=seed,
             workers=images.workers,
@@ -200,7 +196,7 @@ def train(
             if val_rows is None
             else ImageBatches(
                 base.subset(val_rows),
-                batch_size=max(1, _batch_size(options, len(val_rows))),
+                batch_size=options.train.batch_size,
                 shuffle=False,
                 workers=images.workers,
             )
