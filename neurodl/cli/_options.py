@@ -26,3 +26,10 @@ ModelDirOption = Annotated[
     Path, typer.Option("--model", "-m", help="Run directory written by the matching `train` command.")
 ]
 OverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Process only shard I of N (e.g. 3/10; every N-th input from the I-th) for job arrays.",
+    ),
+]

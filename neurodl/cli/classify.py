@@ -11,7 +11,7 @@ from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
 from neurodl.cli._config import parse_batch_size, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag
+from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag, ShardOption
 from neurodl.cli._render import metrics_table, render_train_summary
 from neurodl.config import ClassifyOptions
 
@@ -245,6 +245,7 @@ def predict(
         Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)
     ] = None,
     overwrite: OverwriteFlag = False,
+    shard: ShardOption = None,
     device: Device = "auto",
     quiet: QuietFlag = False,
 ) -> None:
@@ -261,7 +262,7 @@ def predict(
     console = err_console()
     loaded = classify.load(model, device=device)
     with file_progress(console, "predicting", quiet=quiet) as advance:
-        predictions, failures, _ = classify.predict(loaded, inputs, on_image=advance)
+        predictions, failures, _ = classify.predict(loaded, inputs, shard=shard, on_image=advance)
     if output is None:
         predictions.to_csv(sys.stdout, index=False)
     else:
@@ -344,6 +345,7 @@ def interpret(
         ),
     ] = Path("interpretation"),
     overwrite: OverwriteFlag = False,
+    shard: ShardOption = None,
     device: Device = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
@@ -360,7 +362,7 @@ def interpret(
     loaded = classify.load(model, device=device)
     with file_progress(console, f"{method} maps", quiet=quiet) as advance:
         written, failures = classify.interpret(
-            loaded, inputs, method=method, out_dir=out, overwrite=overwrite, on_image=advance
+            loaded, inputs, method=method, out_dir=out, overwrite=overwrite, shard=shard, on_image=advance
         )
     if json_output:
         print_json(written)

@@ -11,7 +11,7 @@ from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
 from neurodl.cli._config import parse_batch_size, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag
+from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag, ShardOption
 from neurodl.cli._render import metrics_table, render_train_summary
 from neurodl.config import SegmentOptions
 
@@ -272,6 +272,7 @@ def predict(
         bool, typer.Option("--preview", help="Also write a PNG of three slices with the mask over the image.")
     ] = False,
     overwrite: OverwriteFlag = False,
+    shard: ShardOption = None,
     device: Device = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
@@ -298,6 +299,7 @@ def predict(
             probabilities=probabilities,
             preview=preview,
             overwrite=overwrite,
+            shard=shard,
             on_image=advance,
         )
     if volumes is not None and len(table):

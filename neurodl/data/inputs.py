@@ -55,18 +55,47 @@ def _unique(names: list[str]) -> list[str]:
     return result
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> (2, 8): the second of eight shards (1-based, as job arrays count)."""
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError as exc:
+        raise UsageError(f"--shard '{text}' is not of the form I/N (e.g. 3/10).") from exc
+    if n < 1 or not 1 <= i <= n:
+        raise UsageError(
+            f"--shard '{text}': I must be between 1 and N (e.g. 3/10).",
+            "With SLURM: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT and an array 1-N.",
+        )
+    return i, n
+
+
+def take_shard(images: list[InputImage], shard: str | None) -> list[InputImage]:
+    """The images of one shard: every N-th input from the I-th, in input order.
+
+    The shards of 1/N..N/N partition the inputs exactly; names are made unique
+    before sharding, so outputs do not depend on the shard count.
+    """
+    if not shard:
+        return images
+    i, n = parse_shard(shard)
+    return images[i - 1 :: n]
+
+
 def resolve_inputs(
     inputs: Sequence[Path],
     *,
     image_columns: Sequence[str],
     participant_column: str = "participant_id",
     label_column: str | None = None,
+    shard: str | None = None,
 ) -> tuple[list[InputImage], Manifest | None]:
     """Turn the command's INPUTS into images.
 
     A single CSV/TSV is a manifest with the model's image columns (and the label
     column, if asked). Otherwise each input is a NIfTI file or a folder searched
-    for them; that only works for single-channel models.
+    for them; that only works for single-channel models. ``shard`` ("I/N") keeps
+    one shard of them (see :func:`take_shard`).
 
     Raises:
         UsageError: no inputs, a multi-channel model given plain files, or a folder without NIfTI files.
@@ -101,7 +130,7 @@ def resolve_inputs(
             )
             for i in range(len(manifest))
         ]
-        return images, manifest
+        return take_shard(images, shard), manifest
     if len(image_columns) > 1:
         raise UsageError(
             f"this model takes {len(image_columns)} channels ({', '.join(image_columns)}); plain files give one.",

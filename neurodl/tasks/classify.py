@@ -405,7 +405,12 @@ def _probabilities(loaded: LoadedClassifier, image: InputImage) -> tuple[np.ndar
 
 
 def predict(
-    loaded: LoadedClassifier, inputs: Sequence[Path], *, label_column: str | None = None, on_image: Any = None
+    loaded: LoadedClassifier,
+    inputs: Sequence[Path],
+    *,
+    label_column: str | None = None,
+    shard: str | None = None,
+    on_image: Any = None,
 ) -> tuple[pd.DataFrame, list[Failure], list[InputImage]]:
     """Probabilities for every input image; images that fail are reported, not fatal."""
     images, _ = resolve_inputs(
@@ -413,6 +418,7 @@ def predict(
         image_columns=loaded.image_columns,
         participant_column=loaded.participant_column,
         label_column=label_column,
+        shard=shard,
     )
     rows, kept, failures = [], [], []
     for image in images:
@@ -513,13 +519,14 @@ def interpret(
     method: str,
     out_dir: Path,
     overwrite: bool = False,
+    shard: str | None = None,
     on_image: Any = None,
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
     """Write one NIfTI map per input (in the input's grid and affine) and a PNG of three slices."""
     if method not in METHODS:
         raise UsageError(f"--method '{method}' is not one of: {', '.join(METHODS)}.")
     images, _ = resolve_inputs(
-        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column
+        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
     input_files = {p.resolve() for image in images for p in image.paths}
     written, failures = [], []

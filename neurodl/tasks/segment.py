@@ -569,6 +569,7 @@ def predict(
     probabilities: bool = False,
     preview: bool = False,
     overwrite: bool = False,
+    shard: str | None = None,
     on_image: Any = None,
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``<name>_dseg.nii.gz`` per input (input's grid and affine); return per-image label volumes.
@@ -577,7 +578,7 @@ def predict(
     a bad input is reported and the others still processed.
     """
     images, manifest = resolve_inputs(
-        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column
+        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
     input_files = {p.resolve() for image in images for p in image.paths}
     rows: list[dict[str, Any]] = []

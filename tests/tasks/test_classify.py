@@ -292,3 +292,16 @@ def test_batch_predict_continues_past_a_corrupt_file(run_cli, trained: Path, coh
     assert result.exit_code == 2
     assert "corrupt_T1w" in result.stderr and "1 of 2 inputs failed" in result.stderr
     assert len(pd.read_csv(tmp_path / "preds.csv")) == 1
+
+
+def test_shards_partition_the_inputs_exactly(run_cli, trained: Path, tmp_path: Path):
+    manifest = trained / "test_manifest.tsv"
+    seen = []
+    for i in (1, 2, 3):
+        result = run_cli("classify", "predict", "--model", trained, manifest, "--shard", f"{i}/3", "--quiet")
+        assert result.exit_code == 0, result.output
+        seen += pd.read_csv(__import__("io").StringIO(result.stdout))["image"].tolist()
+    everything = pd.read_csv(manifest, sep="\t")["t1"].tolist()
+    assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen))
+    bad = run_cli("classify", "predict", "--model", trained, manifest, "--shard", "4/3")
+    assert bad.exit_code == 2 and "--shard '4/3'" in bad.stderr
