@@ -214,6 +214,50 @@ class SegmentOptions:
         return (self.patch[0],) * 3 if len(self.patch) == 1 else (self.patch[0], self.patch[1], self.patch[2])  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class AutoencodeOptions:
+    """Options of ``neurodl autoencode train``.
+
+    ``beta`` weighs the VAE's KL divergence (summed over the latent dimensions)
+    against the reconstruction error (averaged over voxels).
+    """
+
+    model: str = "ae"
+    dims: int = 3
+    latent_dim: int = 32
+    width: int = 16
+    loss: str = "mse"
+    beta: float = 0.001
+    slices: int = 8
+    color_by: str = "diagnosis"
+    cv: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    images: ImageOptions = field(default_factory=lambda: ImageOptions(size=(32,), augment="none"))
+    train: TrainOptions = field(
+        default_factory=lambda: TrainOptions(lr=1e-3, epochs=100, batch_size=4, patience=20)
+    )
+
+    def __post_init__(self) -> None:
+        _choice("loss", self.loss, ("mse", "l1"))
+        if self.dims not in (2, 3):
+            raise UsageError(f"--dims must be 2 (axial slices) or 3 (whole volumes), not {self.dims}.")
+        if self.latent_dim <= 0:
+            raise UsageError(
+                f"--latent-dim must be a positive integer (the size of the code), not {self.latent_dim}."
+            )
+        if self.width < 1 or self.slices < 1:
+            raise UsageError(f"--width and --slices must be >= 1 (got {self.width}, {self.slices}).")
+        if self.beta < 0:
+            raise UsageError(f"--beta must be >= 0, not {self.beta}.")
+        if self.cv == 1 or self.cv < 0:
+            raise UsageError(f"--cv must be 0 (no cross-validation) or at least 2, not {self.cv}.")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 0.9:
+            raise UsageError(
+                f"--val-fraction must be in (0, 1) and --test-fraction in [0, 0.9) (got {self.val_fraction}, {self.test_fraction})."
+            )
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(choices)}.")

@@ -115,3 +115,25 @@ def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "t
     ax.set_title("Predicted vs true")
     fig.tight_layout()
     return fig
+
+
+def latent_scatter(
+    codes: np.ndarray, groups: Sequence[str] | None = None, *, title: str = "", legend: str = ""
+) -> Any:
+    """The first two principal components of latent codes (one point per image), coloured by group."""
+    centred = np.asarray(codes, dtype=float) - np.mean(codes, axis=0, keepdims=True)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    components = centred @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centred @ vt[:1].T, np.zeros(len(centred))]
+    variance = singular**2 / max(float((singular**2).sum()), 1e-12)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    labels = list(groups) if groups is not None else [""] * len(components)
+    for name in sorted(set(labels)):
+        chosen = np.asarray([g == name for g in labels])
+        ax.scatter(components[chosen, 0], components[chosen, 1], s=18, alpha=0.8, label=name or None)
+    if groups is not None:
+        ax.legend(title=legend or None, fontsize=8)
+    ax.set_xlabel(f"PC 1 ({100 * variance[0]:.0f} % of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * variance[1]:.0f} % of variance)" if len(variance) > 1 else "PC 2")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

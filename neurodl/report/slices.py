@@ -93,3 +93,48 @@ def orthogonal_slices(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def comparison_slices(image: Volume, panels: list[tuple[str, np.ndarray, str]], *, title: str = "") -> Any:
+    """One row of sagittal, coronal and axial slices per panel, all through the same voxel.
+
+    Args:
+        image: gives the grid (affine) of every panel; its centre is where the slices cross.
+        panels: (row label, array on ``image``'s grid, matplotlib colormap), e.g.
+            input / reconstruction in ``gray`` and the error in ``hot``. Each row is
+            windowed on its own 1st-99th percentiles (the arrays may have different units).
+        title: figure title.
+    """
+    ras = [(label, _ras(np.asarray(data, dtype=np.float32), image), cmap) for label, data, cmap in panels]
+    centre = tuple(s // 2 for s in ras[0][1].shape)
+    ras_spacing = np.asarray(
+        to_ras(
+            Volume(data=np.zeros(image.shape[:3], dtype=np.uint8), affine=image.affine, header=image.header)
+        ).spacing
+    )
+    fig, axes = plt.subplots(len(ras), 3, figsize=(10, 3.3 * len(ras)), squeeze=False)
+    views = [("sagittal", 0, (1, 2)), ("coronal", 1, (0, 2)), ("axial", 2, (0, 1))]
+    for row, (label, data, cmap) in enumerate(ras):
+        low, high = np.percentile(data, [1, 99]) if data.size else (0.0, 1.0)
+        for column, (name, axis, (a, b)) in enumerate(views):
+            index: list[Any] = [slice(None)] * 3
+            index[axis] = centre[axis]
+            ax = axes[row, column]
+            ax.imshow(
+                data[tuple(index)].T,
+                cmap=cmap,
+                origin="lower",
+                vmin=low,
+                vmax=high if high > low else low + 1,
+                aspect=ras_spacing[b] / ras_spacing[a],
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name)
+            if column == 0:
+                ax.set_ylabel(label)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,379 @@
+"""``neurodl autoencode``: autoencoders of brain images: latent features, reconstructions, anomaly maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neurodl.cli import _train_options as T
+from neurodl.cli._batch import check_output_file, file_progress, report_failures
+from neurodl.cli._config import parse_batch_size, resolve_options, split_list
+from neurodl.cli._console import err_console, print_json
+from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag, ShardOption
+from neurodl.cli._render import metrics_table, render_train_summary
+from neurodl.config import AutoencodeOptions
+
+app = typer.Typer(
+    help="Autoencoders (AE, VAE) of NIfTI volumes or slices: latent features, reconstructions, anomaly maps.",
+    no_args_is_help=True,
+)
+
+_D = AutoencodeOptions()
+_I = "Images and preprocessing"
+_M = "Model"
+Inputs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="NIfTI files, folders of them, or one manifest (CSV/TSV) with the model's image columns."
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    return tuple(int(v) for v in split_list(value))
+
+
+def _floats(value: object) -> tuple[float, ...]:
+    return tuple(float(v) for v in split_list(value))
+
+
+@app.command("train")
+def train(
+    ctx: typer.Context,
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Manifest (CSV/TSV): one row per image. Not needed with --resume.", dir_okay=False
+        ),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image", "-i", help="Image column(s); several = several input channels.", rich_help_panel=_I
+        ),
+    ] = None,
+    participant: Annotated[
+        str,
+        typer.Option(
+            "--participant",
+            help="Participant column: sessions of one participant stay on one side of every split.",
+            rich_help_panel=_I,
+        ),
+    ] = _D.images.participant,
+    spacing: Annotated[
+        str,
+        typer.Option(
+            "--spacing",
+            help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
+            rich_help_panel=_I,
+        ),
+    ] = "",
+    size: Annotated[
+        str,
+        typer.Option(
+            "--size",
+            help="Array size after resampling (crop/pad): one or three multiples of 8; '' = the training images' field of view.",
+            rich_help_panel=_I,
+        ),
+    ] = ",".join(map(str, _D.images.size)),
+    normalize: Annotated[
+        str, typer.Option("--normalize", help="zscore, minmax or percentile.", rich_help_panel=_I)
+    ] = _D.images.normalize,
+    crop_foreground: Annotated[
+        bool,
+        typer.Option("--crop-foreground", help="Crop to the head's bounding box first.", rich_help_panel=_I),
+    ] = False,
+    augment: Annotated[
+        str, typer.Option("--augment", help="none, light or strong.", rich_help_panel=_I)
+    ] = _D.images.augment,
+    cache: Annotated[
+        str,
+        typer.Option(
+            "--cache",
+            help="memory: decode and preprocess each image once; none: every epoch.",
+            rich_help_panel=_I,
+        ),
+    ] = _D.images.cache,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Data-loading processes.", rich_help_panel=_I)
+    ] = _D.images.workers,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="ae (autoencoder) or vae (variational autoencoder).", rich_help_panel=_M
+        ),
+    ] = _D.model,
+    dims: Annotated[
+        int,
+        typer.Option(
+            "--dims", help="3: whole volumes; 2: the central axial slices of each volume.", rich_help_panel=_M
+        ),
+    ] = _D.dims,
+    latent_dim: Annotated[
+        int, typer.Option("--latent-dim", help="Size of the code (latent vector).", rich_help_panel=_M)
+    ] = _D.latent_dim,
+    width: Annotated[
+        int,
+        typer.Option(
+            "--width", help="Filters of the first level (doubled at each level).", rich_help_panel=_M
+        ),
+    ] = _D.width,
+    loss: Annotated[
+        str, typer.Option("--loss", help="Reconstruction loss: mse or l1.", rich_help_panel=_M)
+    ] = _D.loss,
+    beta: Annotated[
+        float,
+        typer.Option(
+            "--beta",
+            help="VAE: weight of the KL divergence against the reconstruction loss.",
+            rich_help_panel=_M,
+        ),
+    ] = _D.beta,
+    slices: Annotated[
+        int,
+        typer.Option("--slices", help="--dims 2: central axial slices per volume.", rich_help_panel=_M),
+    ] = _D.slices,
+    color_by: Annotated[
+        str,
+        typer.Option("--color-by", help="Manifest column colouring latent_space.png (if present)."),
+    ] = _D.color_by,
+    cv: Annotated[
+        int,
+        typer.Option("--cv", help="K-fold cross-validation by participant (0: one train/validation split)."),
+    ] = _D.cv,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of participants for validation / early stopping.")
+    ] = _D.val_fraction,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            "--test-fraction",
+            help="Share of participants held out entirely, scored at the end and written to test_manifest.tsv.",
+        ),
+    ] = _D.test_fraction,
+    epochs: T.Epochs = _D.train.epochs,
+    batch_size: T.BatchSize = str(_D.train.batch_size),
+    optimizer: T.Optimizer = _D.train.optimizer,
+    lr: T.LearningRate = _D.train.lr,
+    momentum: T.Momentum = _D.train.momentum,
+    weight_decay: T.WeightDecay = _D.train.weight_decay,
+    scheduler: T.Scheduler = _D.train.scheduler,
+    grad_clip: T.GradClip = _D.train.grad_clip,
+    patience: T.Patience = _D.train.patience,
+    min_delta: T.MinDelta = _D.train.min_delta,
+    monitor: T.Monitor = _D.train.monitor,
+    seed: T.Seed = _D.train.seed,
+    deterministic: T.Deterministic = _D.train.deterministic,
+    device: T.Device = _D.train.device,
+    precision: T.Precision = _D.train.precision,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path(
+        "runs/autoencode"
+    ),
+    config: ConfigOption = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run in --out (its saved options and manifest are used).",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
+    ] = False,
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Train an autoencoder to reconstruct images; write a run directory (monitored on validation loss).
+
+    Example: neurodl train-ae sample_data/participants.tsv --image t1 --model vae --test-fraction 0.2 --out runs/ae
+    """
+    from neurodl.tasks import autoencode  # heavy (torch, monai): only when the command runs
+
+    values = dict(locals())
+    for name in (
+        "ctx",
+        "manifest",
+        "out",
+        "config",
+        "resume",
+        "overwrite",
+        "quiet",
+        "json_output",
+        "autoencode",
+    ):
+        values.pop(name, None)
+    options = resolve_options(
+        AutoencodeOptions,
+        ctx,
+        values,
+        config_file=config,
+        resume=resume,
+        converters={
+            "image": split_list,
+            "spacing": _floats,
+            "size": _ints,
+            "batch_size": parse_batch_size,
+        },
+    )
+    console = err_console()
+    summary = autoencode.train(
+        manifest, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet
+    )
+    if json_output:
+        print_json(summary)
+    if not quiet:
+        prep = summary["preprocessing"]
+        render_train_summary(
+            console,
+            summary,
+            f"{summary['images']} images, {summary['participants']} participants; resampled to {prep['spacing']} mm, size {prep['size']}",
+        )
+
+
+@app.command("encode")
+def encode(
+    model: ModelDirOption,
+    inputs: Inputs,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="CSV of latent features to write (default: stdout).", dir_okay=False
+        ),
+    ] = None,
+    overwrite: OverwriteFlag = False,
+    shard: ShardOption = None,
+    device: Device = "auto",
+    quiet: QuietFlag = False,
+) -> None:
+    """Latent code per image: participant_id, image, latent_1..latent_k (+ the manifest's other columns).
+
+    The table is a biomarker table: `neurodl biomarkers train latents.csv --features latent_1,latent_2 ...`.
+
+    Example: neurodl autoencode encode --model runs/ae sample_data/participants.tsv -o latents.csv
+    """
+    import sys
+
+    from neurodl.io.atomic import atomic_output
+    from neurodl.tasks import autoencode  # heavy: only when the command runs
+
+    check_output_file(output, inputs, overwrite)
+    console = err_console()
+    loaded = autoencode.load(model, device=device)
+    with file_progress(console, "encoding", quiet=quiet) as advance:
+        table, failures = autoencode.encode(loaded, inputs, shard=shard, on_image=advance)
+    if len(table):
+        if output is None:
+            table.to_csv(sys.stdout, index=False)
+        else:
+            with atomic_output(output) as tmp:
+                table.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
+            if not quiet:
+                console.print(f"{len(table)} latent codes ({loaded.latent_dim} features) written to {output}")
+    report_failures(console, failures, len(table) + len(failures))
+
+
+@app.command("reconstruct")
+def reconstruct(
+    model: ModelDirOption,
+    inputs: Inputs,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for <image>_recon.nii.gz and <image>_error.nii.gz (each input's grid and affine).",
+            file_okay=False,
+        ),
+    ] = Path("reconstructions"),
+    preview: Annotated[
+        bool, typer.Option("--preview/--no-preview", help="Also write a PNG of input, reconstruction and error slices.")
+    ] = True,
+    overwrite: OverwriteFlag = False,
+    shard: ShardOption = None,
+    device: Device = "auto",
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Reconstruct images and write the absolute reconstruction error (an anomaly map) in each input's grid.
+
+    Intensities are in the run's normalised units (e.g. z-scores). Outputs that already exist are kept
+    (use --overwrite to redo); a bad input is reported and the others are still processed.
+
+    Example: neurodl autoencode reconstruct --model runs/ae sample_data/sub-001/anat/sub-001_T1w.nii.gz -o recon/
+    """
+    from neurodl.tasks import autoencode  # heavy: only when the command runs
+
+    console = err_console()
+    loaded = autoencode.load(model, device=device)
+    with file_progress(console, "reconstructing", quiet=quiet) as advance:
+        table, failures = autoencode.reconstruct(
+            loaded, inputs, out, overwrite=overwrite, preview=preview, shard=shard, on_image=advance
+        )
+    if json_output:
+        print_json(table.to_dict(orient="records"))
+    written = int((table["status"] == "written").sum()) if len(table) else 0
+    kept = len(table) - written
+    console.print(
+        f"{written} reconstructions written to {out}"
+        + (f"; {kept} existing kept (--overwrite to redo)" if kept else "")
+    )
+    report_failures(console, failures, len(table) + len(failures))
+
+
+@app.command("evaluate")
+def evaluate(
+    model: ModelDirOption,
+    manifest: Annotated[
+        Path, typer.Argument(help="Manifest with the model's image columns.", dir_okay=False)
+    ],
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            "--mask", help="Column of label images: score only inside mask > 0 (SSIM: whole image)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for per_image.csv and metrics.json.", file_okay=False),
+    ] = None,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
+    ] = False,
+    overwrite: OverwriteFlag = False,
+    device: Device = "auto",
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """MSE, MAE, PSNR and SSIM of the reconstructions, per image, in the preprocessed (normalised) space.
+
+    Example: neurodl autoencode evaluate --model runs/ae runs/ae/test_manifest.tsv --out runs/ae/test
+    """
+    from neurodl.tasks import autoencode  # heavy: only when the command runs
+
+    console = err_console()
+    loaded = autoencode.load(model, device=device)
+    with file_progress(console, "evaluating", quiet=quiet) as advance:
+        metrics, _, failures, warnings = autoencode.evaluate(
+            loaded,
+            manifest,
+            mask_column=mask,
+            allow_overlap=allow_overlap,
+            report_dir=out,
+            overwrite=overwrite,
+            on_image=advance,
+        )
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/yellow] {warning}")
+    if json_output:
+        print_json(metrics)
+    if not quiet:
+        console.print(
+            metrics_table(f"reconstruction on {manifest.name} ({metrics['images']} images)", metrics)
+        )
+        if out is not None:
+            console.print(f"Per-image scores and metrics written to {out}")
+    report_failures(console, failures, metrics["images"] + len(failures))
