@@ -289,7 +289,10 @@ def reconstruct(
         ),
     ] = Path("reconstructions"),
     preview: Annotated[
-        bool, typer.Option("--preview/--no-preview", help="Also write a PNG of input, reconstruction and error slices.")
+        bool,
+        typer.Option(
+            "--preview/--no-preview", help="Also write a PNG of input, reconstruction and error slices."
+        ),
     ] = True,
     overwrite: OverwriteFlag = False,
     shard: ShardOption = None,

@@ -186,6 +186,8 @@ def train(
             summary,
             f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}",
         )
+        for warning in summary["warnings"]:
+            console.print(f"[yellow]Warning:[/yellow] {warning}")
 
 
 @app.command("predict")

@@ -461,7 +461,30 @@ def train(
         "epochs": final.result.epochs_run,
         "run": str(run.path),
         "plots": ["learning_curves.png", *plot_files],
+        "warnings": leak_warnings(data),
     }
+
+
+def leak_warnings(data: Prepared) -> list[str]:
+    """Name numeric features that on their own separate the classes perfectly (possible leaks).
+
+    A column such as a severity score or a derived label predicts a diagnosis
+    perfectly and makes the model look better than it is.
+    """
+    from neurodl.tasks.metrics import rank_auc
+
+    if data.target.kind != "classification":
+        return []
+    warnings = []
+    for name in data.numeric:
+        values = pd.to_numeric(data.frame[name], errors="coerce").to_numpy(dtype=float)
+        known = np.isfinite(values)
+        aucs = [rank_auc(data.strata[known] == k, values[known]) for k in range(len(data.target.classes))]
+        if any(np.isfinite(a) and max(a, 1 - a) >= 0.999 for a in aucs):
+            warnings.append(
+                f"feature '{name}' alone separates the classes of '{data.target.column}' perfectly: check that it is not derived from the target (use --features or --exclude)."
+            )
+    return warnings
 
 
 @dataclass

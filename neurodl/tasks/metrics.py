@@ -67,7 +67,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
     return metrics
 
 
-def _rank_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+def rank_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC as the Mann-Whitney statistic (average ranks: ties count half), as scikit-learn computes it."""
     from scipy.stats import rankdata
 
@@ -93,9 +93,9 @@ def epoch_classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[
     hits = np.bincount(y_true[y_pred == y_true], minlength=k)
     present = counts > 0
     if k == 2:
-        auc = _rank_auc(y_true == 1, proba[:, 1])
+        auc = rank_auc(y_true == 1, proba[:, 1])
     elif present.all():
-        auc = float(np.mean([_rank_auc(y_true == c, proba[:, c]) for c in range(k)]))
+        auc = float(np.mean([rank_auc(y_true == c, proba[:, c]) for c in range(k)]))
     else:
         auc = math.nan
     return {

@@ -478,3 +478,27 @@ def test_fast_epoch_metrics_equal_scikit_learn():
             reference = classification_metrics(y, proba, [str(c) for c in range(k)])
             for key, value in epoch_classification_metrics(y, proba).items():
                 assert value == pytest.approx(reference[key], abs=1e-12, nan_ok=True), key
+
+
+def test_a_feature_derived_from_the_target_is_flagged(run_cli, tmp_path):
+    table = make_table(tmp_path / "cohort.csv", n=40)
+    frame = pd.read_csv(table)
+    frame["leak"] = (frame["diagnosis"] == "AD").astype(int) * 3 + 1  # a score recorded only for patients
+    frame.to_csv(table, index=False)
+    result = run_cli(
+        "biomarkers",
+        "train",
+        table,
+        "--target",
+        "diagnosis",
+        "--epochs",
+        "2",
+        "--out",
+        tmp_path / "run",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    warnings = json.loads(result.stdout)["warnings"]
+    assert any("'leak' alone separates the classes" in w for w in warnings)
+    assert not any("'brain_metabolism'" in w for w in warnings)
+    assert "Warning: feature 'leak'" in result.stderr
