@@ -26,6 +26,16 @@ def split_list(value: Any) -> tuple[str, ...]:
     return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
 
 
+def parse_ints(value: Any) -> tuple[int, ...]:
+    """``"96,96,64"`` -> ``(96, 96, 64)``."""
+    return tuple(int(v) for v in split_list(value))
+
+
+def parse_floats(value: Any) -> tuple[float, ...]:
+    """``"1,1,1.5"`` -> ``(1.0, 1.0, 1.5)``."""
+    return tuple(float(v) for v in split_list(value))
+
+
 def parse_hidden(value: Any) -> tuple[int, ...]:
     """``"64,32"`` -> ``(64, 32)``; ``"none"``/``0``/empty -> ``()`` (no hidden layer)."""
     parts = split_list(value)

@@ -9,7 +9,7 @@ import typer
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables on stderr.")]
-SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (splits, initialisation, shuffling).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same result.")]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps. auto picks a GPU when there is one.")
 ]
@@ -21,7 +21,6 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
-OutDirOption = Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")]
 ModelDirOption = Annotated[
     Path, typer.Option("--model", "-m", help="Run directory written by the matching `train` command.")
 ]
@@ -31,5 +30,11 @@ ShardOption = Annotated[
     typer.Option(
         "--shard",
         help="Process only shard I of N (e.g. 3/10; every N-th input from the I-th) for job arrays.",
+    ),
+]
+ImageInputs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="NIfTI files, folders of them, or one manifest (CSV/TSV) with the model's image columns."
     ),
 ]

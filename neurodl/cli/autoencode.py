@@ -9,9 +9,18 @@ import typer
 
 from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._config import parse_batch_size, resolve_options, split_list
+from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag, ShardOption
+from neurodl.cli._options import (
+    ConfigOption,
+    DeviceOption,
+    ImageInputs,
+    JsonFlag,
+    ModelDirOption,
+    OverwriteFlag,
+    QuietFlag,
+    ShardOption,
+)
 from neurodl.cli._render import metrics_table, render_train_summary
 from neurodl.config import AutoencodeOptions
 
@@ -23,21 +32,6 @@ app = typer.Typer(
 _D = AutoencodeOptions()
 _I = "Images and preprocessing"
 _M = "Model"
-Inputs = Annotated[
-    list[Path],
-    typer.Argument(
-        help="NIfTI files, folders of them, or one manifest (CSV/TSV) with the model's image columns."
-    ),
-]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-
-
-def _ints(value: object) -> tuple[int, ...]:
-    return tuple(int(v) for v in split_list(value))
-
-
-def _floats(value: object) -> tuple[float, ...]:
-    return tuple(float(v) for v in split_list(value))
 
 
 @app.command("train")
@@ -213,8 +207,8 @@ def train(
         resume=resume,
         converters={
             "image": split_list,
-            "spacing": _floats,
-            "size": _ints,
+            "spacing": parse_floats,
+            "size": parse_ints,
             "batch_size": parse_batch_size,
         },
     )
@@ -236,7 +230,7 @@ def train(
 @app.command("encode")
 def encode(
     model: ModelDirOption,
-    inputs: Inputs,
+    inputs: ImageInputs,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -245,7 +239,7 @@ def encode(
     ] = None,
     overwrite: OverwriteFlag = False,
     shard: ShardOption = None,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
 ) -> None:
     """Latent code per image: participant_id, image, latent_1..latent_k (+ the manifest's other columns).
@@ -278,7 +272,7 @@ def encode(
 @app.command("reconstruct")
 def reconstruct(
     model: ModelDirOption,
-    inputs: Inputs,
+    inputs: ImageInputs,
     out: Annotated[
         Path,
         typer.Option(
@@ -296,7 +290,7 @@ def reconstruct(
     ] = True,
     overwrite: OverwriteFlag = False,
     shard: ShardOption = None,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -347,7 +341,7 @@ def evaluate(
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
     overwrite: OverwriteFlag = False,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:

@@ -9,9 +9,18 @@ import typer
 
 from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._config import parse_batch_size, resolve_options, split_list
+from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag, ShardOption
+from neurodl.cli._options import (
+    ConfigOption,
+    DeviceOption,
+    ImageInputs,
+    JsonFlag,
+    ModelDirOption,
+    OverwriteFlag,
+    QuietFlag,
+    ShardOption,
+)
 from neurodl.cli._render import metrics_table, render_train_summary
 from neurodl.config import ClassifyOptions
 
@@ -23,21 +32,6 @@ app = typer.Typer(
 _D = ClassifyOptions()
 _I = "Images and preprocessing"
 _M = "Model"
-Inputs = Annotated[
-    list[Path],
-    typer.Argument(
-        help="NIfTI files, folders of them, or one manifest (CSV/TSV) with the model's image columns."
-    ),
-]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-
-
-def _floats(value: object) -> tuple[float, ...]:
-    return tuple(float(v) for v in split_list(value))
-
-
-def _ints(value: object) -> tuple[int, ...]:
-    return tuple(int(v) for v in split_list(value))
 
 
 @app.command("train")
@@ -220,7 +214,12 @@ def train(
         values,
         config_file=config,
         resume=resume,
-        converters={"image": split_list, "spacing": _floats, "size": _ints, "batch_size": parse_batch_size},
+        converters={
+            "image": split_list,
+            "spacing": parse_floats,
+            "size": parse_ints,
+            "batch_size": parse_batch_size,
+        },
     )
     console = err_console()
     summary = classify.train(
@@ -240,13 +239,13 @@ def train(
 @app.command("predict")
 def predict(
     model: ModelDirOption,
-    inputs: Inputs,
+    inputs: ImageInputs,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)
     ] = None,
     overwrite: OverwriteFlag = False,
     shard: ShardOption = None,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
 ) -> None:
     """Predict the class of each image: predicted class and one probability per class.
@@ -297,7 +296,7 @@ def evaluate(
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
     overwrite: OverwriteFlag = False,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -334,7 +333,7 @@ def evaluate(
 @app.command("interpret")
 def interpret(
     model: ModelDirOption,
-    inputs: Inputs,
+    inputs: ImageInputs,
     method: Annotated[
         str, typer.Option("--method", help="gradcam, saliency (input gradients) or occlusion.")
     ] = "gradcam",
@@ -346,7 +345,7 @@ def interpret(
     ] = Path("interpretation"),
     overwrite: OverwriteFlag = False,
     shard: ShardOption = None,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:

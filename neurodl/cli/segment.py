@@ -9,9 +9,18 @@ import typer
 
 from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._config import parse_batch_size, resolve_options, split_list
+from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag, ShardOption
+from neurodl.cli._options import (
+    ConfigOption,
+    DeviceOption,
+    ImageInputs,
+    JsonFlag,
+    ModelDirOption,
+    OverwriteFlag,
+    QuietFlag,
+    ShardOption,
+)
 from neurodl.cli._render import metrics_table, render_train_summary
 from neurodl.config import SegmentOptions
 
@@ -23,25 +32,10 @@ app = typer.Typer(
 _D = SegmentOptions()
 _I = "Images and preprocessing"
 _M = "Model"
-Inputs = Annotated[
-    list[Path],
-    typer.Argument(
-        help="NIfTI files, folders of them, or one manifest (CSV/TSV) with the model's image columns."
-    ),
-]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Overlap = Annotated[
     float | None,
     typer.Option("--overlap", help="Sliding-window overlap between patches, 0-0.9 (default: the run's)."),
 ]
-
-
-def _ints(value: object) -> tuple[int, ...]:
-    return tuple(int(v) for v in split_list(value))
-
-
-def _floats(value: object) -> tuple[float, ...]:
-    return tuple(float(v) for v in split_list(value))
 
 
 @app.command("train")
@@ -218,7 +212,12 @@ def train(
         values,
         config_file=config,
         resume=resume,
-        converters={"image": split_list, "spacing": _floats, "patch": _ints, "batch_size": parse_batch_size},
+        converters={
+            "image": split_list,
+            "spacing": parse_floats,
+            "patch": parse_ints,
+            "batch_size": parse_batch_size,
+        },
     )
     console = err_console()
     summary = segment.train(
@@ -239,7 +238,7 @@ def train(
 @app.command("predict")
 def predict(
     model: ModelDirOption,
-    inputs: Inputs,
+    inputs: ImageInputs,
     out: Annotated[
         Path,
         typer.Option(
@@ -273,7 +272,7 @@ def predict(
     ] = False,
     overwrite: OverwriteFlag = False,
     shard: ShardOption = None,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -339,7 +338,7 @@ def evaluate(
     ] = False,
     tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
     overwrite: OverwriteFlag = False,
-    device: Device = "auto",
+    device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:

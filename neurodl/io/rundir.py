@@ -261,3 +261,13 @@ class RunDirectory:
                 f"{path}: cannot be read as safetensors ({exc}).",
                 "The weights file is damaged or was tampered with; train again.",
             ) from exc
+
+    def load_into(self, model: Any, name: str = WEIGHTS_FILE) -> None:
+        """Load the safetensors weights into ``model``, refusing weights of another shape or keys."""
+        try:
+            model.load_state_dict(self.load_weights(name))
+        except RuntimeError as exc:
+            raise RunDirectoryError(
+                f"{self.path}: {name} does not match the model described in preprocessing.json.",
+                "The run was modified; train again.",
+            ) from exc

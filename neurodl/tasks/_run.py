@@ -109,3 +109,22 @@ def check_leakage(run: RunDirectory, participants: Any, source: Path, *, allow_o
             "Evaluate on held-out participants (train with --test-fraction and evaluate RUN/test_manifest.tsv), or add --allow-overlap.",
         )
     return [f"{len(overlap)} participants were in the training data (--allow-overlap)."] if overlap else []
+
+
+def write_held_out_manifest(
+    run: RunDirectory, manifest: Any, rows: Any, name: str = "test_manifest.tsv"
+) -> None:
+    """Write the held-out rows as a manifest `evaluate` can read from anywhere.
+
+    Every column of NIfTI paths (images, masks) is made absolute, since the
+    paths were relative to the original manifest's folder.
+    """
+    frame = manifest.frame.iloc[rows].copy()
+    for column in frame.columns:
+        values = frame[column].dropna().astype(str)
+        if len(values) and values.str.lower().str.endswith((".nii", ".nii.gz")).all():
+            frame[column] = [
+                str((manifest.root / str(v)).resolve()) if isinstance(v, str) and v else v
+                for v in frame[column]
+            ]
+    run.write_csv(name, frame)

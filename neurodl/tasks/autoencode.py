@@ -39,7 +39,7 @@ from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache
+from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
 
 TASK = "autoencode"
 METRICS = ("mse", "mae", "psnr", "ssim")
@@ -360,17 +360,7 @@ def train(
             "images": len(test_rows),
             **score_rows(test_rows, predict_rows(final, test_rows)),
         }
-        test_frame = manifest.frame.iloc[test_rows].copy()
-        for index, column in enumerate(images.image):
-            test_frame[column] = [str(items[int(r)][index]) for r in test_rows]
-        for column in test_frame.columns:
-            # Other image columns (e.g. masks for `evaluate --mask`) must resolve from the run directory too.
-            if (
-                column not in images.image
-                and test_frame[column].astype(str).str.endswith((".nii", ".nii.gz")).all()
-            ):
-                test_frame[column] = [str((manifest.root / str(v)).resolve()) for v in test_frame[column]]
-        run.write_csv("test_manifest.tsv", test_frame)
+        write_held_out_manifest(run, manifest, test_rows)
         headline = {k: v for k, v in metrics["test"].items() if k in METRICS}
         evaluation = f"held-out test participants ({len(set(groups[test_rows]))}, never trained or selected on); {evaluation}"
 
@@ -471,13 +461,7 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedAutoencoder:
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
             "Train the model again.",
         ) from exc
-    try:
-        model.load_state_dict(run.load_weights())
-    except RuntimeError as exc:
-        raise RunDirectoryError(
-            f"{run_dir}: model.safetensors does not match the model described in preprocessing.json.",
-            "The run was modified; train again.",
-        ) from exc
+    run.load_into(model)
     target = resolve_device(device)
     model.to(target).eval()
     return LoadedAutoencoder(

@@ -517,14 +517,7 @@ def load(run_dir: Path) -> LoadedModel:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged ({exc}).", "Train the model again."
         ) from exc
-    weights = run.load_weights()
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise RunDirectoryError(
-            f"{run_dir}: model.safetensors does not match the model described in preprocessing.json.",
-            "The run was modified; train again.",
-        ) from exc
+    run.load_into(model)
     return LoadedModel(run, BiomarkersModule(model, target), features, target, prep.get("group_column"))
 
 

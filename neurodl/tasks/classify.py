@@ -43,7 +43,7 @@ from neurodl.tasks._classification import (
     save_classification_plots,
 )
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache
+from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
 from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics
 
 TASK = "classify"
@@ -258,10 +258,7 @@ def train(
         plots += save_classification_plots(
             run, "test_", y[test_rows], test_outputs, target.classes, test_metrics["confusion_matrix"]
         )
-        test_frame = frame.iloc[test_rows].copy()
-        for column, index in zip(images.image, range(channels), strict=True):
-            test_frame[column] = [str(items[int(r)][index]) for r in test_rows]
-        run.write_csv("test_manifest.tsv", test_frame)
+        write_held_out_manifest(run, manifest, test_rows)
         headline = {k: v for k, v in test_metrics.items() if k != "confusion_matrix"}
         evaluation = f"held-out test participants ({len(set(groups[test_rows]))}, never trained or selected on); {evaluation}"
 
@@ -369,13 +366,7 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
             "Train the model again.",
         ) from exc
-    try:
-        model.load_state_dict(run.load_weights())
-    except RuntimeError as exc:
-        raise RunDirectoryError(
-            f"{run_dir}: model.safetensors does not match the model described in preprocessing.json.",
-            "The run was modified; train again.",
-        ) from exc
+    run.load_into(model)
     target_device = resolve_device(device)
     model.to(target_device).eval()
     return LoadedClassifier(

@@ -40,7 +40,7 @@ from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache
+from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
 
 TASK = "segment"
 
@@ -398,11 +398,7 @@ def train(
             "images": len(test_rows),
             **score_rows(test_rows, test_scores),
         }
-        test_frame = manifest.frame.iloc[test_rows].copy()
-        for index, column in enumerate(images.image):
-            test_frame[column] = [str(items[int(r)][index]) for r in test_rows]
-        test_frame[options.mask] = [str(masks[int(r)]) for r in test_rows]
-        run.write_csv("test_manifest.tsv", test_frame)
+        write_held_out_manifest(run, manifest, test_rows)
         headline = {k: v for k, v in metrics["test"].items() if k.startswith("dice")}
         evaluation = f"held-out test participants ({len(set(groups[test_rows]))}, never trained or selected on); {evaluation}"
 
@@ -494,13 +490,7 @@ def load(run_dir: Path, *, device: str = "auto", overlap: float | None = None) -
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
             "Train the model again.",
         ) from exc
-    try:
-        model.load_state_dict(run.load_weights())
-    except RuntimeError as exc:
-        raise RunDirectoryError(
-            f"{run_dir}: model.safetensors does not match the model described in preprocessing.json.",
-            "The run was modified; train again.",
-        ) from exc
+    run.load_into(model)
     target = resolve_device(device)
     model.to(target).eval()
     module = SegmentModule(
