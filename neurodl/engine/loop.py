@@ -37,6 +37,33 @@ class Task(Protocol):
         ...
 
 
+class Stepper:
+    """Takes one optimiser step on a loss, for tasks that train several networks (e.g. a GAN).
+
+    Such a task defines ``optimizer_groups()`` -> ``{name: (parameters, lr)}`` and its
+    ``training_step(batch, step)`` calls ``step(name, loss)`` once per network and
+    batch; gradient scaling (fp16), clipping and the optimiser stay in the engine.
+    """
+
+    def __init__(
+        self, optimizers: dict[str, torch.optim.Optimizer], scaler: torch.amp.GradScaler, grad_clip: float
+    ) -> None:
+        self.optimizers = optimizers
+        self.scaler = scaler
+        self.grad_clip = grad_clip
+
+    def __call__(self, name: str, loss: torch.Tensor) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            # Unscale first so the threshold applies to the true gradient norm.
+            self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.scaler.step(optimizer)
+
+
 class Callback:
     """Hooks called by :func:`fit`; override what you need."""
 
@@ -159,9 +186,18 @@ def fit(
     if val is None and monitor != "train_loss":
         monitor = "train_loss"
     mode = monitor_mode(monitor)
-    optimizer = build_optimizer(model.parameters(), options)
-    scheduler = build_scheduler(optimizer, options, mode)
+    # One optimiser, or one per network for a task that steps them itself (optimizer_groups).
+    groups = task.optimizer_groups() if hasattr(task, "optimizer_groups") else None
+    optimizers = (
+        {name: build_optimizer(params, options, lr) for name, (params, lr) in groups.items()}
+        if groups
+        else {"model": build_optimizer(model.parameters(), options)}
+    )
+    optimizer = next(iter(optimizers.values()))
+    schedulers = {name: build_scheduler(opt, options, mode) for name, opt in optimizers.items()}
+    scheduler = schedulers[next(iter(schedulers))]
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16" and device.type == "cuda")
+    stepper = Stepper(optimizers, scaler, options.grad_clip) if groups else None
 
     result = FitResult(monitor=monitor)
     best_state = _clone_state(model)
@@ -170,9 +206,13 @@ def fit(
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_state(checkpoint)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
+        saved_optimizers = state["optimizers"] if stepper is not None else {"model": state["optimizer"]}
+        saved_schedulers = state.get("schedulers") if stepper is not None else {"model": state.get("scheduler")}
+        for name, opt in optimizers.items():
+            opt.load_state_dict(saved_optimizers[name])
+            sched = schedulers[name]
+            if sched is not None and saved_schedulers and saved_schedulers.get(name) is not None:
+                sched.load_state_dict(saved_schedulers[name])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         best_state = state["best_state"]
@@ -188,11 +228,23 @@ def fit(
     def save_checkpoint() -> None:
         if checkpoint is None:
             return
+        if stepper is not None:
+            optimizer_state: dict[str, Any] = {
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                "schedulers": {
+                    name: sched.state_dict() if sched is not None else None
+                    for name, sched in schedulers.items()
+                },
+            }
+        else:
+            optimizer_state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            }
         save_state(
             {
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                **optimizer_state,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "best_state": best_state,
                 "bad_epochs": bad_epochs,
@@ -214,31 +266,41 @@ def fit(
                 _set_epoch(train, epoch)
                 tic = time.perf_counter()
                 model.train()
-                total, count = 0.0, 0
+                totals: dict[str, float] = {}
+                count = 0
                 for step, batch in enumerate(train):
                     batch = _to_device(batch, device)
                     with autocast(device, options.precision):
-                        out = task.training_step(batch)
+                        out = (
+                            task.training_step(batch)
+                            if stepper is None
+                            else task.training_step(batch, stepper)  # type: ignore[call-arg]
+                        )
                     loss = out["loss"]
-                    if not torch.isfinite(loss):
+                    if not all(torch.isfinite(v).all() for v in out.values()):
+                        bad = next(k for k, v in out.items() if not torch.isfinite(v).all())
                         raise TrainingFailed(
-                            f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training diverged.",
+                            f"the training {bad.replace('_', ' ')} became {out[bad].detach().float().mean().item()} at epoch {epoch + 1}, step {step + 1}: training diverged.",
                             "Lower --lr (e.g. by 10x), add --grad-clip 1.0, or check the inputs for extreme values.",
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if options.grad_clip > 0:
-                        # Unscale first so the threshold applies to the true gradient norm.
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-                    scaler.step(optimizer)
+                    if stepper is None:
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        if options.grad_clip > 0:
+                            # Unscale first so the threshold applies to the true gradient norm.
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+                        scaler.step(optimizer)
                     scaler.update()
                     n = _batch_size(batch)
-                    total += float(loss.detach()) * n
+                    for key, part in out.items():
+                        totals[key] = totals.get(key, 0.0) + float(part.detach()) * n
                     count += n
                     for cb in callbacks:
                         cb.on_step(epoch=epoch + 1, step=step + 1, loss=float(loss.detach()))
-                record: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+                record: dict[str, float] = {"epoch": epoch + 1}
+                # train_loss, then any other losses the task reports (e.g. a GAN's train_d_loss).
+                record.update({f"train_{k}": v / max(count, 1) for k, v in totals.items()})
                 if val is not None:
                     record.update(
                         {
@@ -255,11 +317,11 @@ def fit(
                         f"Use one of: {known or 'train_loss'}.",
                     )
                 value = record[monitor]
-                if scheduler is not None:
-                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        scheduler.step(value)
-                    else:
-                        scheduler.step()
+                for sched in schedulers.values():
+                    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        sched.step(value)
+                    elif sched is not None:
+                        sched.step()
                 improved = math.isnan(result.best_value) or (
                     value < result.best_value - options.min_delta
                     if mode == "min"
