@@ -258,6 +258,60 @@ class AutoencodeOptions:
             )
 
 
+GAN_LOSSES = ("lsgan", "vanilla", "hinge")
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """Options of ``neurodl translate train`` (pix2pix: a conditional GAN).
+
+    The source image columns are ``images.image`` (``--source``); ``target`` is the
+    column of the image to synthesise. The generator learns
+    ``lambda_l1 x L1(G(source), target) + adversarial loss``; the discriminator
+    judges (source, image) pairs patch by patch. ``lr_d`` 0 means the generator's
+    learning rate. ``patch`` is the training patch side (3D), ``slices`` the axial
+    slices per volume used for training (2D; 0: every slice holding head).
+    """
+
+    target: str = "t2"
+    model: str = "unet"
+    discriminator: str = "patchgan"
+    dims: int = 2
+    gan_loss: str = "lsgan"
+    lambda_l1: float = 100.0
+    lr_d: float = 0.0
+    width: int = 32
+    patch: tuple[int, ...] = (32,)
+    slices: int = 0
+    resample_target: bool = False
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    images: ImageOptions = field(default_factory=lambda: ImageOptions(augment="none"))
+    train: TrainOptions = field(
+        default_factory=lambda: TrainOptions(lr=2e-4, epochs=60, batch_size=8, patience=15)
+    )
+
+    def __post_init__(self) -> None:
+        _choice("gan_loss", self.gan_loss, GAN_LOSSES)
+        if self.dims not in (2, 3):
+            raise UsageError(f"--dims must be 2 (slice by slice) or 3 (3D patches), not {self.dims}.")
+        if self.lambda_l1 < 0 or self.lr_d < 0:
+            raise UsageError(f"--lambda-l1 and --lr-d must be >= 0 (got {self.lambda_l1}, {self.lr_d}).")
+        if self.width < 1 or self.slices < 0:
+            raise UsageError(f"--width must be >= 1 and --slices >= 0 (got {self.width}, {self.slices}).")
+        if not self.patch or len(self.patch) not in (1, 3) or any(p < 16 or p % 16 for p in self.patch):
+            raise UsageError(
+                f"--patch must be one or three multiples of 16, not {','.join(map(str, self.patch))}.",
+                "The U-Net generator halves the patch four times: use e.g. --patch 32 or --patch 64.",
+            )
+        if not self.target:
+            raise UsageError("--target must name the column of the images to synthesise (e.g. --target t2).")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 0.9:
+            raise UsageError(
+                f"--val-fraction must be in (0, 1) and --test-fraction in [0, 0.9) (got {self.val_fraction}, {self.test_fraction})."
+            )
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"--{name.replace('_', '-')} '{value}' is not one of: {', '.join(choices)}.")
