@@ -92,6 +92,48 @@ def load_channels(paths: Sequence[str | Path]) -> MetaTensor:
     return MetaTensor(torch.from_numpy(array), affine=torch.from_numpy(reference.affine), meta=meta)
 
 
+class LoadTargetd(MapTransform):
+    """Load the image to synthesise (image translation) on the source image's grid.
+
+    Args:
+        keys: the target key (its value is the file path).
+        resample: resample a target on another grid onto the source's (trilinear);
+            otherwise such a target is refused.
+    """
+
+    def __init__(self, keys: str, resample: bool = False) -> None:
+        super().__init__(keys)
+        self.resample = resample
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        image = d["image"]
+        affine = image.affine.numpy()
+        shape = tuple(image.shape[1:])
+        for key in self.key_iterator(d):
+            target = load_volume(d[key], require_finite=True)
+            array = np.asarray(target.data, dtype=np.float32)
+            if target.shape != shape or not np.allclose(target.affine, affine, atol=1e-3):
+                if not self.resample:
+                    reference = Path(str(image.meta.get("filename_or_obj", "the source image")))
+                    raise ImageError(
+                        target.path or "target",
+                        f"has shape {target.shape} and orientation {target.orientation}, but its source image {reference.name} has {shape} and another grid; paired images must share a grid.",
+                        "Register and resample the pair onto one grid first, or add --resample-target to resample the target onto the source (trilinear).",
+                    )
+                import nibabel as nib
+                from nibabel.processing import resample_from_to
+
+                moved = resample_from_to(nib.Nifti1Image(array, target.affine), (shape, affine), order=1)
+                array = np.asarray(moved.dataobj, dtype=np.float32)
+            d[key] = MetaTensor(
+                torch.from_numpy(array[None]),
+                affine=image.affine.clone(),
+                meta={"filename_or_obj": str(target.path)},
+            )
+        return d
+
+
 class LoadLabeld(MapTransform):
     """Load a label map on the image's grid and map its values to class indices 0..K-1.
 
@@ -189,12 +231,23 @@ class ImagePreprocessing:
     def _labelled_pipeline(self) -> Compose:
         return Compose(self._steps(("image", "label")))
 
-    def _steps(self, keys: tuple[str, ...]) -> list[Any]:
-        labelled = "label" in keys
+    def transforms_with_target(self, *, resample: bool = False) -> Compose:
+        """The same pipeline for a source image (``image``) and the image to synthesise from
+        it (``target``: same grid and spatial steps, intensities left in its own units).
+        """
+        return self._target_pipelines[resample]
+
+    @functools.cached_property
+    def _target_pipelines(self) -> dict[bool, Compose]:
+        return {r: Compose(self._steps(("image", "target"), resample_target=r)) for r in (False, True)}
+
+    def _steps(self, keys: tuple[str, ...], *, resample_target: bool = False) -> list[Any]:
         steps: list[Any] = [LoadChannelsd("image")]
-        if labelled:
+        if "target" in keys:
+            steps.append(LoadTargetd("target", resample_target))
+        if "label" in keys:
             steps.append(LoadLabeld("label", self.label_values))
-        modes = ("bilinear", "nearest")[: len(keys)]
+        modes = tuple("nearest" if key == "label" else "bilinear" for key in keys)
         steps += [
             Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys=keys, pixdim=self.spacing, mode=modes),
