@@ -40,6 +40,7 @@ from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
+from neurodl.tasks.metrics import image_scores
 
 TASK = "autoencode"
 METRICS = ("mse", "mae", "psnr", "ssim")
@@ -193,37 +194,6 @@ def encode_volume(module: AutoencodeModule, volume: torch.Tensor, dims: int, sli
     with torch.no_grad():
         codes = module.model.encode_mean(_as_batch(volume, dims).to(device)).float().cpu()
     return codes.mean(dim=0).numpy()
-
-
-def image_scores(
-    x: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor | None = None
-) -> dict[str, float]:
-    """MSE, MAE, PSNR and SSIM of a reconstruction, in normalised units.
-
-    With ``mask`` (same grid, > 0 inside), MSE, MAE and PSNR are computed inside the
-    mask; SSIM is a windowed measure and always covers the whole image.
-    PSNR and SSIM take the image's own intensity range as the data range.
-    """
-    from monai.metrics import PSNRMetric, SSIMMetric
-
-    x, reconstruction = x.float(), reconstruction.float()
-    data_range = max(float(x.max() - x.min()), 1e-6)
-    inside = (mask > 0).expand_as(x) if mask is not None else torch.ones_like(x, dtype=torch.bool)
-    if not inside.any():
-        raise DataError("the mask is empty after preprocessing.", "Check the --mask column.")
-    difference = (reconstruction - x)[inside]
-    mse = float((difference**2).mean())
-    psnr = float(
-        PSNRMetric(max_val=data_range)(reconstruction[inside][None, None], x[inside][None, None]).mean()
-    )
-    spatial = x.ndim - 1
-    kernel = min(7, *[s if s % 2 else s - 1 for s in x.shape[1:]])
-    ssim = float(
-        SSIMMetric(spatial_dims=spatial, data_range=data_range, win_size=kernel)(
-            reconstruction[None], x[None]
-        ).mean()
-    )
-    return {"mse": mse, "mae": float(difference.abs().mean()), "psnr": psnr, "ssim": ssim}
 
 
 def fitting_spacing(paths: Sequence[Path], size: Sequence[int]) -> tuple[float, ...]:

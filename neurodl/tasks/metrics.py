@@ -130,3 +130,38 @@ def summarize_folds(folds: Sequence[dict[str, Any]]) -> dict[str, dict[str, floa
                 "std": float(np.nanstd(arr)) if np.isfinite(arr).any() else math.nan,
             }
     return summary
+
+
+def image_scores(x: Any, reconstruction: Any, mask: Any = None) -> dict[str, float]:
+    """MSE, MAE, PSNR and SSIM of a reconstruction or synthetic image ``reconstruction`` against ``x``.
+
+    Both are (C, *spatial) tensors in the same units (normalised for an autoencoder,
+    the target modality's own units for image translation).
+
+    With ``mask`` (same grid, > 0 inside), MSE, MAE and PSNR are computed inside the
+    mask; SSIM is a windowed measure and always covers the whole image.
+    PSNR and SSIM take the image's own intensity range as the data range.
+    """
+    import torch
+    from monai.metrics import PSNRMetric, SSIMMetric
+
+    from neurodl.errors import DataError
+
+    x, reconstruction = x.float(), reconstruction.float()
+    data_range = max(float(x.max() - x.min()), 1e-6)
+    inside = (mask > 0).expand_as(x) if mask is not None else torch.ones_like(x, dtype=torch.bool)
+    if not inside.any():
+        raise DataError("the mask holds no voxel > 0 on this image's grid.", "Check the --mask column.")
+    difference = (reconstruction - x)[inside]
+    mse = float((difference**2).mean())
+    psnr = float(
+        PSNRMetric(max_val=data_range)(reconstruction[inside][None, None], x[inside][None, None]).mean()
+    )
+    spatial = x.ndim - 1
+    kernel = min(7, *[s if s % 2 else s - 1 for s in x.shape[1:]])
+    ssim = float(
+        SSIMMetric(spatial_dims=spatial, data_range=data_range, win_size=kernel)(
+            reconstruction[None], x[None]
+        ).mean()
+    )
+    return {"mse": mse, "mae": float(difference.abs().mean()), "psnr": psnr, "ssim": ssim}
