@@ -31,6 +31,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # CIFTI-2 intents (3000-3099) hold surface/grayordinate data, not a voxel grid.
 _CIFTI_INTENTS = range(3000, 3100)
 _MAX_VOXELS = 2**31
+# Deflate expands data at most 1032-fold: a .gz smaller than 1/1032 of the declared size is cut off.
+_MAX_DEFLATE_RATIO = 1032
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,15 @@ def _check_size(path: Path, header: nib.Nifti1Header) -> None:
         )
     expected = int(header.get_data_offset()) + _declared_bytes(header)
     if str(path).lower().endswith(".gz"):
+        compressed = path.stat().st_size
+        if expected > compressed * _MAX_DEFLATE_RATIO:
+            # Also catches images over 4 GB, which the gzip trailer below cannot.
+            raise ImageError(
+                path,
+                f"is truncated or corrupt: the header declares {expected} bytes, "
+                f"more than its {compressed} compressed bytes can hold.",
+                "Re-copy or re-export the file.",
+            )
         # The gzip trailer stores the uncompressed size modulo 2**32: a cheap truncation check.
         # A file cut short ends in arbitrary bytes, so this catches most, not all, truncations;
         # the rest fail when the voxels are read.
