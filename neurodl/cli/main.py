@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from neurodl import __version__
-from neurodl.cli import autoencode, biomarkers, check, classify, info, models, sample_data, segment
+from neurodl.cli import autoencode, biomarkers, check, classify, info, models, report, sample_data, segment
 from neurodl.cli._console import err_console
 from neurodl.errors import ExitStatus, NeurodlError
 
@@ -54,6 +54,7 @@ app.add_typer(classify.app, name="classify")
 app.add_typer(segment.app, name="segment")
 app.add_typer(autoencode.app, name="autoencode")
 app.command("train-ae", help="Same as `neurodl autoencode train`.")(autoencode.train)
+app.command("compare")(report.compare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,81 @@
+"""`neurodl compare`: runs side by side, sorted by a metric, as a table, JSON and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_shows_the_option_that_differs_and_the_metrics(run_cli, dx_runs):
+    result = run_cli("compare", *dx_runs)
+    assert result.exit_code == 0, result.output
+    for text in (
+        "lr-0.01",
+        "lr-0.1",
+        "biomarkers",
+        "mlp",
+        "lr",
+        "best epoch",
+        "balanced_accuracy",
+        "roc_auc",
+    ):
+        assert text in result.stderr, text
+    assert "optimizer" not in result.stderr  # the same in both runs
+    assert result.stdout == ""
+
+
+def test_json_sorted_by_metric(run_cli, dx_runs, severity_cv_run):
+    result = run_cli("compare", *dx_runs, severity_cv_run, "--metric", "rmse", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["metric"] == "rmse"
+    assert [r["label"] for r in payload["runs"]][0] == "severity-cv"  # the only run with an RMSE comes first
+    cv = payload["runs"][0]
+    assert cv["metrics"]["rmse"] > 0 and cv["metrics_std"]["rmse"] >= 0
+    assert cv["metrics"]["accuracy"] is None and cv["best"] is True
+    assert cv["options"]["target"] == "severity" and cv["options"]["cv"] == 3
+    dx = payload["runs"][1]
+    assert dx["task"] == "biomarkers" and dx["model"] == "mlp" and dx["finished"] is True
+    assert dx["epochs_run"] == 3 and 1 <= dx["best_epoch"] <= 3
+    assert 0 <= dx["metrics"]["balanced_accuracy"] <= 1 and dx["metrics"]["rmse"] is None
+    assert {"lr", "target", "features", "cv"} <= set(payload["options"])
+
+
+def test_runs_of_different_tasks(run_cli, dx_runs, ae_run):
+    result = run_cli("compare", dx_runs[0], ae_run, "--json")
+    assert result.exit_code == 0, result.output
+    runs = {r["label"]: r for r in json.loads(result.stdout)["runs"]}
+    assert runs["ae"]["task"] == "autoencode" and runs["ae"]["metrics"]["psnr"] is not None
+    assert runs["ae"]["metrics"]["roc_auc"] is None
+    assert "—" in result.stderr  # an absent metric, shown as a dash
+
+
+def test_unknown_metric_lists_the_available_ones(run_cli, dx_runs):
+    result = run_cli("compare", *dx_runs, "--metric", "dice")
+    assert result.exit_code == 2
+    assert "no metric 'dice'" in result.stderr
+    assert "balanced_accuracy" in result.stderr and "roc_auc" in result.stderr
+
+
+def test_missing_or_foreign_run_exits_2(run_cli, dx_runs, tmp_path):
+    missing = run_cli("compare", dx_runs[0], tmp_path / "nope")
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    (tmp_path / "other").mkdir()
+    foreign = run_cli("compare", dx_runs[0], tmp_path / "other")
+    assert foreign.exit_code == 2 and "not a neurodl run directory" in foreign.stderr
+
+
+def test_plot_and_curves_are_pngs(run_cli, dx_runs, severity_cv_run, tmp_path):
+    bar, curves = tmp_path / "bar.png", tmp_path / "curves.png"
+    result = run_cli("compare", *dx_runs, severity_cv_run, "--plot", bar, "--curves", curves, "--quiet")
+    assert result.exit_code == 0, result.output
+    for path in (bar, curves):
+        assert path.read_bytes().startswith(PNG), path
+
+
+def test_figure_inside_a_run_is_refused(run_cli, dx_runs):
+    result = run_cli("compare", *dx_runs, "--plot", Path(dx_runs[0]) / "learning_curves.png")
+    assert result.exit_code == 2 and "inside the run directory" in result.stderr
+    assert (Path(dx_runs[0]) / "learning_curves.png").read_bytes().startswith(PNG)
