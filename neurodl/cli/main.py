@@ -12,7 +12,18 @@ import typer
 from rich.text import Text
 
 from neurodl import __version__
-from neurodl.cli import autoencode, biomarkers, check, classify, info, models, report, sample_data, segment
+from neurodl.cli import (
+    autoencode,
+    biomarkers,
+    check,
+    classify,
+    info,
+    models,
+    report,
+    sample_data,
+    segment,
+    translate,
+)
 from neurodl.cli._console import err_console
 from neurodl.errors import ExitStatus, NeurodlError
 
@@ -54,6 +65,8 @@ app.add_typer(classify.app, name="classify")
 app.add_typer(segment.app, name="segment")
 app.add_typer(autoencode.app, name="autoencode")
 app.command("train-ae", help="Same as `neurodl autoencode train`.")(autoencode.train)
+app.add_typer(translate.app, name="translate")
+app.command("report")(report.report)
 app.command("compare")(report.compare)
 
 

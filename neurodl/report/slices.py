@@ -95,7 +95,13 @@ def orthogonal_slices(
     return fig
 
 
-def comparison_slices(image: Volume, panels: list[tuple[str, np.ndarray, str]], *, title: str = "") -> Any:
+def comparison_slices(
+    image: Volume,
+    panels: list[tuple[str, np.ndarray, str]],
+    *,
+    title: str = "",
+    same_scale: tuple[int, ...] = (),
+) -> Any:
     """One row of sagittal, coronal and axial slices per panel, all through the same voxel.
 
     Args:
@@ -104,6 +110,8 @@ def comparison_slices(image: Volume, panels: list[tuple[str, np.ndarray, str]], 
             input / reconstruction in ``gray`` and the error in ``hot``. Each row is
             windowed on its own 1st-99th percentiles (the arrays may have different units).
         title: figure title.
+        same_scale: rows (indices) drawn with one window, that of the first of them (e.g. a
+            synthetic image on the real one's scale, so an intensity error shows).
     """
     ras = [(label, _ras(np.asarray(data, dtype=np.float32), image), cmap) for label, data, cmap in panels]
     centre = tuple(s // 2 for s in ras[0][1].shape)
@@ -114,8 +122,11 @@ def comparison_slices(image: Volume, panels: list[tuple[str, np.ndarray, str]], 
     )
     fig, axes = plt.subplots(len(ras), 3, figsize=(10, 3.3 * len(ras)), squeeze=False)
     views = [("sagittal", 0, (1, 2)), ("coronal", 1, (0, 2)), ("axial", 2, (0, 1))]
+    windows = [np.percentile(data, [1, 99]) if data.size else (0.0, 1.0) for _, data, _ in ras]
+    for row in same_scale[1:]:
+        windows[row] = windows[same_scale[0]]
     for row, (label, data, cmap) in enumerate(ras):
-        low, high = np.percentile(data, [1, 99]) if data.size else (0.0, 1.0)
+        low, high = windows[row]
         for column, (name, axis, (a, b)) in enumerate(views):
             index: list[Any] = [slice(None)] * 3
             index[axis] = centre[axis]
