@@ -13,6 +13,7 @@ from neurodl.cli._config import parse_batch_size, parse_hidden, resolve_options,
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag
 from neurodl.cli._render import metrics_table, render_train_summary
+from neurodl.cli.report import report_after_training
 from neurodl.config import BiomarkersOptions
 
 app = typer.Typer(
@@ -188,6 +189,7 @@ def train(
         )
         for warning in summary["warnings"]:
             console.print(f"[yellow]Warning:[/yellow] {warning}")
+    report_after_training(console, summary["run"], quiet=quiet)
 
 
 @app.command("predict")

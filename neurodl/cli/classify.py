@@ -22,6 +22,7 @@ from neurodl.cli._options import (
     ShardOption,
 )
 from neurodl.cli._render import metrics_table, render_train_summary
+from neurodl.cli.report import report_after_training
 from neurodl.config import ClassifyOptions
 
 app = typer.Typer(
@@ -234,6 +235,7 @@ def train(
             summary,
             f"{summary['images']} images, {summary['participants']} participants; resampled to {prep['spacing']} mm, size {prep['size']}, {prep['normalize']} intensities",
         )
+    report_after_training(console, summary["run"], quiet=quiet)
 
 
 @app.command("predict")

@@ -47,6 +47,10 @@ def report(
 
 def report_after_training(console: Console, run: str | Path, *, quiet: bool) -> None:
     """Write RUN/report.html at the end of a `train`; a failure here never fails the training."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, the first process writes the run and its report
     from neurodl.errors import NeurodlError
     from neurodl.report.html import write_report  # heavy (matplotlib): only when the command runs
 
