@@ -21,6 +21,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta", "adagrad", "rmsprop")
 SCHEDULERS = ("none", "plateau", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
+# How to run, not what to train: a resumed run takes these from its command line, not from config.json
+# (a run started in 4 processes may continue in 1).
+RUNTIME_OPTIONS = ("distributed",)
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,10 @@ class TrainOptions:
     """Options of the training engine, shared by every task.
 
     ``batch_size`` 0 means the whole training set in one batch (full-batch
-    gradient descent); 1 is stochastic gradient descent.
+    gradient descent); 1 is stochastic gradient descent. With ``distributed``
+    (several processes started by torchrun) it is the batch of each process.
+    ``compile`` (``torch.compile``) and ``channels_last`` (3D channels-last
+    memory layout) are GPU fast paths, off unless asked for.
     """
 
     epochs: int = 200
@@ -46,6 +52,9 @@ class TrainOptions:
     deterministic: bool = False
     device: str = "auto"
     precision: str = "fp32"
+    distributed: bool = False
+    compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -106,6 +115,9 @@ class ImageOptions:
 
     Empty ``spacing``/``size`` are chosen from the training images (median
     voxel size; median field of view rounded up to a multiple of 16).
+    ``cache``: ``memory`` keeps preprocessed images in RAM; ``disk`` keeps them
+    as safetensors files in ``cache_dir`` (default: the run's ``cache/``), so
+    another run or a resumed one skips decoding; ``none`` decodes every epoch.
     """
 
     image: tuple[str, ...] = ("t1",)
@@ -116,12 +128,18 @@ class ImageOptions:
     crop_foreground: bool = False
     augment: str = "light"
     cache: str = "memory"
+    cache_dir: str = ""
     workers: int = 0
 
     def __post_init__(self) -> None:
         _choice("normalize", self.normalize, ("zscore", "minmax", "percentile"))
         _choice("augment", self.augment, ("none", "light", "strong"))
-        _choice("cache", self.cache, ("memory", "none"))
+        _choice("cache", self.cache, ("memory", "disk", "none"))
+        if self.cache_dir and self.cache != "disk":
+            raise UsageError(
+                f"--cache-dir is where --cache disk keeps preprocessed images, but --cache is '{self.cache}'.",
+                "Add --cache disk, or drop --cache-dir.",
+            )
         if not self.image:
             raise UsageError("at least one --image column is needed.")
         if len(self.spacing) not in (0, 1, 3) or any(s <= 0 for s in self.spacing):
@@ -269,8 +287,9 @@ class TranslateOptions:
     column of the image to synthesise. The generator learns
     ``lambda_l1 x L1(G(source), target) + adversarial loss``; the discriminator
     judges (source, image) pairs patch by patch. ``lr_d`` 0 means the generator's
-    learning rate. ``patch`` is the training patch side (3D), ``slices`` the axial
-    slices per volume used for training (2D; 0: every slice holding head).
+    learning rate. ``patch`` is the training patch and inference window (empty: whole
+    slices in 2D, 32 in 3D), ``slices`` the axial slices per volume used for training
+    (2D; 0: every slice holding head).
     """
 
     target: str = "t2"
@@ -281,7 +300,7 @@ class TranslateOptions:
     lambda_l1: float = 100.0
     lr_d: float = 0.0
     width: int = 32
-    patch: tuple[int, ...] = (32,)
+    patch: tuple[int, ...] = ()
     slices: int = 0
     resample_target: bool = False
     val_fraction: float = 0.2
@@ -299,9 +318,9 @@ class TranslateOptions:
             raise UsageError(f"--lambda-l1 and --lr-d must be >= 0 (got {self.lambda_l1}, {self.lr_d}).")
         if self.width < 1 or self.slices < 0:
             raise UsageError(f"--width must be >= 1 and --slices >= 0 (got {self.width}, {self.slices}).")
-        if not self.patch or len(self.patch) not in (1, 3) or any(p < 16 or p % 16 for p in self.patch):
+        if self.patch and (len(self.patch) not in (1, 3) or any(p < 32 or p % 16 for p in self.patch)):
             raise UsageError(
-                f"--patch must be one or three multiples of 16, not {','.join(map(str, self.patch))}.",
+                f"--patch must be one or three multiples of 16, at least 32, not {','.join(map(str, self.patch))}.",
                 "The U-Net generator halves the patch four times: use e.g. --patch 32 or --patch 64.",
             )
         if not self.target:

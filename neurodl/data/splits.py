@@ -52,7 +52,16 @@ def kfold_by_participant(
 def split_by_participant(
     groups: Sequence[str], strata: Sequence[int], fraction: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One (train rows, held-out rows) split with about ``fraction`` of participants held out."""
-    k = max(2, round(1 / fraction))
+    """One (train rows, held-out rows) split with about ``fraction`` of participants held out.
+
+    With fewer participants than ``1 / fraction``, one participant is held out.
+    """
+    n_groups = len(np.unique(np.asarray(groups).astype(str)))
+    if n_groups < 2:
+        raise DataError(
+            f"holding out participants for validation or testing needs at least 2 participants, but there is {n_groups}.",
+            "Add participants: a model cannot be validated on the participants it was trained on.",
+        )
+    k = min(max(2, round(1 / fraction)), n_groups)
     train, held = kfold_by_participant(groups, strata, k, seed)[0]
     return train, held

@@ -52,6 +52,7 @@ TASK = "translate"
 METRICS = ("mae", "psnr", "ssim")
 SCORES = (*METRICS, *(f"baseline_{m}" for m in METRICS))
 SIZE_MULTIPLE = 16
+MIN_WINDOW = 32
 PATCHES_PER_VOLUME = 4  # 3D training: random patches drawn from each volume per epoch
 GAN_CRITERIA = {"lsgan": "least_squares", "vanilla": "bce", "hinge": "hinge"}
 
@@ -413,12 +414,18 @@ def check_models(options: TranslateOptions) -> None:
 
 
 def plan_roi(options: TranslateOptions, size: Sequence[int]) -> list[int]:
-    """The training patch (and inference window): the whole slice in 2D, ``--patch`` in 3D."""
+    """The training patch (and inference window): the whole slice in 2D, ``--patch`` (or 32) in 3D.
+
+    At least ``MIN_WINDOW`` per side: the U-Net halves it four times and its deepest level
+    needs more than one voxel. Smaller images are padded up to it.
+    """
     if options.patch:
         patch = [options.patch[0]] * 3 if len(options.patch) == 1 else list(options.patch)
+    elif options.dims == 2:
+        patch = [_round_up(s) for s in size]
     else:
-        patch = list(size[:2]) + [size[2]] if options.dims == 2 else [min(32, _round_up(s)) for s in size]
-    return [int(p) for p in patch][: options.dims]
+        patch = [min(32, _round_up(s)) for s in size]
+    return [max(MIN_WINDOW, int(p)) for p in patch][: options.dims]
 
 
 @dataclass
@@ -787,7 +794,7 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
         if (
             dims not in (2, 3)
             or len(window) != dims
-            or any(w < SIZE_MULTIPLE or w % SIZE_MULTIPLE or w > 1024 for w in window)
+            or any(w < MIN_WINDOW or w % SIZE_MULTIPLE or w > 1024 for w in window)
             or not 0 < int(spec["in_channels"]) <= 64
             or not 0 < int(spec["width"]) <= 512
         ):
