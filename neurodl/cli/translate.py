@@ -22,6 +22,7 @@ from neurodl.cli._options import (
     ShardOption,
 )
 from neurodl.cli._render import metrics_table, render_train_summary
+from neurodl.cli.report import report_after_training
 from neurodl.config import TranslateOptions
 
 app = typer.Typer(
@@ -247,6 +248,7 @@ def train(
             summary,
             f"{summary['images']} image pairs, {summary['participants']} participants; resampled to {prep['spacing']} mm, padded to {prep['size']}",
         )
+    report_after_training(console, summary["run"], quiet=quiet)
 
 
 @app.command("predict")
