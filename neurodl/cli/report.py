@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._options import JsonFlag, QuietFlag
@@ -106,7 +107,9 @@ def _comparison_table(comparison: Any, width: int) -> Table:
     title = f"{len(comparison.runs)} runs" + (
         f", best {comparison.metric} first" if comparison.metric else ""
     )
-    natural = sum(max(len(name), *(len(c) for c in cells)) + 3 for name, cells, _ in fields)
+    natural = sum(
+        max(len(name), *(Text.from_markup(c).cell_len for c in cells)) + 3 for name, cells, _ in fields
+    )
     if natural <= width:
         table = Table(title=title)
         for name, _, chosen in fields:

@@ -70,6 +70,7 @@ table.kv th { width: 14em; }
 .figures { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 figure { margin: 0; max-width: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e6ea; }
+figure.small img { max-width: 520px; }
 figcaption { color: #56616c; font-size: 13px; margin-top: 3px; }
 code { background: #f0f2f5; padding: 1px 4px; border-radius: 3px; }
 .muted { color: #56616c; }
@@ -101,10 +102,11 @@ def _key_values(pairs: Iterable[tuple[str, Any]]) -> str:
     return f'<table class="kv"><tbody>{rows}</tbody></table>'
 
 
-def _image(data: bytes, caption: str) -> str:
+def _image(data: bytes, caption: str, *, small: bool = False) -> str:
     encoded = base64.b64encode(data).decode("ascii")
+    size = ' class="small"' if small else ""
     return (
-        f'<figure><img src="data:image/png;base64,{encoded}" alt="{_e(caption)}">'
+        f'<figure{size}><img src="data:image/png;base64,{encoded}" alt="{_e(caption)}">'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
 
@@ -433,6 +435,8 @@ def _input_preview(summary: RunSummary) -> str:
             overlay = labels.data if labels.shape == image.shape else None
         who = str(row[column]) if column in table.columns else Path(str(row[columns[0]])).name
         label = summary.target if summary.target in table.columns and not mask else ""
+        if label and str(row[label]).lower().endswith((".nii", ".nii.gz")):
+            label = ""  # an image target (translate): its path says nothing in a title
         title = f"{who} ({columns[0]})" + (f", {label} = {row[label]}" if label else "")
         data = _figure_png(orthogonal_slices(image, overlay, title=title, labels=overlay is not None))
     except (NeurodlError, OSError, ValueError) as exc:
@@ -449,15 +453,19 @@ def _previews(summary: RunSummary) -> str:
         for p in summary.path.rglob("*.png")
         if p.parent != summary.path and "checkpoints" not in p.relative_to(summary.path).parts
     )
-    for path in found[:MAX_PREVIEWS]:
+    # Evenly spaced, first and last included: of per-epoch previews, the last epochs matter most.
+    step = (len(found) - 1) / (MAX_PREVIEWS - 1) if len(found) > MAX_PREVIEWS else 1
+    shown = [found[round(i * step)] for i in range(min(len(found), MAX_PREVIEWS))]
+    for path in shown:
         data = _png_file(path)
         if data is not None:
-            figures.append(_image(data, str(path.relative_to(summary.path))))
+            figures.append(_image(data, str(path.relative_to(summary.path)), small=True))
     figures = [f for f in figures if f]
     if not figures:
         return ""
     more = (
-        f'<p class="muted">{len(found) - MAX_PREVIEWS} more PNG files in sub-folders are not shown.</p>'
+        f'<p class="muted">{len(found) - MAX_PREVIEWS} more PNG files in sub-folders are not shown '
+        "(evenly spaced ones are).</p>"
         if len(found) > MAX_PREVIEWS
         else ""
     )

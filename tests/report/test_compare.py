@@ -79,3 +79,28 @@ def test_figure_inside_a_run_is_refused(run_cli, dx_runs):
     result = run_cli("compare", *dx_runs, "--plot", Path(dx_runs[0]) / "learning_curves.png")
     assert result.exit_code == 2 and "inside the run directory" in result.stderr
     assert (Path(dx_runs[0]) / "learning_curves.png").read_bytes().startswith(PNG)
+
+
+def test_curves_switch_to_a_log_scale_for_a_diverging_run(dx_runs, tmp_path):
+    import csv
+    import shutil
+
+    from neurodl.report.compare import compare_runs, learning_curves_overlay
+
+    diverged = tmp_path / "lr-huge"
+    shutil.copytree(dx_runs[0], diverged)
+    with open(diverged / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for k, row in enumerate(rows):
+        row["train_loss"] = row["val_loss"] = str(10.0 ** (3 * k))
+    with open(diverged / "history.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    calm = learning_curves_overlay(compare_runs(dx_runs))
+    assert calm.axes[0].get_yscale() == "linear"
+    wild = learning_curves_overlay(compare_runs([*dx_runs, diverged]))
+    assert wild.axes[0].get_yscale() == "log"
+    labels = [t.get_text() for t in wild.axes[0].get_legend().get_texts()]
+    assert labels[:3] == ["lr-0.01", "lr-0.1", "lr-huge"] and "training" in labels

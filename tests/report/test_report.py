@@ -166,3 +166,16 @@ def test_not_a_run_directory_exits_2(run_cli, tmp_path, kind):
     assert "Error:" in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.output
     assert not (path / "report.html").exists()
+
+
+def test_many_previews_are_thinned_keeping_the_first_and_last(run_cli, dx_runs, tmp_path):
+    run = tmp_path / "dx"
+    shutil.copytree(dx_runs[0], run)
+    (run / "previews").mkdir()
+    for epoch in range(1, 31):
+        shutil.copy(run / "learning_curves.png", run / "previews" / f"epoch-{epoch:03d}.png")
+    assert run_cli("report", run, "--quiet").exit_code == 0
+    text = (run / "report.html").read_text(encoding="utf-8")
+    shown = sorted(set(re.findall(r"previews/epoch-(\d+)\.png", text)))
+    assert len(shown) == 12 and shown[0] == "001" and shown[-1] == "030"
+    assert "18 more PNG files in sub-folders are not shown" in text
