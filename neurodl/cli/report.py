@@ -95,7 +95,11 @@ def _comparison_table(comparison: Any, width: int) -> Table:
             [str(r.best_epoch) if r.best_epoch is not None else "—" for r in comparison.runs],
             False,
         ),
-        ("epochs", [str(r.epochs_run) if r.epochs_run is not None else "—" for r in comparison.runs], False),
+        (
+            "epochs run",
+            [str(r.epochs_run) if r.epochs_run is not None else "—" for r in comparison.runs],
+            False,
+        ),
     ]
     for metric in comparison.metrics:
         cells = []

@@ -158,8 +158,14 @@ def _title(summary: RunSummary) -> str:
         + "</p>",
     ]
     if summary.finished:
-        if summary.evaluation:
-            parts.append(f'<div class="banner ok">Evaluation: {_e(summary.evaluation)}.</div>')
+        test = (summary.metrics or {}).get("test")
+        held_out = (
+            f"held-out test participants ({test['participants']}, never trained or selected on); "
+            if isinstance(test, dict) and "participants" in test
+            else ""
+        )
+        if summary.evaluation or held_out:
+            parts.append(f'<div class="banner ok">Evaluation: {_e(held_out + summary.evaluation)}.</div>')
     else:
         epochs = len(summary.history)
         done = f"{epochs} epochs are saved in its checkpoints" if epochs else "no epoch was completed"
