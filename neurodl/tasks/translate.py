@@ -169,6 +169,9 @@ class Pix2Pix:
         self.scale = scale
         self.dims = dims
         self.roi = list(roi)
+        # What training calls: the networks themselves, or their DDP wrappers (see distribute).
+        self._train_generator: torch.nn.Module = generator
+        self._train_discriminator: torch.nn.Module = discriminator
 
     @property
     def generator(self) -> torch.nn.Module:
@@ -189,11 +192,17 @@ class Pix2Pix:
         with torch.autocast(logits.device.type, enabled=False):
             return torch.as_tensor(self.adversarial(logits.float(), real, for_discriminator))
 
+    def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Train through DDP wrappers; ``self.model`` keeps the plain networks (checkpoint layout)."""
+        self._train_generator = wrap(self.generator)
+        self._train_discriminator = wrap(self.discriminator)
+
     def discriminator_loss(
         self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor
     ) -> torch.Tensor:
-        real_logits = self.discriminator(torch.cat([source, target], dim=1))
-        fake_logits = self.discriminator(torch.cat([source, fake.detach()], dim=1))
+        # Real and synthetic pairs in one forward pass (one DDP reduction; instance norm keeps samples apart).
+        pairs = torch.cat([torch.cat([source, target], dim=1), torch.cat([source, fake.detach()], dim=1)])
+        real_logits, fake_logits = self._train_discriminator(pairs).chunk(2)
         return 0.5 * (
             self._adversarial(real_logits, True, True) + self._adversarial(fake_logits, False, True)
         )
@@ -201,6 +210,7 @@ class Pix2Pix:
     def generator_losses(
         self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The plain discriminator (not its DDP wrapper): its weights are frozen for this step.
         adversarial = self._adversarial(self.discriminator(torch.cat([source, fake], dim=1)), True, False)
         return adversarial, (fake.float() - target.float()).abs().mean()
 
@@ -208,7 +218,7 @@ class Pix2Pix:
         self, batch: tuple[torch.Tensor, torch.Tensor], step: Callable[[str, torch.Tensor], None]
     ) -> dict[str, torch.Tensor]:
         source, target = batch
-        fake = self.generator(source)
+        fake = self._train_generator(source)
         d_loss = self.discriminator_loss(source, target, fake)
         step("discriminator", d_loss)
         # The generator's step must not touch the discriminator: no gradients flow into it.
