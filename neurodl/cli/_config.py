@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from neurodl.config import build, load_config_file
+from neurodl.config import RUNTIME_OPTIONS, build, load_config_file
 from neurodl.errors import UsageError
 
 T = TypeVar("T")
@@ -83,7 +83,7 @@ def resolve_options(
     """Build ``cls`` from the config file and the flags typed on the command line.
 
     With ``resume`` the run's saved options are used, so any typed option is refused
-    rather than silently ignored.
+    rather than silently ignored (except how to run it: ``RUNTIME_OPTIONS``).
     """
     converters = converters or {}
     typed = {
@@ -91,8 +91,9 @@ def resolve_options(
         for name, value in values.items()
         if (source := ctx.get_parameter_source(name)) is not None and source.name != "DEFAULT"
     }
-    if resume and (typed or config_file):
-        given = [f"--{n.replace('_', '-')}" for n in typed] + (["--config"] if config_file else [])
+    changed = [name for name in typed if name not in RUNTIME_OPTIONS]
+    if resume and (changed or config_file):
+        given = [f"--{n.replace('_', '-')}" for n in changed] + (["--config"] if config_file else [])
         raise UsageError(
             f"--resume continues with the options saved in the run, so {', '.join(given)} cannot be changed.",
             "Drop those options, or start a new run (another --out, or --overwrite).",

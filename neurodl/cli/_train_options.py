@@ -74,3 +74,46 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N o
 Precision = Annotated[
     str, typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).", rich_help_panel=_P)
 ]
+Distributed = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Train in several processes (DDP), launched by torchrun: torchrun --nproc-per-node N -m neurodl ... --distributed. --batch-size is per process.",
+        rich_help_panel=_P,
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the network (GPU fast path; compiling takes a while first).",
+        rich_help_panel=_P,
+    ),
+]
+ChannelsLast = Annotated[
+    bool,
+    typer.Option(
+        "--channels-last",
+        help="Channels-last 3D memory layout (GPU fast path for 3D convolutions).",
+        rich_help_panel=_P,
+    ),
+]
+
+_I = "Images and preprocessing"
+
+Cache = Annotated[
+    str,
+    typer.Option(
+        "--cache",
+        help="memory: decode and preprocess each image once and keep it in RAM; disk: keep it as a file in --cache-dir, reused by later runs; none: every epoch.",
+        rich_help_panel=_I,
+    ),
+]
+CacheDir = Annotated[
+    str,
+    typer.Option(
+        "--cache-dir",
+        help="Folder for --cache disk (default: cache/ in the run directory); share it between runs.",
+        rich_help_panel=_I,
+    ),
+]

@@ -11,6 +11,7 @@ from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
 from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
+from neurodl.cli._launch import launched
 from neurodl.cli._options import (
     ConfigOption,
     DeviceOption,
@@ -98,14 +99,8 @@ def train(
             rich_help_panel=_I,
         ),
     ] = _D.images.augment,
-    cache: Annotated[
-        str,
-        typer.Option(
-            "--cache",
-            help="memory: decode and preprocess each image once; none: every epoch.",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.cache,
+    cache: T.Cache = _D.images.cache,
+    cache_dir: T.CacheDir = _D.images.cache_dir,
     workers: Annotated[
         int,
         typer.Option(
@@ -175,6 +170,9 @@ def train(
     deterministic: T.Deterministic = _D.train.deterministic,
     device: T.Device = _D.train.device,
     precision: T.Precision = _D.train.precision,
+    distributed: T.Distributed = _D.train.distributed,
+    compile: T.Compile = _D.train.compile,
+    channels_last: T.ChannelsLast = _D.train.channels_last,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/classify"),
     config: ConfigOption = None,
     resume: Annotated[
@@ -223,9 +221,18 @@ def train(
         },
     )
     console = err_console()
-    summary = classify.train(
-        manifest, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet
-    )
+    with launched(options.train.distributed) as reporting:
+        summary = classify.train(
+            manifest,
+            options,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            console=console,
+            quiet=quiet or not reporting,
+        )
+    if not reporting:
+        return
     if json_output:
         print_json(summary)
     if not quiet:

@@ -10,6 +10,7 @@ input's own grid and affine.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,8 @@ from monai.transforms import (
 )
 from nibabel.orientations import io_orientation
 
+from neurodl.data.cache import VolumeCache
+from neurodl.engine.batches import process_share
 from neurodl.errors import ImageError, UsageError
 from neurodl.io.nifti import load_volume, read_image, voxel_size
 
@@ -432,6 +435,14 @@ def invert_to_input(
     return np.asarray(inverted.detach().cpu().numpy())
 
 
+def _disk_cache(cache: str, folder: Path | None, preprocessing: ImagePreprocessing) -> VolumeCache | None:
+    if cache != "disk":
+        return None
+    if folder is None:
+        raise ValueError("cache='disk' needs a cache_dir")
+    return VolumeCache(folder, preprocessing.to_dict())
+
+
 class VolumeDataset(torch.utils.data.Dataset):
     """Preprocessed volumes and labels; :meth:`subset` gives (augmented) views for training.
 
@@ -439,7 +450,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         items: per image, the list of its channel files.
         labels: class index (or any target) per image.
         preprocessing: the run's deterministic preprocessing.
-        cache: ``memory`` keeps every preprocessed volume in RAM after the first load.
+        cache: ``memory`` keeps every preprocessed volume in RAM after the first load;
+            ``disk`` keeps it as a file in ``cache_dir`` (see :class:`~neurodl.data.cache.VolumeCache`).
         describe: names an item in error messages (e.g. ``row 4 of manifest.tsv``).
     """
 
@@ -450,12 +462,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         preprocessing: ImagePreprocessing,
         *,
         cache: str = "memory",
+        cache_dir: Path | None = None,
         describe: Callable[[int], str] | None = None,
     ) -> None:
         self.items = [list(i) for i in items]
         self.labels = torch.as_tensor(np.asarray(labels))
         self.preprocessing = preprocessing
         self.cache: dict[int, torch.Tensor] | None = {} if cache == "memory" else None
+        self.disk = _disk_cache(cache, cache_dir, preprocessing)
         self.describe = describe or (lambda i: "")
 
     def __len__(self) -> int:
@@ -465,11 +479,17 @@ class VolumeDataset(torch.utils.data.Dataset):
         """The preprocessed (C, X, Y, Z) tensor of one item (cached if enabled)."""
         if self.cache is not None and index in self.cache:
             return self.cache[index]
+        key = self.disk.key(self.items[index], kind="image") if self.disk is not None else ""
+        stored = self.disk.load(key) if self.disk is not None else None
+        if stored is not None:
+            return stored["image"]
         tensor = (
             preprocess(self.preprocessing, self.items[index], where=self.describe(index))
             .as_tensor()
             .contiguous()
         )
+        if self.disk is not None:
+            self.disk.save(key, {"image": tensor})
         if self.cache is not None:
             self.cache[index] = tensor
         return tensor
@@ -519,7 +539,11 @@ class VolumeSubset(torch.utils.data.Dataset):
 
 
 class ImageBatches:
-    """Mini-batches of a :class:`VolumeDataset`, reshuffled each epoch from (seed, epoch)."""
+    """Mini-batches of a :class:`VolumeDataset`, reshuffled each epoch from (seed, epoch).
+
+    In distributed training the engine calls :meth:`shard`: each process then
+    iterates over its own part of the same per-epoch order.
+    """
 
     def __init__(
         self, dataset: VolumeDataset, *, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0
@@ -530,6 +554,13 @@ class ImageBatches:
         self.seed = seed
         self.workers = workers
         self.epoch = 0
+        self.rank, self.world_size, self.pad = 0, 1, False
+
+    def shard(self, rank: int, world_size: int, *, pad: bool) -> ImageBatches:
+        """The batches of process ``rank`` of ``world_size`` (see :func:`~neurodl.engine.batches.process_share`)."""
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world_size, sharded.pad = rank, world_size, pad
+        return sharded
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -537,7 +568,8 @@ class ImageBatches:
             self.dataset.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
+        rows = len(process_share(range(len(self.dataset)), self.rank, self.world_size, pad=self.pad))
+        return math.ceil(rows / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.shuffle:
@@ -545,6 +577,7 @@ class ImageBatches:
             order = torch.randperm(len(self.dataset), generator=generator).tolist()
         else:
             order = list(range(len(self.dataset)))
+        order = process_share(order, self.rank, self.world_size, pad=self.pad)
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -568,12 +601,14 @@ class LabelledVolumeDataset(torch.utils.data.Dataset):
         preprocessing: ImagePreprocessing,
         *,
         cache: str = "memory",
+        cache_dir: Path | None = None,
         describe: Callable[[int], str] | None = None,
     ) -> None:
         self.items = [list(i) for i in items]
         self.masks = list(masks)
         self.preprocessing = preprocessing
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache == "memory" else None
+        self.disk = _disk_cache(cache, cache_dir, preprocessing)
         self.describe = describe or (lambda i: "")
 
     def __len__(self) -> int:
@@ -582,6 +617,10 @@ class LabelledVolumeDataset(torch.utils.data.Dataset):
     def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None and index in self.cache:
             return self.cache[index]
+        key = self.disk.key([*self.items[index], self.masks[index]], kind="image+label") if self.disk else ""
+        stored = self.disk.load(key) if self.disk is not None else None
+        if stored is not None:
+            return stored["image"], stored["label"]
         data = {"image": [str(p) for p in self.items[index]], "label": str(self.masks[index])}
         try:
             out = self.preprocessing.transforms_with_label()(data)
@@ -596,6 +635,8 @@ class LabelledVolumeDataset(torch.utils.data.Dataset):
                 raise cause from None
             raise
         pair = (out["image"].as_tensor().contiguous(), out["label"].as_tensor().contiguous())
+        if self.disk is not None:
+            self.disk.save(key, {"image": pair[0], "label": pair[1]})
         if self.cache is not None:
             self.cache[index] = pair
         return pair

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 
 import torch
+
+
+def process_share(order: Sequence[int], rank: int, world_size: int, *, pad: bool) -> list[int]:
+    """Process ``rank``'s contiguous, disjoint part of ``order`` (distributed training).
+
+    With ``pad`` the order is first extended by repeating its start, so every
+    process gets the same number of items and takes the same number of steps
+    (DDP needs that); without, the parts differ by at most one item and, joined
+    in rank order, give back ``order`` (validation: every item counted once).
+
+    Example:
+        >>> process_share([4, 0, 3, 1, 2], 1, 2, pad=True)
+        [1, 2, 4]
+    """
+    items = list(order)
+    if world_size <= 1:
+        return items
+    if pad and items:
+        per = -(-len(items) // world_size)
+        items = (items * (1 + per * world_size // len(items)))[: per * world_size]
+        return items[rank * per : (rank + 1) * per]
+    base, extra = divmod(len(items), world_size)
+    begin = rank * base + min(rank, extra)
+    return items[begin : begin + base + (1 if rank < extra else 0)]
 
 
 class TensorBatches:
@@ -35,6 +60,13 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world_size, self.pad = 0, 1, False
+
+    def shard(self, rank: int, world_size: int, *, pad: bool) -> TensorBatches:
+        """The batches of process ``rank`` of ``world_size`` (see :func:`process_share`)."""
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world_size, sharded.pad = rank, world_size, pad
+        return sharded
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the order of the next pass (the engine calls this every epoch)."""
@@ -49,12 +81,17 @@ class TensorBatches:
             seed=self.seed,
         )
         moved.epoch = self.epoch
+        moved.rank, moved.world_size, moved.pad = self.rank, self.world_size, self.pad
         return moved
 
     def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        rows = len(process_share(range(self.n), self.rank, self.world_size, pad=self.pad))
+        return (rows + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.world_size > 1:
+            yield from self._shared()
+            return
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
             order = torch.randperm(self.n, generator=generator).to(self.tensors[0].device)
@@ -66,3 +103,16 @@ class TensorBatches:
             else:
                 index = order[start : start + self.batch_size]
                 yield tuple(t[index] for t in self.tensors)
+
+    def _shared(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        mine = torch.as_tensor(
+            process_share(order, self.rank, self.world_size, pad=self.pad), device=self.tensors[0].device
+        )
+        for start in range(0, len(mine), self.batch_size):
+            index = mine[start : start + self.batch_size]
+            yield tuple(t[index] for t in self.tensors)

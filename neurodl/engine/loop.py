@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from neurodl.config import TrainOptions
+from neurodl.engine import distributed
 from neurodl.engine.optim import build_optimizer, build_scheduler
 from neurodl.engine.runtime import autocast, deterministic_algorithms, resolve_device, seed_everything
 from neurodl.errors import Interrupted, TrainingFailed, UsageError
@@ -19,7 +20,14 @@ from neurodl.io.state import load_state, save_state
 
 
 class Task(Protocol):
-    """What a task gives the engine."""
+    """What a task gives the engine.
+
+    A task that trains several networks (``optimizer_groups()``) and is to run with
+    ``--distributed`` or ``--compile`` also defines ``distribute(wrap)``: it replaces
+    each network its steps call by ``wrap(network)``. The engine calls it again with
+    an unwrapping function at the end; ``model`` stays the plain module whose state
+    dict is checkpointed (so checkpoints do not depend on the wrappers).
+    """
 
     model: torch.nn.Module
     default_monitor: str
@@ -101,14 +109,85 @@ def monitor_mode(name: str) -> Literal["min", "max"]:
     return "min" if any(k in lowered for k in ("loss", "mae", "mse", "rmse", "error", "hausdorff")) else "max"
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.ndim == 5 and batch.is_floating_point():
+            return batch.to(device, non_blocking=True, memory_format=torch.channels_last_3d)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
     if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(_to_device(v, device, channels_last) for v in batch)
     return batch
+
+
+class _DataWait:
+    """Time spent waiting for the next batch (loading, augmenting, collating)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def over(self, batches: Iterable[Any]) -> Iterator[Any]:
+        start = time.perf_counter()
+        iterator = iter(batches)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self.seconds += time.perf_counter() - start
+                return
+            self.seconds += time.perf_counter() - start
+            yield batch
+            start = time.perf_counter()
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The network inside DDP and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod  # type: ignore[assignment]
+        else:
+            return module
+
+
+def _training_wrapper(
+    options: TrainOptions, device: torch.device
+) -> Callable[[torch.nn.Module], torch.nn.Module] | None:
+    """DDP and/or ``torch.compile`` around a network, as the options ask (None: neither)."""
+    if not (options.distributed or options.compile):
+        return None
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if options.distributed:
+            module = distributed.wrap_module(module, device)
+        if options.compile:
+            module = torch.compile(module)  # type: ignore[assignment]
+        return module
+
+    return wrap
+
+
+def _wrap_task(task: Task, wrap: Callable[[torch.nn.Module], torch.nn.Module], several: bool) -> None:
+    if hasattr(task, "distribute"):
+        task.distribute(wrap)
+    elif several:
+        raise UsageError(
+            "this task trains several networks and does not support --distributed or --compile.",
+            "Drop --distributed and --compile.",
+        )
+    else:
+        task.model = wrap(task.model)
+
+
+def _shard(batches: Any, *, pad: bool) -> Any:
+    if not hasattr(batches, "shard"):
+        raise UsageError(
+            "this task's batches cannot be split between processes, so it does not support --distributed.",
+            "Train it in one process (drop --distributed).",
+        )
+    return batches.shard(distributed.rank(), distributed.world_size(), pad=pad)
 
 
 def _batch_size(batch: Any) -> int:
@@ -132,13 +211,20 @@ def _set_epoch(batches: Any, epoch: int) -> None:
             target.set_epoch(epoch)
 
 
-def validate(task: Task, batches: Iterable[Any], device: torch.device, precision: str) -> dict[str, float]:
-    """Run the task's validation step over ``batches`` and return its metrics."""
+def validate(
+    task: Task, batches: Iterable[Any], device: torch.device, precision: str, channels_last: bool = False
+) -> dict[str, float]:
+    """Run the task's validation step over ``batches`` and return its metrics.
+
+    In distributed training each process validates its share of ``batches`` and
+    the outputs of all processes are joined (in rank order) before the metrics are
+    computed, so every process gets the same metrics.
+    """
     task.model.eval()
     collected: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad(), autocast(device, precision):
         for batch in batches:
-            out = task.validation_step(_to_device(batch, device))
+            out = task.validation_step(_to_device(batch, device, channels_last))
             for key, value in out.items():
                 collected.setdefault(key, []).append(
                     value.detach()
@@ -146,6 +232,12 @@ def validate(task: Task, batches: Iterable[Any], device: torch.device, precision
                     .cpu()
                     .reshape(value.shape[0] if value.ndim else 1, *value.shape[1:])
                 )
+    if distributed.active():
+        joined: dict[str, list[torch.Tensor]] = {}
+        for part in distributed.gather(collected):
+            for key, values in part.items():
+                joined.setdefault(key, []).extend(values)
+        collected = joined
     outputs = {k: torch.cat(v) for k, v in collected.items()}
     return task.validation_metrics(outputs)
 
@@ -168,16 +260,37 @@ def fit(
     uninterrupted run with the same seed. Early stopping watches
     ``options.monitor`` (``auto``: the task's default) on the validation set.
 
+    With ``options.distributed`` (a process group started by
+    :func:`neurodl.engine.distributed.start`) every process trains on its share
+    of each epoch's batches in DDP; only rank 0 writes checkpoints, which hold
+    the plain model's state, so a run resumes with any number of processes.
+    Each epoch's record holds ``data_wait``: the share of the training time
+    spent waiting for batches.
+
     Raises:
         TrainingFailed: the loss became NaN or infinite.
         Interrupted: Ctrl-C; the last completed epoch's checkpoint is kept.
     """
     device = resolve_device(options.device)
+    if options.distributed:
+        if not distributed.active():
+            raise UsageError(
+                "--distributed training needs the process group torchrun starts.",
+                "Launch with: torchrun --nproc-per-node N -m neurodl ... --distributed.",
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+    # The plain network: its state dict is what checkpoints and weights hold, whatever wraps it.
     model = task.model.to(device)
+    if options.channels_last:
+        model = _channels_last(model)
     if hasattr(train, "to"):
         train = train.to(device)
     if val is not None and hasattr(val, "to"):
         val = val.to(device)
+    if options.distributed:
+        train = _shard(train, pad=True)
+        val = None if val is None else _shard(val, pad=False)
     monitor = (
         options.monitor
         if options.monitor != "auto"
@@ -207,7 +320,9 @@ def fit(
         state = load_state(checkpoint)
         model.load_state_dict(state["model"])
         saved_optimizers = state["optimizers"] if stepper is not None else {"model": state["optimizer"]}
-        saved_schedulers = state.get("schedulers") if stepper is not None else {"model": state.get("scheduler")}
+        saved_schedulers = (
+            state.get("schedulers") if stepper is not None else {"model": state.get("scheduler")}
+        )
         for name, opt in optimizers.items():
             opt.load_state_dict(saved_optimizers[name])
             sched = schedulers[name]
@@ -226,7 +341,7 @@ def fit(
             start = options.epochs
 
     def save_checkpoint() -> None:
-        if checkpoint is None:
+        if checkpoint is None or not distributed.is_main():
             return
         if stepper is not None:
             optimizer_state: dict[str, Any] = {
@@ -256,6 +371,9 @@ def fit(
             checkpoint,
         )
 
+    wrap = _training_wrapper(options, device)
+    if wrap is not None:
+        _wrap_task(task, wrap, several=stepper is not None)
     steps = len(train) if isinstance(train, Sized) else 0
     for cb in callbacks:
         cb.on_fit_start(epochs=options.epochs, steps=steps, start_epoch=start)
@@ -265,11 +383,12 @@ def fit(
                 seed_everything(options.seed, epoch)
                 _set_epoch(train, epoch)
                 tic = time.perf_counter()
-                model.train()
+                task.model.train()
                 totals: dict[str, float] = {}
                 count = 0
-                for step, batch in enumerate(train):
-                    batch = _to_device(batch, device)
+                waiting = _DataWait()
+                for step, batch in enumerate(waiting.over(train)):
+                    batch = _to_device(batch, device, options.channels_last)
                     with autocast(device, options.precision):
                         out = (
                             task.training_step(batch)
@@ -298,6 +417,12 @@ def fit(
                     count += n
                     for cb in callbacks:
                         cb.on_step(epoch=epoch + 1, step=step + 1, loss=float(loss.detach()))
+                training_seconds = time.perf_counter() - tic
+                if distributed.active():
+                    # Every process reports the mean over all processes' batches.
+                    *sums, total = distributed.sum_across([*totals.values(), count])
+                    totals, count = dict(zip(totals, sums, strict=True)), int(total)
+                    distributed.broadcast_buffers(model)
                 record: dict[str, float] = {"epoch": epoch + 1}
                 # train_loss, then any other losses the task reports (e.g. a GAN's train_d_loss).
                 record.update({f"train_{k}": v / max(count, 1) for k, v in totals.items()})
@@ -305,11 +430,16 @@ def fit(
                     record.update(
                         {
                             f"val_{k}": float(v)
-                            for k, v in validate(task, val, device, options.precision).items()
+                            for k, v in validate(
+                                task, val, device, options.precision, options.channels_last
+                            ).items()
                         }
                     )
                 record["lr"] = float(optimizer.param_groups[0]["lr"])
                 record["seconds"] = time.perf_counter() - tic
+                record["data_wait"] = (
+                    min(1.0, waiting.seconds / training_seconds) if training_seconds > 0 else 0.0
+                )
                 if monitor not in record:
                     known = ", ".join(k for k in record if k.startswith("val_"))
                     raise UsageError(
@@ -350,6 +480,13 @@ def fit(
         raise Interrupted(
             f"training interrupted after {done} of {options.epochs} epochs; {saved}.", resume_hint or None
         ) from exc
+    finally:
+        if wrap is not None:
+            # Predictions and saved weights after the fit use the plain network.
+            if hasattr(task, "distribute"):
+                task.distribute(_unwrap)
+            else:
+                task.model = model
     if val is not None:
         model.load_state_dict(best_state)
     else:
@@ -359,3 +496,14 @@ def fit(
     for cb in callbacks:
         cb.on_fit_end(result)
     return result
+
+
+def _channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """The 3D channels-last memory layout (faster 3D convolutions on recent GPUs)."""
+    try:
+        return model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    except RuntimeError as exc:
+        raise UsageError(
+            f"--channels-last is for 3D networks; this one has parameters it cannot convert ({exc}).",
+            "Drop --channels-last.",
+        ) from exc

@@ -61,6 +61,8 @@ class RichProgress(Callback):
             return
         shown = [f"train_loss {record['train_loss']:.4g}"]
         shown += [f"{k} {v:.4g}" for k, v in record.items() if k.startswith("val_")][:3]
+        if "data_wait" in record:
+            shown.append(f"data wait {record['data_wait']:.0%}")
         self.progress.update(self.epoch_task, completed=int(record["epoch"]), info="  ".join(shown))
         if self.step_task is not None:
             self.progress.reset(self.step_task, total=self.steps)

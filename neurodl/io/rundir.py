@@ -82,6 +82,8 @@ class RunDirectory:
         self.path = Path(path)
         self.task = task
         self.config: dict[str, Any] = config or {}
+        # False in the other processes of a distributed run: one process (rank 0) writes the run.
+        self.writer = True
 
     # -- creating and opening -------------------------------------------------------
 
@@ -196,6 +198,8 @@ class RunDirectory:
         return self.file(name).exists()
 
     def write_json(self, name: str, payload: Any) -> Path:
+        if not self.writer:
+            return self.file(name)
         return write_text_atomic(self.file(name), dumps_json(payload))
 
     def read_json(self, name: str) -> Any:
@@ -213,10 +217,14 @@ class RunDirectory:
             ) from exc
 
     def write_text(self, name: str, text: str) -> Path:
+        if not self.writer:
+            return self.file(name)
         return write_text_atomic(self.file(name), text)
 
     def write_csv(self, name: str, frame: Any) -> Path:
         """Write a pandas DataFrame atomically (no index; tab-separated for a ``.tsv`` name)."""
+        if not self.writer:
+            return self.file(name)
         with atomic_output(self.file(name)) as tmp:
             frame.to_csv(tmp, index=False, sep="\t" if name.lower().endswith(".tsv") else ",")
         return self.file(name)
@@ -225,8 +233,9 @@ class RunDirectory:
         """Save a matplotlib figure as PNG atomically and close it."""
         import matplotlib.pyplot as plt  # heavy: only when a plot is written
 
-        with atomic_output(self.file(name)) as tmp:
-            figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        if self.writer:
+            with atomic_output(self.file(name)) as tmp:
+                figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         plt.close(figure)
         return self.file(name)
 
@@ -236,6 +245,8 @@ class RunDirectory:
         """Save a state dict as safetensors (atomically)."""
         from safetensors.torch import save_file  # torch-heavy: only when weights are written
 
+        if not self.writer:
+            return self.file(name)
         clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         with atomic_output(self.file(name)) as tmp:
             save_file(

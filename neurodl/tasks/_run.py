@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neurodl.engine import Callback
+from neurodl.config import RUNTIME_OPTIONS
+from neurodl.engine import Callback, distributed
 from neurodl.engine.progress import RichProgress
 from neurodl.errors import DataError, RunDirectoryError
 from neurodl.io.rundir import RunDirectory
@@ -30,9 +31,31 @@ def start_run(
 ) -> tuple[RunDirectory, Path, dict[str, Any]]:
     """Create ``out`` (or reopen it with ``resume``) and return it with the input and options.
 
-    A resumed run uses its saved options and input, and refuses to continue if
-    the input changed since.
+    A resumed run uses its saved options and input (except :data:`neurodl.config.RUNTIME_OPTIONS`,
+    e.g. a run started in 4 processes may resume in 1), and refuses to continue if
+    the input changed since. In distributed training rank 0 creates the run
+    directory and is its only writer; every process gets the same result or error.
     """
+    run, source, saved = distributed.on_main(
+        lambda: _start_run(out, task=task, source=source, options=options, resume=resume, overwrite=overwrite)
+    )
+    run.writer = distributed.is_main()
+    if resume and isinstance(saved.get("train"), dict) and isinstance(options.get("train"), dict):
+        for name in RUNTIME_OPTIONS:
+            if name in options["train"]:
+                saved["train"][name] = options["train"][name]
+    return run, source, saved
+
+
+def _start_run(
+    out: Path,
+    *,
+    task: str,
+    source: Path | None,
+    options: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+) -> tuple[RunDirectory, Path, dict[str, Any]]:
     if resume:
         run = RunDirectory.open(out, task=task)
         saved = run.options
@@ -63,7 +86,8 @@ def start_run(
 @contextlib.contextmanager
 def progress(console: Any, quiet: bool, description: str) -> Iterator[list[Callback]]:
     """Progress-bar callbacks for one fit (none when quiet); the bar is closed even on error."""
-    callbacks: list[Callback] = [] if quiet or console is None else [RichProgress(console, description)]
+    shown = not quiet and console is not None and distributed.is_main()
+    callbacks: list[Callback] = [RichProgress(console, description)] if shown else []
     try:
         yield callbacks
     finally:
@@ -74,7 +98,7 @@ def progress(console: Any, quiet: bool, description: str) -> Iterator[list[Callb
 
 def warm_cache(dataset: Any, console: Any, quiet: bool) -> None:
     """Decode and preprocess every image once, before training (a bad file stops the run here)."""
-    if quiet or console is None:
+    if quiet or console is None or not distributed.is_main():
         dataset.warm()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -128,3 +152,10 @@ def write_held_out_manifest(
                 for v in frame[column]
             ]
     run.write_csv(name, frame)
+
+
+def cache_folder(run: RunDirectory, images: Any) -> Path | None:
+    """Where ``--cache disk`` keeps preprocessed images: ``--cache-dir``, or the run's ``cache/``."""
+    if images.cache != "disk":
+        return None
+    return Path(images.cache_dir) if images.cache_dir else run.file("cache")

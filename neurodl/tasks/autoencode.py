@@ -39,7 +39,14 @@ from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
+from neurodl.tasks._run import (
+    cache_folder,
+    check_leakage,
+    progress,
+    start_run,
+    warm_cache,
+    write_held_out_manifest,
+)
 from neurodl.tasks.metrics import image_scores
 
 TASK = "autoencode"
@@ -262,9 +269,10 @@ def train(
         np.zeros(len(items)),
         preprocessing,
         cache=images.cache,
+        cache_dir=cache_folder(run, images),
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
-    if images.cache == "memory":
+    if images.cache != "none":
         warm_cache(base, console, quiet)
     augment = augmentation(images.augment)
     spec = model_spec(options, channels, preprocessing.size)

@@ -43,7 +43,14 @@ from neurodl.tasks._classification import (
     save_classification_plots,
 )
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
+from neurodl.tasks._run import (
+    cache_folder,
+    check_leakage,
+    progress,
+    start_run,
+    warm_cache,
+    write_held_out_manifest,
+)
 from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics
 
 TASK = "classify"
@@ -164,9 +171,14 @@ def train(
         channels=channels,
     )
     base = VolumeDataset(
-        items, y, preprocessing, cache=images.cache, describe=lambda i: f"{manifest_path.name} row {i + 1}"
+        items,
+        y,
+        preprocessing,
+        cache=images.cache,
+        cache_dir=cache_folder(run, images),
+        describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
-    if images.cache == "memory":
+    if images.cache != "none":
         warm_cache(base, console, quiet)
     augment = augmentation(images.augment)
 

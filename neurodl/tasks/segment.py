@@ -40,7 +40,14 @@ from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
+from neurodl.tasks._run import (
+    cache_folder,
+    check_leakage,
+    progress,
+    start_run,
+    warm_cache,
+    write_held_out_manifest,
+)
 
 TASK = "segment"
 
@@ -304,9 +311,10 @@ def train(
         masks,
         preprocessing,
         cache=images.cache,
+        cache_dir=cache_folder(run, images),
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
-    if images.cache == "memory":
+    if images.cache != "none":
         warm_cache(base, console, quiet)
     augment = augmentation(images.augment, label=True)
 
