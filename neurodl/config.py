@@ -24,9 +24,6 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 # How to run, not what to train: a resumed run takes these from its command line, not from config.json
 # (a run started in 4 processes may continue in 1).
 RUNTIME_OPTIONS = ("distributed",)
-# How to run, not what to train: a resumed run takes these from its command line, not from config.json
-# (a run started in 4 processes may continue in 1).
-RUNTIME_OPTIONS = ("distributed",)
 
 
 @dataclass(frozen=True)
