@@ -34,15 +34,20 @@ def file_progress(
         yield lambda item: bar.update(task, advance=1, name=getattr(item, "name", ""))
 
 
-def report_failures(console: Console, failures: Sequence[Any], total: int) -> None:
-    """Print every failed input; raise (exit 2) if any failed, after the good ones were written."""
+def report_failures(console: Console, failures: Sequence[Any], total: int, *, report: bool = False) -> None:
+    """Print every failed input; raise (exit 2) if any failed, after the good ones were written.
+
+    With ``report`` (an ``evaluate --out``), say that no report was written: metrics that
+    leave inputs out would pass for the evaluation that was asked for.
+    """
     if not failures:
         return
     for failure in failures:
         console.print(f"[red]Failed:[/red] {failure.name}: {failure.message}", soft_wrap=True)
     raise DataError(
         f"{len(failures)} of {total} inputs failed (listed above); the others were processed.",
-        "Fix or remove the failed inputs and run again (outputs already written are kept).",
+        "Fix or remove the failed inputs and run again "
+        + ("(no report was written)." if report else "(outputs already written are kept)."),
     )
 
 

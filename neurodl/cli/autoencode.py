@@ -380,6 +380,6 @@ def evaluate(
         console.print(
             metrics_table(f"reconstruction on {manifest.name} ({metrics['images']} images)", metrics)
         )
-        if out is not None:
+        if out is not None and not failures:
             console.print(f"Per-image scores and metrics written to {out}")
-    report_failures(console, failures, metrics["images"] + len(failures))
+    report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)

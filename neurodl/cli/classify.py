@@ -273,7 +273,7 @@ def predict(
         predictions, failures, _ = classify.predict(loaded, inputs, shard=shard, on_image=advance)
     if output is None:
         predictions.to_csv(sys.stdout, index=False)
-    else:
+    elif len(predictions):  # no empty table when every input failed: a retry would find it in the way
         with atomic_output(output) as tmp:
             predictions.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
         console.print(f"{len(predictions)} predictions written to {output}")
@@ -334,9 +334,9 @@ def evaluate(
     console.print(
         metrics_table(f"{loaded.target.column} on {manifest.name} ({metrics['images']} images)", metrics)
     )
-    if out is not None:
+    if out is not None and not failures:
         console.print(f"Predictions, metrics and plots written to {out}")
-    report_failures(console, failures, metrics["images"] + len(failures))
+    report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)
 
 
 @app.command("interpret")

@@ -44,7 +44,7 @@ from nibabel.orientations import io_orientation
 from neurodl.data.cache import VolumeCache
 from neurodl.engine.batches import process_share
 from neurodl.errors import ImageError, UsageError
-from neurodl.io.nifti import load_volume, read_image, voxel_size
+from neurodl.io.nifti import load_volume, read_image, require_3d_shape, voxel_size
 
 NORMALIZATIONS = ("zscore", "minmax", "percentile")
 AUGMENTATIONS = ("none", "light", "strong")
@@ -60,6 +60,18 @@ def ras_spacing_and_shape(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.
         spacing[order[axis]] = sizes[axis]
         extent[order[axis]] = shape[axis]
     return spacing, extent
+
+
+def header_grid(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel size and array shape along R, A, S from a file's header (voxels are not read).
+
+    Raises:
+        ImageError: the file is unreadable, or has fewer than three axes (extra volumes are
+            refused, naming their manifest row, when the voxels are loaded).
+    """
+    image = read_image(path)
+    require_3d_shape(path, image.shape[:3])
+    return ras_spacing_and_shape(image.affine, image.shape[:3])
 
 
 class LoadChannelsd(MapTransform):
@@ -82,6 +94,13 @@ class LoadChannelsd(MapTransform):
 def load_channels(paths: Sequence[str | Path]) -> MetaTensor:
     """Stack the files of one row as channels, refusing channels on different grids."""
     volumes = [load_volume(p, require_finite=True) for p in paths]
+    for volume in volumes:
+        if volume.data.size and volume.data.min() == volume.data.max():
+            raise ImageError(
+                volume.path or "image",
+                f"is constant: every voxel is {volume.data.flat[0]:g}; there is no image to learn from or predict on.",
+                "The image is blank; re-export it, or remove it from the inputs.",
+            )
     reference = volumes[0]
     for volume in volumes[1:]:
         if volume.shape != reference.shape or not np.allclose(volume.affine, reference.affine, atol=1e-3):
@@ -328,8 +347,7 @@ def plan_preprocessing(
         raise UsageError(f"--normalize '{normalize}' is not one of: {', '.join(NORMALIZATIONS)}.")
     spacings, extents = [], []
     for path in paths:
-        image = read_image(path)
-        s, e = ras_spacing_and_shape(image.affine, image.shape[:3])
+        s, e = header_grid(path)
         spacings.append(s)
         extents.append(s * e)
     if spacing:

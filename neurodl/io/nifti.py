@@ -207,23 +207,30 @@ def _cifti_error(path: Path) -> ImageError:
 
 
 def _as_3d(path: Path, data: np.ndarray) -> np.ndarray:
-    if data.ndim == 3:
-        return data
-    if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):
-        return data.reshape(data.shape[:3])
-    if data.ndim < 3:
+    require_3d_shape(path, data.shape)
+    return data if data.ndim == 3 else data.reshape(data.shape[:3])
+
+
+def require_3d_shape(path: str | Path, shape: tuple[int, ...]) -> None:
+    """Refuse a shape that is not one 3D volume (axes of length 1 beyond the third are fine).
+
+    Raises:
+        ImageError: a 2D image, or a 4D/5D image holding several volumes.
+    """
+    if len(shape) < 3:
         raise ImageError(
             path,
-            f"is {data.ndim}D (shape {data.shape}); a 3D volume is expected.",
+            f"is {len(shape)}D (shape {tuple(shape)}); a 3D volume is expected.",
             "Give a 3D volume (a 2D slice cannot be used).",
         )
-    raise ImageError(
-        path,
-        f"is {data.ndim}D (shape {data.shape}; {describe_extra_axes(data.shape)}); "
-        "a single 3D volume is expected.",
-        "Extract one volume first, e.g. `fslroi in.nii.gz out.nii.gz 0 1` "
-        "or nibabel's `image.slicer[..., 0]`.",
-    )
+    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
+        raise ImageError(
+            path,
+            f"is {len(shape)}D (shape {tuple(shape)}; {describe_extra_axes(tuple(shape))}); "
+            "a single 3D volume is expected.",
+            "Extract one volume first, e.g. `fslroi in.nii.gz out.nii.gz 0 1` "
+            "or nibabel's `image.slicer[..., 0]`.",
+        )
 
 
 def describe_extra_axes(shape: tuple[int, ...]) -> str:

@@ -211,13 +211,11 @@ def fitting_spacing(paths: Sequence[Path], size: Sequence[int]) -> tuple[float, 
     """
     if not size:
         return ()
-    from neurodl.data.images import ras_spacing_and_shape
-    from neurodl.io.nifti import read_image
+    from neurodl.data.images import header_grid
 
     spacings, extents = [], []
     for path in paths:
-        image = read_image(path)
-        spacing, shape = ras_spacing_and_shape(image.affine, image.shape[:3])
+        spacing, shape = header_grid(path)
         spacings.append(spacing)
         extents.append(spacing * shape)
     sides = np.asarray([size[0]] * 3 if len(size) == 1 else list(size), dtype=float)
@@ -665,7 +663,7 @@ def evaluate(
     per_image = pd.DataFrame(rows)
     metrics: dict[str, Any] = {"images": len(per_image), "mask": mask_column or ""}
     metrics.update({name: float(per_image[name].mean()) for name in METRICS})
-    if report_dir is not None:
+    if report_dir is not None and not failures:  # a report that leaves inputs out would mislead
         writer = RunDirectory(report_dir, TASK)
         writer.write_csv("per_image.csv", per_image)
         writer.write_json(

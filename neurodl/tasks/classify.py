@@ -453,7 +453,8 @@ def evaluate(
     """Predict a manifest and score it against its label column (default: the trained label).
 
     Participants the model was trained or selected on are refused unless
-    ``allow_overlap``. With ``report_dir``, predictions, metrics and plots are written there.
+    ``allow_overlap``. With ``report_dir``, predictions, metrics and plots are written there
+    once every image was processed.
     Returns metrics, failed images and warnings.
     """
     if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
@@ -477,7 +478,7 @@ def evaluate(
     proba = frame[[f"probability_{c}" for c in loaded.target.classes]].to_numpy()
     metrics = classification_metrics(y, proba, loaded.target.classes)
     metrics["images"] = len(frame)
-    if report_dir is not None:
+    if report_dir is not None and not failures:  # a report that leaves inputs out would mislead
         frame.insert(2, label, truth.map(label_text).to_numpy())
         writer = RunDirectory(report_dir, TASK)  # an atomic writer for the report files
         writer.write_csv("predictions.csv", frame)

@@ -646,6 +646,10 @@ def predict(
     return pd.DataFrame(rows), failures
 
 
+def _mm(spacing: tuple[float, ...]) -> str:
+    return "x".join(f"{s:g}" for s in spacing) + " mm"
+
+
 def evaluate(
     loaded: LoadedSegmenter,
     manifest_path: Path,
@@ -699,7 +703,9 @@ def evaluate(
             ):
                 raise ImageError(
                     mask_path,
-                    f"is not on its image's grid ({truth_volume.shape} vs {reference.shape}).",
+                    f"is not on the grid of its image {image.paths[0].name} "
+                    f"(shape {truth_volume.shape}, {truth_volume.orientation}, {_mm(truth_volume.spacing)} "
+                    f"vs {reference.shape}, {reference.orientation}, {_mm(reference.spacing)}).",
                     "Resample the mask onto the image first.",
                 )
             values, _, original = segment_image(loaded, image, tta=tta)
@@ -743,7 +749,7 @@ def evaluate(
     for c in per_image.columns:
         if c.startswith(("dice_", "hd95_")):
             metrics[c] = float(np.nanmean(per_image[c].to_numpy(dtype=float)))
-    if report_dir is not None:
+    if report_dir is not None and not failures:  # a report that leaves inputs out would mislead
         writer = RunDirectory(report_dir, TASK)
         writer.write_csv("per_image.csv", per_image)
         writer.write_json(
