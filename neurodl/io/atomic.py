@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# ".<target name>.<8 random characters from mkstemp>.tmp<suffixes>", as atomic_output names them.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
 
 
 def _suffixes(path: Path) -> str:
@@ -50,6 +54,20 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed mid-way (SIGKILL, power loss) left in ``folder``.
+
+    Only call it on a folder no other process is writing to. Returns the files removed.
+    """
+    removed = []
+    for path in Path(folder).rglob(".*"):
+        if path.is_file() and _TEMPORARY.match(path.name):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

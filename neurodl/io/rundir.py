@@ -18,7 +18,7 @@ from typing import Any
 
 from neurodl import __version__
 from neurodl.errors import RunDirectoryError
-from neurodl.io.atomic import atomic_output, write_text_atomic
+from neurodl.io.atomic import atomic_output, remove_partial_writes, write_text_atomic
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -123,6 +123,7 @@ class RunDirectory:
             )
         # A run that failed before its first epoch (bad option, bad input) holds only config.json: start again.
         path.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(path)
         config = {
             "neurodl_format": FORMAT_VERSION,
             "task": task,
@@ -193,6 +194,10 @@ class RunDirectory:
                 "The run directory was tampered with; train again.",
             )
         return candidate
+
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete temporary files left by a process killed mid-write (before resuming a run)."""
+        return remove_partial_writes(self.path)
 
     def exists(self, name: str) -> bool:
         return self.file(name).exists()

@@ -58,6 +58,7 @@ def _start_run(
 ) -> tuple[RunDirectory, Path, dict[str, Any]]:
     if resume:
         run = RunDirectory.open(out, task=task)
+        run.remove_partial_writes()  # a run killed mid-write (SIGKILL) leaves its temporary file
         saved = run.options
         source = Path(saved.pop("input"))
         digest = saved.pop("input_sha256", None)
