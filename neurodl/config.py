@@ -306,8 +306,10 @@ class TranslateOptions:
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     images: ImageOptions = field(default_factory=lambda: ImageOptions(augment="none"))
+    # pix2pix's 2e-4 suits ~100k steps of batch 1; with a few thousand steps 1e-3 learns far faster
+    # (measured on the sample data: generator L1 0.43 vs 1.03 after 150 steps) and stays stable.
     train: TrainOptions = field(
-        default_factory=lambda: TrainOptions(lr=2e-4, epochs=60, batch_size=8, patience=15)
+        default_factory=lambda: TrainOptions(lr=1e-3, epochs=60, batch_size=8, patience=15)
     )
 
     def __post_init__(self) -> None:
