@@ -300,3 +300,22 @@ def test_a_model_directory_of_another_task_is_refused(trained: Path, tmp_path: P
         "translate", "predict", "--model", other, trained / "test_manifest.tsv", "-o", tmp_path / "o"
     )
     assert result.exit_code == 2 and "segment" in result.output
+
+
+def test_3d_patches_train_and_translate_whole_volumes_by_sliding_windows(
+    cohort: Path, tmp_path: Path, run_cli
+):
+    run = tmp_path / "run3d"
+    trained = run_cli(
+        "translate", "train", cohort, "--dims", "3", "--patch", "32", "--epochs", "1", "--out", run, *TINY
+    )
+    assert trained.exit_code == 0, trained.output
+    prep = json.loads((run / "preprocessing.json").read_text())
+    assert prep["model"]["dims"] == 3 and prep["window"] == [32, 32, 32]
+    source = cohort.parent / "sub-002" / "anat" / "sub-002_T1w.nii.gz"
+    result = run_cli("translate", "predict", "--model", run, source, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    out = nib.load(tmp_path / "out" / "sub-002_T1w_to-t2.nii.gz")
+    original = nib.load(source)
+    assert out.shape == original.shape
+    np.testing.assert_allclose(out.affine, original.affine, atol=1e-5)
