@@ -480,6 +480,13 @@ def fit(
         raise Interrupted(
             f"training interrupted after {done} of {options.epochs} epochs; {saved}.", resume_hint or None
         ) from exc
+    except Exception as exc:
+        if options.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise UsageError(
+                f"--compile failed: torch.compile could not compile this network ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).",
+                "Drop --compile (it only speeds up training); on CPU torch.compile also needs a C++ compiler.",
+            ) from exc
+        raise
     finally:
         if wrap is not None:
             # Predictions and saved weights after the fit use the plain network.
