@@ -11,6 +11,7 @@ from neurodl.cli import _train_options as T
 from neurodl.cli._batch import file_progress, report_failures
 from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
+from neurodl.cli._launch import launched
 from neurodl.cli._options import (
     ConfigOption,
     DeviceOption,
@@ -101,14 +102,8 @@ def train(
         bool,
         typer.Option("--crop-foreground", help="Crop to the head's bounding box first.", rich_help_panel=_I),
     ] = False,
-    cache: Annotated[
-        str,
-        typer.Option(
-            "--cache",
-            help="memory: decode and preprocess each pair once; none: every epoch.",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.cache,
+    cache: T.Cache = _D.images.cache,
+    cache_dir: T.CacheDir = _D.images.cache_dir,
     workers: Annotated[
         int, typer.Option("--workers", help="Data-loading processes.", rich_help_panel=_I)
     ] = _D.images.workers,
@@ -144,14 +139,14 @@ def train(
     ] = _D.lambda_l1,
     lr_d: Annotated[
         float,
-        typer.Option(
-            "--lr-d", help="Discriminator learning rate (0: the same as --lr).", rich_help_panel=_M
-        ),
+        typer.Option("--lr-d", help="Discriminator learning rate (0: the same as --lr).", rich_help_panel=_M),
     ] = _D.lr_d,
     width: Annotated[
         int,
         typer.Option(
-            "--width", help="Filters of the first level of both networks (doubled per level).", rich_help_panel=_M
+            "--width",
+            help="Filters of the first level of both networks (doubled per level).",
+            rich_help_panel=_M,
         ),
     ] = _D.width,
     patch: Annotated[
@@ -165,7 +160,9 @@ def train(
     slices: Annotated[
         int,
         typer.Option(
-            "--slices", help="2D: central axial slices per volume for training (0: all with head).", rich_help_panel=_M
+            "--slices",
+            help="2D: central axial slices per volume for training (0: all with head).",
+            rich_help_panel=_M,
         ),
     ] = _D.slices,
     val_fraction: Annotated[
@@ -193,6 +190,9 @@ def train(
     deterministic: T.Deterministic = _D.train.deterministic,
     device: T.Device = _D.train.device,
     precision: T.Precision = _D.train.precision,
+    distributed: T.Distributed = _D.train.distributed,
+    compile: T.Compile = _D.train.compile,
+    channels_last: T.ChannelsLast = _D.train.channels_last,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path(
         "runs/translate"
     ),
@@ -219,7 +219,17 @@ def train(
     from neurodl.tasks import translate  # heavy (torch, monai): only when the command runs
 
     values = dict(locals())
-    for name in ("ctx", "manifest", "out", "config", "resume", "overwrite", "quiet", "json_output", "translate"):
+    for name in (
+        "ctx",
+        "manifest",
+        "out",
+        "config",
+        "resume",
+        "overwrite",
+        "quiet",
+        "json_output",
+        "translate",
+    ):
         values.pop(name, None)
     options = resolve_options(
         TranslateOptions,
@@ -236,9 +246,18 @@ def train(
         },
     )
     console = err_console()
-    summary = translate.train(
-        manifest, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet
-    )
+    with launched(options.train.distributed) as reporting:
+        summary = translate.train(
+            manifest,
+            options,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            console=console,
+            quiet=quiet or not reporting,
+        )
+    if not reporting:
+        return
     if json_output:
         print_json(summary)
     if not quiet:
@@ -309,11 +328,15 @@ def evaluate(
     model: ModelDirOption,
     manifest: Annotated[
         Path,
-        typer.Argument(help="Manifest with the model's source column(s) and the real target column.", dir_okay=False),
+        typer.Argument(
+            help="Manifest with the model's source column(s) and the real target column.", dir_okay=False
+        ),
     ],
     mask: Annotated[
         str | None,
-        typer.Option("--mask", help="Column of label images: MAE and PSNR only inside mask > 0 (SSIM: whole image)."),
+        typer.Option(
+            "--mask", help="Column of label images: MAE and PSNR only inside mask > 0 (SSIM: whole image)."
+        ),
     ] = None,
     out: Annotated[
         Path | None,

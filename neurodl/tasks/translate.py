@@ -45,7 +45,14 @@ from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import check_leakage, progress, start_run, warm_cache, write_held_out_manifest
+from neurodl.tasks._run import (
+    cache_folder,
+    check_leakage,
+    progress,
+    start_run,
+    warm_cache,
+    write_held_out_manifest,
+)
 from neurodl.tasks.metrics import image_scores
 
 TASK = "translate"
@@ -261,7 +268,11 @@ class Pix2Pix:
 
 
 class PairedVolumes:
-    """Preprocessed (source, target) pairs of a manifest, cached in memory; target in its own units."""
+    """Preprocessed (source, target) pairs of a manifest; target in its own units.
+
+    ``cache``: ``memory`` (RAM), ``disk`` (safetensors files in ``cache_dir``, reused by
+    later runs) or ``none``.
+    """
 
     def __init__(
         self,
@@ -271,13 +282,21 @@ class PairedVolumes:
         *,
         resample: bool,
         cache: str,
+        cache_dir: Path | None = None,
         describe: Callable[[int], str],
     ) -> None:
+        from neurodl.data.cache import VolumeCache
+
         self.items = [list(i) for i in items]
         self.targets = list(targets)
         self.preprocessing = preprocessing
         self.resample = resample
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache == "memory" else None
+        self.disk = (
+            VolumeCache(cache_dir, {**preprocessing.to_dict(), "resample_target": resample})
+            if cache == "disk" and cache_dir is not None
+            else None
+        )
         self.describe = describe
 
     def __len__(self) -> int:
@@ -286,6 +305,12 @@ class PairedVolumes:
     def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None and index in self.cache:
             return self.cache[index]
+        key = (
+            self.disk.key([*self.items[index], self.targets[index]], kind="image+target") if self.disk else ""
+        )
+        stored = self.disk.load(key) if self.disk is not None else None
+        if stored is not None:
+            return stored["image"], stored["target"]
         data = {"image": [str(p) for p in self.items[index]], "target": str(self.targets[index])}
         try:
             out = self.preprocessing.transforms_with_target(resample=self.resample)(data)
@@ -299,6 +324,8 @@ class PairedVolumes:
             cause.message = f"{cause.message} ({self.describe(index)})"
             raise cause from None
         pair = (out["image"].as_tensor().float().contiguous(), out["target"].as_tensor().float().contiguous())
+        if self.disk is not None:
+            self.disk.save(key, {"image": pair[0], "target": pair[1]})
         if self.cache is not None:
             self.cache[index] = pair
         return pair
@@ -581,6 +608,7 @@ def train(
         preprocessing,
         resample=options.resample_target,
         cache=images.cache,
+        cache_dir=cache_folder(run, images),
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
     warm_cache(volumes, console, quiet)

@@ -319,3 +319,23 @@ def test_3d_patches_train_and_translate_whole_volumes_by_sliding_windows(
     original = nib.load(source)
     assert out.shape == original.shape
     np.testing.assert_allclose(out.affine, original.affine, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_gan_run_through_ddp_wrappers(cohort: Path, tmp_path: Path):
+    from tests.engine.test_distributed import torchrun
+
+    out = tmp_path / "runs" / "ddp"
+    done = torchrun(
+        "-m", "neurodl", "translate", "train", cohort, "--epochs", "2", "--out", out, "--distributed", "--json",
+        *TINY, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # only rank 0 printed
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
+    validation = json.loads((out / "metrics.json").read_text())["validation"]
+    assert summary["metrics"]["mae"] == pytest.approx(validation["mae"])
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and {"train_d_loss", "val_mae"} <= set(history.columns)
+    # The checkpointed networks are the plain ones: a single process loads the weights.
+    assert (out / "model.safetensors").is_file()
