@@ -47,6 +47,9 @@ from neurodl.errors import ImageError, UsageError
 from neurodl.io.nifti import load_volume, read_image, require_3d_shape, voxel_size
 
 NORMALIZATIONS = ("zscore", "minmax", "percentile")
+# A run whose recorded input size exceeds this (1 GB per float32 channel, e.g. 640^3) was tampered
+# with: a 3D network could not have been trained on it.
+MAX_NETWORK_VOXELS = 2**28
 AUGMENTATIONS = ("none", "light", "strong")
 
 
@@ -307,6 +310,7 @@ class ImagePreprocessing:
                 or len(size) != 3
                 or not all(0.05 <= s <= 50 for s in spacing)
                 or not all(1 <= s <= 1024 for s in size)
+                or math.prod(size) > MAX_NETWORK_VOXELS
             ):
                 raise ValueError(f"spacing {spacing} or size {size} out of range")
             if payload.get("normalize", "zscore") not in NORMALIZATIONS:

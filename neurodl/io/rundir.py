@@ -13,11 +13,12 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from neurodl import __version__
-from neurodl.errors import RunDirectoryError
+from neurodl.errors import NeurodlError, RunDirectoryError
 from neurodl.io.atomic import atomic_output, remove_partial_writes, write_text_atomic
 
 FORMAT_VERSION = 1
@@ -277,6 +278,53 @@ class RunDirectory:
                 f"{path}: cannot be read as safetensors ({exc}).",
                 "The weights file is damaged or was tampered with; train again.",
             ) from exc
+
+    def weight_shapes(self, name: str = WEIGHTS_FILE) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every tensor in a safetensors file, read from its header alone."""
+        from safetensors import SafetensorError, safe_open
+
+        path = self.file(name)
+        if not path.exists():
+            raise RunDirectoryError(
+                f"{self.path}: {name} is missing.",
+                "The run is incomplete (did training finish?); train again or --resume it.",
+            )
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise RunDirectoryError(
+                f"{path}: cannot be read as safetensors ({exc}).",
+                "The weights file is damaged or was tampered with; train again.",
+            ) from exc
+
+    def load_model(self, build: Callable[[], Any], name: str = WEIGHTS_FILE) -> Any:
+        """Build the network described in ``preprocessing.json`` with ``build`` and load its weights.
+
+        The network is first built on PyTorch's meta device (shapes, no memory) and compared
+        with the weights file's header: a tampered description (an absurd size, an unknown
+        model) or foreign weights are refused before anything is allocated.
+        """
+        import torch  # heavy: only when a model is loaded
+
+        try:
+            with torch.device("meta"):
+                skeleton = build()
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, NeurodlError) as exc:
+            raise RunDirectoryError(
+                f"{self.file('preprocessing.json')}: describes a model that cannot be built ({exc}).",
+                "The run was modified; train the model again.",
+            ) from exc
+        expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+        if expected != self.weight_shapes(name):
+            raise RunDirectoryError(
+                f"{self.path}: {name} does not match the model described in preprocessing.json "
+                "(other tensor names or shapes).",
+                "The run was modified; train the model again.",
+            )
+        model = build()
+        self.load_into(model, name)
+        return model
 
     def load_into(self, model: Any, name: str = WEIGHTS_FILE) -> None:
         """Load the safetensors weights into ``model``, refusing weights of another shape or keys."""

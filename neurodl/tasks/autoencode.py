@@ -431,13 +431,12 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedAutoencoder:
             or prep.get("loss", "mse") not in ("mse", "l1")
         ):
             raise ValueError("model description out of range")
-        model = build_model(spec)
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
             "Train the model again.",
         ) from exc
-    run.load_into(model)
+    model = run.load_model(lambda: build_model(spec))
     target = resolve_device(device)
     model.to(target).eval()
     return LoadedAutoencoder(

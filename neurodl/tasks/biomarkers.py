@@ -512,12 +512,11 @@ def load(run_dir: Path) -> LoadedModel:
             or any(not 0 < int(h) <= 100_000 for h in spec["hidden"])
         ):
             raise ValueError("model sizes out of range")
-        model = _build(spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged ({exc}).", "Train the model again."
         ) from exc
-    run.load_into(model)
+    model = run.load_model(lambda: _build(spec))
     return LoadedModel(run, BiomarkersModule(model, target), features, target, prep.get("group_column"))
 
 

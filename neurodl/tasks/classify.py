@@ -371,14 +371,13 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
             or not 0 < int(spec.get("width", 16)) <= 1024
         ):
             raise ValueError("model sizes out of range")
-        model = build_model(spec)
         image_columns = [str(c) for c in prep["image_columns"]]
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
             "Train the model again.",
         ) from exc
-    run.load_into(model)
+    model = run.load_model(lambda: build_model(spec))
     target_device = resolve_device(device)
     model.to(target_device).eval()
     return LoadedClassifier(

@@ -492,13 +492,12 @@ def load(run_dir: Path, *, device: str = "auto", overlap: float | None = None) -
             or not all(8 <= p <= 512 for p in patch)
         ):
             raise ValueError("model sizes out of range")
-        model = build_model(spec)
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
             "Train the model again.",
         ) from exc
-    run.load_into(model)
+    model = run.load_model(lambda: build_model(spec))
     target = resolve_device(device)
     model.to(target).eval()
     module = SegmentModule(
