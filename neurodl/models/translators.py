@@ -23,21 +23,23 @@ def _levels(width: int) -> tuple[int, ...]:
     return (width, 2 * width, 4 * width, 8 * width, 8 * width)
 
 
-@register_model("translate", "unet", "U-Net generator (pix2pix), residual units, instance norm")
+@register_model("translate", "unet", "U-Net generator (pix2pix): skip connections at every resolution, instance norm")
 def unet_generator(
     spatial_dims: int, in_channels: int, out_channels: int, width: int = 32, dropout: float = 0.0
 ) -> nn.Module:
-    from monai.networks.nets import UNet  # heavy: only when a model is built
+    # MONAI's BasicUNet, not its UNet: that one strides from its first layer, so fine detail only
+    # reaches the output from half resolution (measured on the sample data: L1 0.43 vs 0.09 after
+    # 150 steps, with blurred, checkered images).
+    from monai.networks.nets import BasicUNet  # heavy: only when a model is built
 
-    return UNet(
+    return BasicUNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
-        channels=_levels(width),
-        strides=(2, 2, 2, 2),
-        num_res_units=1,
-        norm="INSTANCE",
+        features=(width, width, 2 * width, 4 * width, 8 * width, width),
+        norm=("instance", {"affine": True}),
         dropout=dropout,
+        upsample="deconv",
     )
 
 
