@@ -11,7 +11,7 @@ from typing import Any
 from neurodl.config import RUNTIME_OPTIONS
 from neurodl.engine import Callback, distributed
 from neurodl.engine.progress import RichProgress
-from neurodl.errors import DataError, RunDirectoryError
+from neurodl.errors import DataError, OutputError, RunDirectoryError
 from neurodl.io.rundir import RunDirectory
 
 
@@ -79,9 +79,33 @@ def _start_run(
         )
     if not source.is_file():
         raise DataError(f"{source}: file does not exist.", "Check the path.")
+    if Path(out).resolve() in source.resolve().parents:
+        raise OutputError(
+            f"{source}: lies inside --out {out}, whose files the run writes; neurodl never overwrites its inputs.",
+            "Move the table out of the run directory, or choose another --out.",
+        )
     recorded = {"input": str(source.resolve()), "input_sha256": file_digest(source), **options}
     run = RunDirectory.create(out, task=task, options=recorded, overwrite=overwrite)
     return run, source, options
+
+
+# Files an ``evaluate --out`` writes that a table given as its input could be.
+REPORT_TABLES = ("predictions.csv", "per_image.csv", "metrics.json")
+
+
+def check_report_dir(report_dir: Path | None, source: Path, *, overwrite: bool) -> None:
+    """Refuse an ``evaluate --out`` folder whose report would replace the input, or an earlier report."""
+    if report_dir is None:
+        return
+    if any((report_dir / name).resolve() == source.resolve() for name in REPORT_TABLES):
+        raise OutputError(
+            f"{source}: is also an input; neurodl never overwrites its inputs (the report in {report_dir} has a file of that name).",
+            "Choose another --out folder.",
+        )
+    if (report_dir / "metrics.json").exists() and not overwrite:
+        raise OutputError(
+            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
+        )
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import (
     cache_folder,
     check_leakage,
+    check_report_dir,
     progress,
     start_run,
     warm_cache,
@@ -613,10 +614,7 @@ def evaluate(
     on_image: Any = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """MSE, MAE, PSNR and SSIM per image in the preprocessed (normalised) space, optionally inside a mask."""
-    if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
-        raise OutputError(
-            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
-        )
+    check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     manifest = load_manifest(
         manifest_path, loaded.image_columns, mask_column, loaded.participant_column, require_files=False
     )

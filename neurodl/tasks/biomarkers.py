@@ -20,7 +20,7 @@ from neurodl.config import BiomarkersOptions, from_dict, to_dict
 from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import FeatureEncoder, TargetEncoder, is_id_column, label_text, select_features
 from neurodl.engine import Callback, FitResult, TensorBatches, fit
-from neurodl.errors import DataError, ManifestError, OutputError, RunDirectoryError
+from neurodl.errors import DataError, ManifestError, RunDirectoryError
 from neurodl.io.manifest import read_table, require_columns
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
@@ -31,7 +31,7 @@ from neurodl.tasks._classification import (
     save_classification_plots,
 )
 from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._run import progress, start_run
+from neurodl.tasks._run import check_report_dir, progress, start_run
 from neurodl.tasks.metrics import (
     classification_metrics,
     epoch_classification_metrics,
@@ -543,10 +543,7 @@ def evaluate(
     ``allow_overlap`` (their scores would be optimistic). With ``report_dir``,
     ``predictions.csv``, ``metrics.json`` and the plots are written there.
     """
-    if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
-        raise OutputError(
-            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
-        )
+    check_report_dir(report_dir, table, overwrite=overwrite)
     frame = read_table(table)
     target = model.target
     require_columns(frame, [target.column], table)

@@ -46,6 +46,7 @@ from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import (
     cache_folder,
     check_leakage,
+    check_report_dir,
     progress,
     start_run,
     warm_cache,
@@ -456,10 +457,7 @@ def evaluate(
     once every image was processed.
     Returns metrics, failed images and warnings.
     """
-    if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
-        raise OutputError(
-            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
-        )
+    check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     label = label_column or loaded.target.column
     manifest = load_manifest(
         manifest_path, loaded.image_columns, label, loaded.participant_column, require_files=False

@@ -43,6 +43,7 @@ from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import (
     cache_folder,
     check_leakage,
+    check_report_dir,
     progress,
     start_run,
     warm_cache,
@@ -664,10 +665,7 @@ def evaluate(
     from monai.metrics import compute_hausdorff_distance
     from monai.networks.utils import one_hot
 
-    if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
-        raise OutputError(
-            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
-        )
+    check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     column = mask_column or loaded.mask_column
     manifest = load_manifest(
         manifest_path, loaded.image_columns, column, loaded.participant_column, require_files=False
