@@ -48,6 +48,7 @@ from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import (
     cache_folder,
     check_leakage,
+    check_report_dir,
     progress,
     start_run,
     warm_cache,
@@ -971,10 +972,7 @@ def evaluate(
 
     Also scores the trivial baseline (the source rescaled to the target's range) the same way.
     """
-    if report_dir is not None and (report_dir / "metrics.json").exists() and not overwrite:
-        raise OutputError(
-            f"{report_dir}: already holds metrics.json.", "Choose another --out, or add --overwrite."
-        )
+    check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     manifest = load_manifest(
         manifest_path, loaded.image_columns, mask_column, loaded.participant_column, require_files=False
     )
@@ -1052,7 +1050,7 @@ def evaluate(
         "units": loaded.target_column,
     }
     metrics.update({name: float(per_image[name].mean()) for name in SCORES})
-    if report_dir is not None:
+    if report_dir is not None and not failures:  # a report that leaves inputs out would mislead
         writer = RunDirectory(report_dir, TASK)
         writer.write_csv("per_image.csv", per_image)
         writer.write_json(
