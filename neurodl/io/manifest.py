@@ -80,7 +80,13 @@ def read_table(path: str | Path, *, text_columns: Iterable[str] = ()) -> pd.Data
         )
     delimiter = sniff_delimiter("\n".join(text.splitlines()[:20]), path)
     # pandas silently renames a repeated column ("age", "age.1"), so look at the header itself.
-    header = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    try:
+        # newline="": a lone "\r" (old Mac line ends) ends a row instead of breaking the reader.
+        header = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+    except csv.Error as exc:
+        raise InputFileError(
+            path, f"cannot be parsed as a table ({exc}).", "Check the quoting of its header row."
+        ) from exc
     names = [name.strip() for name in header]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:

@@ -23,6 +23,7 @@ from nibabel.orientations import (
     io_orientation,
     ornt_transform,
 )
+from nibabel.spatialimages import HeaderDataError
 
 from neurodl.errors import ImageError
 from neurodl.io.atomic import atomic_output
@@ -118,7 +119,13 @@ def _declared_bytes(header: nib.Nifti1Header) -> int:
 def _check_size(path: Path, header: nib.Nifti1Header) -> None:
     """Refuse truncated files and absurd declared sizes before allocating anything."""
     shape = header.get_data_shape()
-    n_voxels = float(np.prod(shape, dtype=np.float64)) if shape else 0.0
+    if not shape or any(int(s) < 1 for s in shape):
+        raise ImageError(
+            path,
+            f"header declares shape {tuple(int(s) for s in shape)}; every axis needs at least one voxel.",
+            "The header is probably corrupt; inspect it with `fslhd` or `nib-ls` and re-export it.",
+        )
+    n_voxels = float(np.prod(shape, dtype=np.float64))
     if n_voxels > _MAX_VOXELS:
         raise ImageError(
             path,
@@ -177,6 +184,7 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
         OSError,
         ValueError,
         struct.error,
+        HeaderDataError,
     ) as exc:
         # nibabel hands a NIfTI-2 header with a CIFTI intent to its CIFTI reader, which fails
         # when the CIFTI extension is missing; say what the file is, not how the reader failed.
@@ -272,7 +280,15 @@ def load_volume(
     image = read_image(path)
     try:
         data = np.asanyarray(image.dataobj) if dtype is None else image.get_fdata(dtype=dtype)
-    except (EOFError, OSError, ValueError, gzip.BadGzipFile, MemoryError, struct.error) as exc:
+    except (
+        EOFError,
+        OSError,
+        ValueError,
+        gzip.BadGzipFile,
+        MemoryError,
+        struct.error,
+        HeaderDataError,
+    ) as exc:
         raise ImageError(
             path,
             f"voxel data cannot be read ({exc}); the file is truncated or corrupt.",
