@@ -274,3 +274,15 @@ def test_a_run_interrupted_in_two_processes_resumes_in_one(cohort, tmp_path, run
     assert list(history["epoch"]) == [1, 2]
     assert history.iloc[0]["val_loss"] == pytest.approx(first_epoch["val_loss"])
     assert (out / "model.safetensors").exists()
+
+
+def test_resume_accepts_distributed_as_how_to_run_not_what_to_train(run_cli, tmp_path: Path, monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    result = run_cli("classify", "train", "--resume", "--out", tmp_path / "run", "--distributed")
+    assert result.exit_code == 2
+    assert "torchrun" in result.stderr and "cannot be changed" not in result.stderr
+    changed = run_cli(
+        "classify", "train", "--resume", "--out", tmp_path / "run", "--distributed", "--lr", "0.1"
+    )
+    assert changed.exit_code == 2 and "--lr cannot be changed" in changed.stderr
