@@ -176,7 +176,9 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     path = Path(path)
     _check_file(path)
     try:
-        image = nib.load(str(path))
+        # A NaN or overflowing qform/sform is refused below with a message; numpy's warnings are noise.
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            image = nib.load(str(path))
     except (
         nib.filebasedimages.ImageFileError,
         gzip.BadGzipFile,
