@@ -340,6 +340,8 @@ def fit(
         if result.stopped_early:
             start = options.epochs
 
+    saved_epochs = len(result.history)  # epochs held by the checkpoint on disk
+
     def save_checkpoint() -> None:
         if checkpoint is None or not distributed.is_main():
             return
@@ -466,16 +468,20 @@ def fit(
                 if val is not None and options.patience > 0 and bad_epochs >= options.patience:
                     result.stopped_early = True
                 save_checkpoint()
+                saved_epochs = len(result.history)
                 for cb in callbacks:
                     cb.on_epoch_end(record)
                 if result.stopped_early:
                     break
     except KeyboardInterrupt as exc:
         done = len(result.history)
+        # A Ctrl-C during a checkpoint write keeps the previous checkpoint (the write is atomic).
         saved = (
-            f"epochs 1-{done} are saved in {checkpoint}"
-            if checkpoint is not None and done
-            else "no epoch was completed"
+            f"epochs 1-{saved_epochs} are saved in {checkpoint}"
+            if checkpoint is not None and saved_epochs
+            else "no epoch was saved"
+            if checkpoint is not None
+            else "no checkpoint is kept"
         )
         raise Interrupted(
             f"training interrupted after {done} of {options.epochs} epochs; {saved}.", resume_hint or None
