@@ -839,13 +839,12 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
         ):
             raise ValueError("model description out of range")
         scale = TargetScale.from_dict(prep["target_scale"])
-        generator = build_generator(spec)
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
             "Train the model again.",
         ) from exc
-    run.load_into(generator)
+    generator = run.load_model(lambda: build_generator(spec))
     target = resolve_device(device)
     generator.to(target).eval()
     return LoadedTranslator(
