@@ -834,11 +834,23 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
             dims not in (2, 3)
             or len(window) != dims
             or any(w < MIN_WINDOW or w % SIZE_MULTIPLE or w > 1024 for w in window)
+            or any(w > s for w, s in zip(window, preprocessing.size, strict=False))  # training never does
             or not 0 < int(spec["in_channels"]) <= 64
             or not 0 < int(spec["width"]) <= 512
         ):
             raise ValueError("model description out of range")
         scale = TargetScale.from_dict(prep["target_scale"])
+        columns = prep["image_columns"]
+        target_column = prep["target_column"]
+        participant_column = prep.get("participant_column", "participant_id")
+        # The target column names every output file (<image>_to-<target>): no path separators.
+        if (
+            not isinstance(columns, list)
+            or len(columns) != int(spec["in_channels"])
+            or not all(isinstance(c, str) and c for c in [*columns, target_column, participant_column])
+            or any(c in target_column for c in ("/", "\\", "\0"))
+        ):
+            raise ValueError("column names out of range")
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
@@ -852,9 +864,9 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
         generator,
         preprocessing,
         scale,
-        [str(c) for c in prep["image_columns"]],
-        str(prep["target_column"]),
-        str(prep.get("participant_column", "participant_id")),
+        list(columns),
+        target_column,
+        participant_column,
         bool(prep.get("resample_target", False)),
         dims,
         window,
