@@ -30,6 +30,10 @@ TRAIN_ARGS: dict[str, list[str]] = {
         "--image", "t1", "--size", "16", "--latent-dim", "2", "--width", "2", "--augment", "none",
         "--epochs", "1", "--batch-size", "2", "--quiet",
     ],
+    "translate": [
+        "--source", "t1", "--target", "t2", "--epochs", "1", "--width", "4", "--spacing", "1.5",
+        "--batch-size", "16", "--quiet",
+    ],
 }  # fmt: skip
 
 

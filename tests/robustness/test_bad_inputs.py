@@ -39,6 +39,9 @@ IMAGE_COMMANDS: dict[str, str] = {
     "autoencode encode": "file",
     "autoencode reconstruct": "file",
     "autoencode evaluate": "manifest",
+    "translate train": "manifest",
+    "translate predict": "file",
+    "translate evaluate": "manifest",
 }
 
 # `info` describes any readable NIfTI, 2D to 5D, NaN or not: these are valid for it.
@@ -127,6 +130,39 @@ def test_bad_image(
     run_case(run_cli, case, [bad_dir, cohort.parent, tmp_path / "manifest.tsv"], [bad.name])
 
 
+# Commands that also read a target image per row: the bad image replaces row 1's target instead.
+TARGET_COMMANDS = {"translate train": "t2", "translate evaluate": "t2"}
+BAD_TARGETS = [
+    "missing",
+    "zero-bytes",
+    "truncated-gz",
+    "garbage-bytes",
+    "2d",
+    "4d",
+    "nan-voxels",
+    "inf-voxels",
+]
+
+
+@pytest.mark.parametrize("kind", BAD_TARGETS)
+@pytest.mark.parametrize("command", list(TARGET_COMMANDS))
+def test_bad_target_image(
+    kind: str, command: str, run_cli, cohort: Path, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    column = TARGET_COMMANDS[command]
+    bad_dir = tmp_path / "data"
+    bad_dir.mkdir()
+    first = cohort.parent / pd.read_csv(cohort, sep="\t")[column][0]
+    bad = BAD_IMAGES[kind](grid_of(first, bad_dir))
+    if bad.exists():  # named for the column it stands in
+        bad = bad.rename(bad.with_name(bad.name.replace("T1w", "T2w")))
+    else:
+        bad = bad.with_name(bad.name.replace("T1w", "T2w"))
+    target = replace_cell(cohort, tmp_path / "manifest.tsv", column, 0, str(bad))
+    case = command_line(command, target, tmp_path, cohort, runs)
+    run_case(run_cli, case, [bad_dir, cohort.parent, tmp_path / "manifest.tsv"], [bad.name])
+
+
 @pytest.mark.parametrize("kind", sorted(INFO_READS))
 def test_info_describes_unusual_but_readable_images(kind: str, run_cli, tmp_path: Path) -> None:
     image = BAD_IMAGES[kind](Grid(tmp_path))
@@ -199,6 +235,11 @@ def _missing_column(folder: Path, text: str) -> Path:
     )
 
 
+def _missing_target_image_column(folder: Path, text: str) -> Path:
+    frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str)
+    return _write(folder / "participants.tsv", frame.drop(columns=["t2"]).to_csv(sep="\t", index=False))
+
+
 def _spreadsheet(folder: Path, text: str) -> Path:
     return _write(folder / "participants.xlsx", b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 4)
 
@@ -230,6 +271,9 @@ TABLE_COMMANDS = [
     "autoencode encode",
     "autoencode reconstruct",
     "autoencode evaluate",
+    "translate train",
+    "translate predict",
+    "translate evaluate",
 ]
 _TARGET_NEEDED = ["biomarkers train", "biomarkers evaluate", "classify train", "classify evaluate"]
 
@@ -245,6 +289,11 @@ BAD_TABLES: dict[str, tuple[Callable[[Path, str], Path], list[str], list[str]]] 
     "ragged-rows": (_ragged, TABLE_COMMANDS, []),
     "duplicated-column": (_duplicated_column, TABLE_COMMANDS, ["diagnosis"]),
     "missing-target-column": (_missing_column, _TARGET_NEEDED, ["diagnosis"]),
+    "missing-target-image-column": (
+        _missing_target_image_column,
+        ["translate train", "translate evaluate"],
+        ["'t2'"],
+    ),
     "non-numeric-feature": (
         _non_numeric_cell,
         ["biomarkers train", "biomarkers predict", "biomarkers evaluate"],
@@ -252,7 +301,7 @@ BAD_TABLES: dict[str, tuple[Callable[[Path, str], Path], list[str], list[str]]] 
     ),
     "empty-participant": (
         _empty_participant,
-        ["biomarkers train", "classify train", "segment train", "autoencode train"],
+        ["biomarkers train", "classify train", "segment train", "autoencode train", "translate train"],
         ["participant_id", r"rows? 2\b"],
     ),
 }
@@ -322,6 +371,9 @@ def odd_cohort(cohort: Path, runs: dict[str, Path], tmp_path_factory: pytest.Tem
         "autoencode encode",
         "autoencode reconstruct",
         "autoencode evaluate",
+        "translate train",
+        "translate predict",
+        "translate evaluate",
     ],
 )
 def test_paths_with_spaces_and_unicode_work(command: str, run_cli, odd_cohort: Path, tmp_path: Path) -> None:
@@ -331,7 +383,8 @@ def test_paths_with_spaces_and_unicode_work(command: str, run_cli, odd_cohort: P
     task, _, action = command.partition(" ")
     target = (
         image
-        if command in ("info", "classify predict", "segment predict", "autoencode reconstruct")
+        if command
+        in ("info", "classify predict", "segment predict", "autoencode reconstruct", "translate predict")
         else odd_cohort
     )
     out_parent = tmp_path / "résultats à garder"

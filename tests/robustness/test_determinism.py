@@ -17,7 +17,7 @@ def _metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("task", ["biomarkers", "classify"])
+@pytest.mark.parametrize("task", ["biomarkers", "classify", "translate"])
 def test_two_seeded_runs_are_identical(task: str, run_cli, cohort: Path, tmp_path: Path) -> None:
     args = [
         task,
@@ -37,10 +37,13 @@ def test_two_seeded_runs_are_identical(task: str, run_cli, cohort: Path, tmp_pat
         result = run_cli(*args, "--out", out)
         assert result.exit_code == 0, result.output
 
-    weights = [load_file(str(run / "model.safetensors")) for run in (first, second)]
-    assert weights[0].keys() == weights[1].keys()
-    for name in weights[0]:
-        assert torch.equal(weights[0][name], weights[1][name]), name
+    files = sorted(path.name for path in first.glob("*.safetensors"))  # translate: both GAN networks
+    assert files == sorted(path.name for path in second.glob("*.safetensors"))
+    for file in files:
+        weights = [load_file(str(run / file)) for run in (first, second)]
+        assert weights[0].keys() == weights[1].keys()
+        for name in weights[0]:
+            assert torch.equal(weights[0][name], weights[1][name]), f"{file}: {name}"
     assert _metrics(first) == _metrics(second)
     timings = ["seconds", "data_wait"]  # every other column of the history must match
     history = [

@@ -68,6 +68,7 @@ IMAGE_OUTPUTS = {
     "segment predict": (["segment", "predict"], "_dseg"),
     "autoencode reconstruct": (["autoencode", "reconstruct"], "_recon"),
     "classify interpret": (["classify", "interpret", "--method", "saliency"], "_saliency"),
+    "translate predict": (["translate", "predict"], "_to-t2"),
 }
 
 
@@ -105,6 +106,7 @@ REPORTS = {
     "classify": "predictions.csv",
     "segment": "per_image.csv",
     "autoencode": "per_image.csv",
+    "translate": "per_image.csv",
 }
 
 

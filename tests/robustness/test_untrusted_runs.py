@@ -17,7 +17,7 @@ from neurodl.errors import RunDirectoryError
 from neurodl.io.rundir import RunDirectory
 from robustness._support import snapshot, stray_files
 
-TASKS = ["biomarkers", "classify", "segment", "autoencode"]
+TASKS = ["biomarkers", "classify", "segment", "autoencode", "translate"]
 
 
 def predict_args(task: str, run: Path, cohort: Path, out: Path) -> list[str | Path]:
@@ -27,8 +27,8 @@ def predict_args(task: str, run: Path, cohort: Path, out: Path) -> list[str | Pa
         return ["biomarkers", "predict", "--model", run, cohort, "-o", out / "predictions.csv"]
     if task == "classify":
         return ["classify", "predict", "--model", run, image, "-o", out / "predictions.csv", "--quiet"]
-    if task == "segment":
-        return ["segment", "predict", "--model", run, image, "-o", out, "--quiet"]
+    if task in ("segment", "translate"):
+        return [task, "predict", "--model", run, image, "-o", out, "--quiet"]
     return ["autoencode", "encode", "--model", run, image, "-o", out / "latents.csv", "--quiet"]
 
 
@@ -160,6 +160,7 @@ _ABSURD = {
     "classify": {"depth": 10**4},
     "segment": {"out_channels": 10**6},
     "autoencode": {"latent_dim": 10**9},
+    "translate": {"width": 10**9},
 }
 
 
@@ -170,7 +171,9 @@ def _absurd_model(run: Path) -> None:
 
 def _absurd_image_size(run: Path) -> None:
     def change(payload: dict) -> None:
-        if "images" in payload:
+        if "window" in payload:  # translate: an absurd inference window
+            payload["window"] = [10**6] * len(payload["window"])
+        elif "images" in payload:
             payload["images"]["size"] = [1024, 1024, 1024]
         else:  # biomarkers: an absurd number of input features
             payload["model"]["in_features"] = 10**8
@@ -224,6 +227,47 @@ def test_tampered_run_descriptions_are_refused(
     tamper(run)
     result = run_cli(*predict_args(task, run, cohort, tmp_path / "out"))
     assert_refused(result, named)
+
+
+def _target_scale(change: dict) -> Callable[[Path], None]:
+    return lambda run: _edit_json(run, "preprocessing.json", lambda p: p["target_scale"].update(change))
+
+
+def _edit_preprocessing(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    return lambda run: _edit_json(run, "preprocessing.json", change)
+
+
+# Translate's own description: the intensity map back to the target's units, and the inference window.
+TRANSLATE_DESCRIPTIONS: dict[str, Callable[[Path], None]] = {
+    "target-scale-nan": _target_scale({"high": float("nan")}),
+    "target-scale-inf": _target_scale({"maximum": float("inf")}),
+    "target-scale-low-above-high": _target_scale({"low": 10.0, "high": 1.0}),
+    "target-scale-not-numbers": _target_scale({"low": "zero"}),
+    "target-scale-missing": _edit_preprocessing(lambda p: p.pop("target_scale")),
+    "huge-input-size": _edit_preprocessing(lambda p: p["images"].update(size=[1024, 1024, 1024])),
+    "window-of-other-dims": _edit_preprocessing(lambda p: p.update(window=[32, 32, 32])),
+    "window-larger-than-the-images": _edit_preprocessing(lambda p: p.update(window=[1024, 1024])),
+    "target-column-a-path": _edit_preprocessing(lambda p: p.update(target_column="/../../escaped")),
+    "window-not-a-list": _edit_preprocessing(lambda p: p.update(window=32)),
+    "dims-4": _edit_preprocessing(lambda p: p["model"].update(dims=4)),
+    "image-columns-missing": _edit_preprocessing(lambda p: p.pop("image_columns")),
+    "image-columns-a-string": _edit_preprocessing(lambda p: p.update(image_columns="t1")),
+    "target-column-not-a-string": _edit_preprocessing(lambda p: p.update(target_column=["t2"])),
+}
+
+
+@pytest.mark.parametrize("kind", list(TRANSLATE_DESCRIPTIONS))
+def test_tampered_translate_descriptions_are_refused(
+    kind: str, run_cli, runs: dict[str, Path], cohort: Path, tmp_path: Path
+) -> None:
+    run = copy_run(runs, "translate", tmp_path)
+    TRANSLATE_DESCRIPTIONS[kind](run)
+    before = snapshot(run, cohort.parent)
+    result = run_cli(*predict_args("translate", run, cohort, tmp_path / "out"))
+    assert_refused(result, "preprocessing.json")
+    assert snapshot(run, cohort.parent) == before
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not [*tmp_path.rglob("*escaped*"), *tmp_path.parent.glob("*escaped*")], "written outside -o"
 
 
 @pytest.mark.parametrize("task", TASKS)
