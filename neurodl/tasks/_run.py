@@ -184,3 +184,20 @@ def cache_folder(run: RunDirectory, images: Any) -> Path | None:
     if images.cache != "disk":
         return None
     return Path(images.cache_dir) if images.cache_dir else run.file("cache")
+
+
+def recorded_columns(prep: dict[str, Any], channels: int) -> tuple[list[str], str]:
+    """The image columns (one per input channel) and the participant column a run recorded.
+
+    Raises ``ValueError`` when ``preprocessing.json`` was damaged: a column that is not a
+    plain name, or a number of columns other than the network's input channels.
+    """
+    columns = prep["image_columns"]
+    participant = prep.get("participant_column", "participant_id")
+    if (
+        not isinstance(columns, list)
+        or len(columns) != channels
+        or not all(isinstance(c, str) and c and "\0" not in c for c in [*columns, participant])
+    ):
+        raise ValueError("image or participant columns out of range")
+    return [str(c) for c in columns], str(participant)

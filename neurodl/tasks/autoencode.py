@@ -10,6 +10,7 @@ input's own grid and affine.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +45,7 @@ from neurodl.tasks._run import (
     check_leakage,
     check_report_dir,
     progress,
+    recorded_columns,
     start_run,
     warm_cache,
     write_held_out_manifest,
@@ -432,6 +434,10 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedAutoencoder:
             or prep.get("loss", "mse") not in ("mse", "l1")
         ):
             raise ValueError("model description out of range")
+        beta, slices = float(prep.get("beta", 0.0)), int(prep.get("slices", 8))
+        if not (math.isfinite(beta) and beta >= 0 and 0 < slices <= 4096):
+            raise ValueError("beta or slices out of range")
+        image_columns, participant_column = recorded_columns(prep, int(spec["in_channels"]))
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
@@ -442,13 +448,13 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedAutoencoder:
     model.to(target).eval()
     return LoadedAutoencoder(
         run,
-        AutoencodeModule(model, loss=str(prep.get("loss", "mse")), beta=float(prep.get("beta", 0.0))),
+        AutoencodeModule(model, loss=str(prep.get("loss", "mse")), beta=beta),
         preprocessing,
-        [str(c) for c in prep["image_columns"]],
-        str(prep.get("participant_column", "participant_id")),
+        image_columns,
+        participant_column,
         dims,
         latent,
-        int(prep.get("slices", 8)),
+        slices,
         target,
     )
 

@@ -48,6 +48,7 @@ from neurodl.tasks._run import (
     check_leakage,
     check_report_dir,
     progress,
+    recorded_columns,
     start_run,
     warm_cache,
     write_held_out_manifest,
@@ -372,7 +373,7 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
             or not 0 < int(spec.get("width", 16)) <= 1024
         ):
             raise ValueError("model sizes out of range")
-        image_columns = [str(c) for c in prep["image_columns"]]
+        image_columns, participant_column = recorded_columns(prep, int(spec["in_channels"]))
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
@@ -386,7 +387,7 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
         ClassifyModule(model),
         preprocessing,
         image_columns,
-        str(prep.get("participant_column", "participant_id")),
+        participant_column,
         target,
         target_device,
     )

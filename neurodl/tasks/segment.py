@@ -45,6 +45,7 @@ from neurodl.tasks._run import (
     check_leakage,
     check_report_dir,
     progress,
+    recorded_columns,
     start_run,
     warm_cache,
     write_held_out_manifest,
@@ -486,13 +487,16 @@ def load(run_dir: Path, *, device: str = "auto", overlap: float | None = None) -
         )
         spec = dict(prep["model"])
         patch = tuple(int(p) for p in prep["patch"])
+        recorded_overlap = float(prep.get("overlap", 0.25))
         if (
             not 0 < int(spec["in_channels"]) <= 64
             or int(spec["out_channels"]) != len(labels.values)
             or len(patch) != 3
             or not all(8 <= p <= 512 for p in patch)
+            or not 0 <= recorded_overlap < 1
         ):
             raise ValueError("model sizes out of range")
+        image_columns, participant_column = recorded_columns(prep, int(spec["in_channels"]))
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
@@ -506,15 +510,15 @@ def load(run_dir: Path, *, device: str = "auto", overlap: float | None = None) -
         labels,
         loss="dicece",
         patch=patch,
-        overlap=float(prep.get("overlap", 0.25)) if overlap is None else overlap,
+        overlap=recorded_overlap if overlap is None else overlap,
     )
     return LoadedSegmenter(
         run,
         module,
         preprocessing,
-        [str(c) for c in prep["image_columns"]],
+        image_columns,
         str(prep.get("mask_column", "dseg")),
-        str(prep.get("participant_column", "participant_id")),
+        participant_column,
         labels,
         target,
     )

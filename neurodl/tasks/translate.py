@@ -50,6 +50,7 @@ from neurodl.tasks._run import (
     check_leakage,
     check_report_dir,
     progress,
+    recorded_columns,
     start_run,
     warm_cache,
     write_held_out_manifest,
@@ -840,17 +841,15 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
         ):
             raise ValueError("model description out of range")
         scale = TargetScale.from_dict(prep["target_scale"])
-        columns = prep["image_columns"]
+        columns, participant_column = recorded_columns(prep, int(spec["in_channels"]))
         target_column = prep["target_column"]
-        participant_column = prep.get("participant_column", "participant_id")
         # The target column names every output file (<image>_to-<target>): no path separators.
         if (
-            not isinstance(columns, list)
-            or len(columns) != int(spec["in_channels"])
-            or not all(isinstance(c, str) and c for c in [*columns, target_column, participant_column])
+            not isinstance(target_column, str)
+            or not target_column
             or any(c in target_column for c in ("/", "\\", "\0"))
         ):
-            raise ValueError("column names out of range")
+            raise ValueError("target column out of range")
     except (KeyError, TypeError, ValueError, NeurodlError) as exc:
         raise RunDirectoryError(
             f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
@@ -946,7 +945,8 @@ def predict(
                         original,
                         panels,
                         title=f"{image.name}: source, synthetic {loaded.target_column}"
-                        + (" and real" if real_path is not None else ""),
+                        + (" and real (same grey scale)" if real_path is not None else ""),
+                        same_scale=(2, 1) if real_path is not None else (),
                     ),
                 )
             row["status"] = "written"

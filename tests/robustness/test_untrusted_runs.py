@@ -287,3 +287,21 @@ def test_names_inside_a_run_cannot_escape_it(name: str, tmp_path: Path) -> None:
     with pytest.raises(RunDirectoryError):
         run.write_json(name, {"x": 1})
     assert not (tmp_path / "outside.json").exists()
+
+
+COLUMNS: dict[str, Callable[[dict], None]] = {
+    "image-columns-missing": lambda p: p.pop("image_columns"),
+    "image-columns-a-string": lambda p: p.update(image_columns="t1"),
+    "participant-column-not-a-name": lambda p: p.update(participant_column=["participant_id"]),
+}
+
+
+@pytest.mark.parametrize("task", ["classify", "segment", "autoencode", "translate"])
+@pytest.mark.parametrize("kind", list(COLUMNS))
+def test_tampered_column_names_are_refused(
+    kind: str, task: str, run_cli, runs: dict[str, Path], cohort: Path, tmp_path: Path
+) -> None:
+    run = copy_run(runs, task, tmp_path)
+    _edit_json(run, "preprocessing.json", COLUMNS[kind])
+    result = run_cli(*predict_args(task, run, cohort, tmp_path / "out"))
+    assert_refused(result, "preprocessing.json")
