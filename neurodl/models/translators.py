@@ -23,7 +23,9 @@ def _levels(width: int) -> tuple[int, ...]:
     return (width, 2 * width, 4 * width, 8 * width, 8 * width)
 
 
-@register_model("translate", "unet", "U-Net generator (pix2pix): skip connections at every resolution, instance norm")
+@register_model(
+    "translate", "unet", "U-Net generator (pix2pix): skip connections at every resolution, instance norm"
+)
 def unet_generator(
     spatial_dims: int, in_channels: int, out_channels: int, width: int = 32, dropout: float = 0.0
 ) -> nn.Module:
@@ -86,7 +88,9 @@ def patchgan(spatial_dims: int, in_channels: int, width: int = 32) -> nn.Module:
     )
 
 
-@register_model("discriminator", "patchgan_small", "PatchGAN discriminator, 2 layers: smaller patches, fewer weights")
+@register_model(
+    "discriminator", "patchgan_small", "PatchGAN discriminator, 2 layers: smaller patches, fewer weights"
+)
 def patchgan_small(spatial_dims: int, in_channels: int, width: int = 32) -> nn.Module:
     from monai.networks.nets import PatchDiscriminator
 
