@@ -239,6 +239,22 @@ class Manifest:
                 )
         return [p for p in paths if p is not None]
 
+    def row_values(self, row: int, *, skip: Iterable[str] = ()) -> dict[str, Any]:
+        """The row's cells (but ``skip``), for a table written from it elsewhere.
+
+        NIfTI paths are made absolute: they were relative to the manifest's folder,
+        and the new table lives in another one.
+        """
+        skipped = set(skip)
+        values: dict[str, Any] = {}
+        for key, value in self.frame.iloc[row].items():
+            if key in skipped:
+                continue
+            if isinstance(value, str) and value.strip().lower().endswith(_NIFTI_SUFFIXES):
+                value = os.path.normpath(os.path.join(self.root, value.strip()))
+            values[str(key)] = value
+        return values
+
     def label_path(self, row: int) -> Path | None:
         """Absolute path of the row's label image (segmentation mask), or None."""
         return None if self.label_files is None else self.label_files[row]

@@ -11,6 +11,7 @@ input's own grid and affine.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -470,9 +471,7 @@ def _extra_columns(
 ) -> None:
     if manifest is None or image.row is None:
         return
-    extra = manifest.frame.iloc[image.row].drop(
-        labels=[c for c in image_columns if c in manifest.frame.columns]
-    )
+    extra = manifest.row_values(image.row, skip=image_columns)
     for key, value in extra.items():
         if key not in row and not str(key).startswith("latent_"):
             row[str(key)] = value
@@ -493,7 +492,7 @@ def encode(
             code = encode_volume(loaded.module, x, loaded.dims, loaded.slices)
             row: dict[str, Any] = {
                 "participant_id": image.participant or image.name,
-                "image": str(image.paths[0]),
+                "image": os.path.abspath(image.paths[0]),  # the table is read from another folder
             }
             row.update({f"latent_{k + 1}": float(v) for k, v in enumerate(code)})
             _extra_columns(manifest, image, loaded.image_columns, row)

@@ -10,6 +10,7 @@ input in any viewer.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -626,15 +627,14 @@ def predict(
                 affine, status = original.affine, "written"
             row: dict[str, Any] = {
                 "participant_id": image.participant,
-                "image": str(image.paths[0]),
-                "mask": str(target),
+                # Absolute: the table is read from another folder than the inputs'.
+                "image": os.path.abspath(image.paths[0]),
+                "mask": os.path.abspath(target),
                 "status": status,
             }
             measured = label_volumes(values, affine, loaded.labels)
             if manifest is not None and image.row is not None:
-                extra = manifest.frame.iloc[image.row].drop(
-                    labels=[c for c in loaded.image_columns if c in manifest.frame.columns]
-                )
+                extra = manifest.row_values(image.row, skip=loaded.image_columns)
                 for key, value in extra.items():
                     if key in row or key == "participant_id":
                         continue

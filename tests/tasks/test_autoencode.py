@@ -90,6 +90,9 @@ def test_encode_writes_one_row_per_image_usable_by_biomarkers(
     assert [c for c in table.columns if c.startswith("latent_")] == [f"latent_{k}" for k in range(1, 5)]
     assert {"diagnosis", "age"} <= set(table.columns)
     assert np.isfinite(table[[f"latent_{k}" for k in range(1, 5)]].to_numpy()).all()
+    # Written in another folder than the manifest's: its image paths still resolve (absolute).
+    for column in ("image", "t2", "dseg"):
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in table[column]), column
     result = run_cli(
         "biomarkers", "train", out, "--target", "diagnosis", "--features", "latent_1,latent_2",
         "--epochs", "2", "--out", tmp_path / "bio", "--quiet",

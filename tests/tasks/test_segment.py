@@ -264,6 +264,9 @@ def test_volumes_are_voxel_counts_times_voxel_volume_and_feed_biomarkers(
     assert table["diagnosis"].tolist() == manifest["diagnosis"].tolist()  # the manifest's other columns
     assert table["age"].tolist() == manifest["age"].tolist()
     assert {"csf_volume_ml", "gm_volume_ml", "wm_volume_ml", "mask"} <= set(table.columns)
+    # The table lives in another folder than the manifest: every image path in it is absolute.
+    for column in ("image", "mask", "t2", "dseg"):
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in table[column]), column
     voxel_sizes = set()
     for _, row in table.iterrows():
         mask = nib.load(str(row["mask"]))
