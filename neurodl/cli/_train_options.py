@@ -40,7 +40,7 @@ Patience = Annotated[
     int,
     typer.Option(
         "--patience",
-        help="Early stopping: epochs without improvement before stopping (0: off).",
+        help="Early stopping: epochs without improvement before stopping (0: off; the best validation epoch's weights are kept either way).",
         rich_help_panel=_P,
     ),
 ]
