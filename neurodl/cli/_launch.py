@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -21,3 +23,44 @@ def launched(distributed: bool) -> Iterator[bool]:
 
     with group.session(os.environ) as process:
         yield process.is_main
+
+
+def train_and_report(
+    train: Callable[..., dict[str, Any]],
+    source: Path | None,
+    options: Any,
+    out: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    json_output: bool,
+    describe: Callable[[dict[str, Any]], str],
+) -> None:
+    """Run an image task's ``train`` (alone, or as one of torchrun's processes), then show what it made.
+
+    The reporting process prints the summary table (with ``describe(summary)`` as
+    its data line), the ``--json`` summary, and writes ``report.html``.
+    """
+    from neurodl.cli._console import err_console, print_json
+    from neurodl.cli._render import render_train_summary
+    from neurodl.cli.report import report_after_training
+
+    console = err_console()
+    with launched(options.train.distributed) as reporting:
+        summary = train(
+            source,
+            options,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            console=console,
+            quiet=quiet or not reporting,
+        )
+    if not reporting:
+        return
+    if json_output:
+        print_json(summary)
+    if not quiet:
+        render_train_summary(console, summary, describe(summary))
+    report_after_training(console, summary["run"], quiet=quiet)

@@ -11,7 +11,7 @@ from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
 from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._launch import launched
+from neurodl.cli._launch import train_and_report
 from neurodl.cli._options import (
     ConfigOption,
     DeviceOption,
@@ -22,8 +22,7 @@ from neurodl.cli._options import (
     QuietFlag,
     ShardOption,
 )
-from neurodl.cli._render import metrics_table, render_train_summary
-from neurodl.cli.report import report_after_training
+from neurodl.cli._render import metrics_table
 from neurodl.config import SegmentOptions
 
 app = typer.Typer(
@@ -218,30 +217,22 @@ def train(
             "batch_size": parse_batch_size,
         },
     )
-    console = err_console()
-    with launched(options.train.distributed) as reporting:
-        summary = segment.train(
-            manifest,
-            options,
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            console=console,
-            quiet=quiet or not reporting,
-        )
-    if not reporting:
-        return
-    if json_output:
-        print_json(summary)
-    if not quiet:
-        prep = summary["preprocessing"]
+
+    def describe(summary: dict) -> str:
         names = ", ".join(f"{v}={n}" for v, n in summary["labels"].items() if int(v) != 0)
-        render_train_summary(
-            console,
-            summary,
-            f"{summary['images']} images, {summary['participants']} participants; labels {names}; resampled to {prep['spacing']} mm",
-        )
-    report_after_training(console, summary["run"], quiet=quiet)
+        return f"{summary['images']} images, {summary['participants']} participants; labels {names}; resampled to {summary['preprocessing']['spacing']} mm"
+
+    train_and_report(
+        segment.train,
+        manifest,
+        options,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        quiet=quiet,
+        json_output=json_output,
+        describe=describe,
+    )
 
 
 @app.command("predict")

@@ -11,7 +11,7 @@ from neurodl.cli import _train_options as T
 from neurodl.cli._batch import file_progress, report_failures
 from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._launch import launched
+from neurodl.cli._launch import train_and_report
 from neurodl.cli._options import (
     ConfigOption,
     DeviceOption,
@@ -22,8 +22,7 @@ from neurodl.cli._options import (
     QuietFlag,
     ShardOption,
 )
-from neurodl.cli._render import metrics_table, render_train_summary
-from neurodl.cli.report import report_after_training
+from neurodl.cli._render import metrics_table
 from neurodl.config import TranslateOptions
 
 app = typer.Typer(
@@ -245,29 +244,19 @@ def train(
             "batch_size": parse_batch_size,
         },
     )
-    console = err_console()
-    with launched(options.train.distributed) as reporting:
-        summary = translate.train(
-            manifest,
-            options,
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            console=console,
-            quiet=quiet or not reporting,
-        )
-    if not reporting:
-        return
-    if json_output:
-        print_json(summary)
-    if not quiet:
-        prep = summary["preprocessing"]
-        render_train_summary(
-            console,
-            summary,
-            f"{summary['images']} image pairs, {summary['participants']} participants; resampled to {prep['spacing']} mm, padded to {prep['size']}",
-        )
-    report_after_training(console, summary["run"], quiet=quiet)
+    train_and_report(
+        translate.train,
+        manifest,
+        options,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        quiet=quiet,
+        json_output=json_output,
+        describe=lambda s: (
+            f"{s['images']} image pairs, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, padded to {s['preprocessing']['size']}"
+        ),
+    )
 
 
 @app.command("predict")
