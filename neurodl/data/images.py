@@ -413,24 +413,28 @@ def augmentation(level: str, *, label: bool = False) -> Compose | None:
     return Compose(steps)
 
 
-def preprocess(preprocessing: ImagePreprocessing, paths: Sequence[Path], *, where: str = "") -> MetaTensor:
-    """Load and preprocess one image (its channel files), keeping what is needed to invert it."""
+def run_pipeline(pipeline: Compose, data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Apply a MONAI pipeline; an :class:`ImageError` raised inside it comes out as itself.
+
+    MONAI wraps errors raised inside transforms in RuntimeErrors; ours name the file
+    and the fix, so they are unwrapped, with ``where`` (e.g. a manifest row) added.
+    """
     try:
-        return preprocessing.transforms()({"image": [str(p) for p in paths]})["image"]
-    except ImageError as exc:
-        if where:
-            exc.message = f"{exc.message} ({where})"
-        raise
-    except RuntimeError as exc:
-        # MONAI wraps errors raised inside transforms; unwrap ours.
-        cause = exc.__cause__
+        return pipeline(data)
+    except (ImageError, RuntimeError) as exc:
+        cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, ImageError):
             cause = cause.__cause__
-        if isinstance(cause, ImageError):
-            if where:
-                cause.message = f"{cause.message} ({where})"
-            raise cause from None
-        raise
+        if not isinstance(cause, ImageError):
+            raise
+        if where:
+            cause.message = f"{cause.message} ({where})"
+        raise cause from None
+
+
+def preprocess(preprocessing: ImagePreprocessing, paths: Sequence[Path], *, where: str = "") -> MetaTensor:
+    """Load and preprocess one image (its channel files), keeping what is needed to invert it."""
+    return run_pipeline(preprocessing.transforms(), {"image": [str(p) for p in paths]}, where)["image"]
 
 
 def invert_to_input(
@@ -644,18 +648,7 @@ class LabelledVolumeDataset(torch.utils.data.Dataset):
         if stored is not None:
             return stored["image"], stored["label"]
         data = {"image": [str(p) for p in self.items[index]], "label": str(self.masks[index])}
-        try:
-            out = self.preprocessing.transforms_with_label()(data)
-        except RuntimeError as exc:
-            cause = exc.__cause__
-            while cause is not None and not isinstance(cause, ImageError):
-                cause = cause.__cause__
-            if isinstance(cause, ImageError):
-                where = self.describe(index)
-                if where:
-                    cause.message = f"{cause.message} ({where})"
-                raise cause from None
-            raise
+        out = run_pipeline(self.preprocessing.transforms_with_label(), data, self.describe(index))
         pair = (out["image"].as_tensor().contiguous(), out["label"].as_tensor().contiguous())
         if self.disk is not None:
             self.disk.save(key, {"image": pair[0], "label": pair[1]})

@@ -35,6 +35,7 @@ from neurodl.data.images import (
     load_channels,
     plan_preprocessing,
     preprocess,
+    run_pipeline,
 )
 from neurodl.data.inputs import resolve_inputs
 from neurodl.data.splits import split_by_participant
@@ -314,17 +315,9 @@ class PairedVolumes:
         if stored is not None:
             return stored["image"], stored["target"]
         data = {"image": [str(p) for p in self.items[index]], "target": str(self.targets[index])}
-        try:
-            out = self.preprocessing.transforms_with_target(resample=self.resample)(data)
-        except (ImageError, RuntimeError) as exc:
-            cause: BaseException | None = exc
-            while cause is not None and not isinstance(cause, ImageError):
-                cause = cause.__cause__
-            if cause is None:
-                raise
-            assert isinstance(cause, ImageError)
-            cause.message = f"{cause.message} ({self.describe(index)})"
-            raise cause from None
+        out = run_pipeline(
+            self.preprocessing.transforms_with_target(resample=self.resample), data, self.describe(index)
+        )
         pair = (out["image"].as_tensor().float().contiguous(), out["target"].as_tensor().float().contiguous())
         if self.disk is not None:
             self.disk.save(key, {"image": pair[0], "target": pair[1]})
