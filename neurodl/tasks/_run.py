@@ -201,3 +201,42 @@ def recorded_columns(prep: dict[str, Any], channels: int) -> tuple[list[str], st
     ):
         raise ValueError("image or participant columns out of range")
     return [str(c) for c in columns], str(participant)
+
+
+def held_out_test(
+    run: RunDirectory, manifest: Any, groups: Any, test_rows: Any, scores: dict[str, Any], evaluation: str
+) -> tuple[dict[str, Any], str]:
+    """The ``test`` entry of metrics.json for held-out participants, and the evaluation line naming them.
+
+    Also writes their manifest (``test_manifest.tsv``) for ``evaluate``.
+    """
+    participants = len(set(groups[test_rows].tolist()))
+    write_held_out_manifest(run, manifest, test_rows)
+    test = {"participants": participants, "images": len(test_rows), **scores}
+    return test, f"held-out test participants ({participants}, never trained or selected on); {evaluation}"
+
+
+def write_training_record(
+    run: RunDirectory,
+    outcome: Any,
+    metrics: dict[str, Any],
+    *,
+    participant_column: str,
+    groups: Any,
+    rows: Any,
+    test_rows: Any,
+) -> None:
+    """splits.json (who was trained, validated, tested on), metrics.json and history.csv of a run."""
+    import pandas as pd  # heavy: only when a run is written
+
+    run.write_json(
+        "splits.json",
+        {
+            "participant_column": participant_column,
+            **outcome.splits,
+            "test": sorted(set(groups[test_rows].tolist())),
+            "training_participants": sorted(set(groups[rows].tolist())),
+        },
+    )
+    run.write_json("metrics.json", metrics)
+    run.write_csv("history.csv", pd.DataFrame(outcome.history))

@@ -45,11 +45,12 @@ from neurodl.tasks._run import (
     cache_folder,
     check_leakage,
     check_report_dir,
+    held_out_test,
     progress,
     recorded_columns,
     start_run,
     warm_cache,
-    write_held_out_manifest,
+    write_training_record,
 )
 from neurodl.tasks.metrics import image_scores
 
@@ -335,14 +336,15 @@ def train(
     headline = dict(outcome.headline)
     evaluation = outcome.evaluation
     if len(test_rows):
-        metrics["test"] = {
-            "participants": len(set(groups[test_rows])),
-            "images": len(test_rows),
-            **score_rows(test_rows, predict_rows(final, test_rows)),
-        }
-        write_held_out_manifest(run, manifest, test_rows)
+        metrics["test"], evaluation = held_out_test(
+            run,
+            manifest,
+            groups,
+            test_rows,
+            score_rows(test_rows, predict_rows(final, test_rows)),
+            evaluation,
+        )
         headline = {k: v for k, v in metrics["test"].items() if k in METRICS}
-        evaluation = f"held-out test participants ({len(set(groups[test_rows]))}, never trained or selected on); {evaluation}"
 
     from neurodl.report import plots as figures
 
@@ -359,17 +361,15 @@ def train(
         },
     )
     run.save_weights(final.module.model.state_dict())
-    run.write_json(
-        "splits.json",
-        {
-            "participant_column": images.participant,
-            **outcome.splits,
-            "test": sorted(set(groups[test_rows].tolist())),
-            "training_participants": sorted(set(groups[rows].tolist())),
-        },
+    write_training_record(
+        run,
+        outcome,
+        metrics,
+        participant_column=images.participant,
+        groups=groups,
+        rows=rows,
+        test_rows=test_rows,
     )
-    run.write_json("metrics.json", metrics)
-    run.write_csv("history.csv", pd.DataFrame(outcome.history))
     run.save_figure(
         "learning_curves.png",
         figures.learning_curves(outcome.history, title=f"{options.model} autoencoder ({options.dims}D)"),

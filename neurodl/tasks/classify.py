@@ -52,6 +52,7 @@ from neurodl.tasks._run import (
     start_run,
     warm_cache,
     write_held_out_manifest,
+    write_training_record,
 )
 from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics
 
@@ -278,12 +279,6 @@ def train(
 
     from neurodl.report import plots as figures
 
-    splits = {
-        "participant_column": images.participant,
-        **outcome.splits,
-        "test": sorted(set(groups[test_rows].tolist())),
-        "training_participants": sorted(set(groups[rows].tolist())),
-    }
     run.write_json(
         "preprocessing.json",
         {
@@ -295,9 +290,15 @@ def train(
         },
     )
     run.save_weights(final.module.model.state_dict())
-    run.write_json("splits.json", splits)
-    run.write_json("metrics.json", metrics)
-    run.write_csv("history.csv", pd.DataFrame(outcome.history))
+    write_training_record(
+        run,
+        outcome,
+        metrics,
+        participant_column=images.participant,
+        groups=groups,
+        rows=rows,
+        test_rows=test_rows,
+    )
     run.save_figure(
         "learning_curves.png",
         figures.learning_curves(outcome.history, title=f"{options.label}: {options.model}"),
