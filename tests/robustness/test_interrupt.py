@@ -21,8 +21,9 @@ from neurodl.io.rundir import RunDirectory
 from neurodl.io.state import load_state, save_state
 from robustness._support import TRAIN_ARGS, digest, snapshot, stray_files
 
-EPOCHS = 40
-# Full-batch epochs on 8 rows: each a few milliseconds, so a run is long enough to interrupt.
+EPOCHS = 300
+# Full-batch epochs on 8 rows: each a few milliseconds; 300 of them outlast the signal sent after
+# the first checkpoint even on an idle machine (40 did not, once).
 SLOW_TRAIN = [
     "--target", "diagnosis", "--features", "csf_volume_ml,brain_metabolism",
     "--epochs", str(EPOCHS), "--patience", "0", "--batch-size", "all", "--seed", "3", "--quiet",
@@ -35,6 +36,9 @@ def start_training(table: Path, out: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"},
+        # A shell running this suite in the background may ignore SIGINT, and a Python started with
+        # SIGINT ignored keeps ignoring it: give the child the default handling a terminal gives.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
