@@ -242,11 +242,13 @@ class Pix2Pix:
         finally:
             for parameter in self.discriminator.parameters():
                 parameter.requires_grad_(True)
+        # "loss" is the L1 error, like the validation loss, so the two curves compare; the
+        # generator's whole objective and the adversarial terms are recorded beside it.
         return {
-            "loss": g_loss.detach(),
-            "d_loss": d_loss.detach(),
+            "loss": l1.detach(),
+            "g_total": g_loss.detach(),
             "g_adversarial": adversarial.detach(),
-            "l1": l1.detach(),
+            "d_loss": d_loss.detach(),
         }
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -115,8 +115,8 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(gan
 
     assert same(g0, g1) and not same(d0, d1), "the D step must move D only"
     assert same(d1, d2) and not same(g1, g2), "the G step must move G only"
-    assert set(out) == {"loss", "d_loss", "g_adversarial", "l1"}
-    assert torch.isclose(out["loss"], out["g_adversarial"] + 100.0 * out["l1"])
+    assert set(out) == {"loss", "g_total", "g_adversarial", "d_loss"}
+    assert torch.isclose(out["g_total"], out["g_adversarial"] + 100.0 * out["loss"])  # loss: the L1
     assert all(p.requires_grad for p in module.discriminator.parameters())
 
 
@@ -145,7 +145,7 @@ def test_gan_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_pa
         full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
-    assert {"train_d_loss", "train_l1", "train_g_adversarial"} <= set(result.history[-1])
+    assert {"train_d_loss", "train_g_total", "train_g_adversarial"} <= set(result.history[-1])
 
 
 def test_target_scale_maps_the_training_range_to_the_generator_range_and_back():
@@ -188,7 +188,7 @@ def test_train_writes_a_run_with_previews_metrics_and_the_target_scale(trained: 
     scale = prep["target_scale"]
     assert scale["minimum"] <= scale["low"] < scale["high"] <= scale["maximum"]
     history = pd.read_csv(trained / "history.csv")
-    assert {"train_loss", "train_d_loss", "train_l1", "val_mae", "val_psnr"} <= set(history.columns)
+    assert {"train_loss", "train_d_loss", "train_g_total", "val_mae", "val_psnr"} <= set(history.columns)
     test = json.loads((trained / "metrics.json").read_text())["test"]
     assert {"mae", "psnr", "ssim", "baseline_mae", "baseline_psnr", "baseline_ssim"} <= set(test)
 
