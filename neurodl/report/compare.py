@@ -64,6 +64,9 @@ def compared_options(run: RunSummary) -> dict[str, Any]:
     options = run.options
     if run.target:
         options["target"] = run.target
+    if options.get("hidden") in ([], ()):
+        # Linear or logistic regression: no hidden layer for an activation or dropout to act on.
+        options["activation"] = options["dropout"] = None
     return options
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from report.conftest import DX, SAMPLE
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -104,3 +106,16 @@ def test_curves_switch_to_a_log_scale_for_a_diverging_run(dx_runs, tmp_path):
     assert wild.axes[0].get_yscale() == "log"
     labels = [t.get_text() for t in wild.axes[0].get_legend().get_texts()]
     assert labels[:3] == ["lr-0.01", "lr-0.1", "lr-huge"] and "training" in labels
+
+
+def test_a_run_without_hidden_layers_shows_no_activation_or_dropout(run_cli, dx_runs, runs):
+    logistic = runs / "logistic"
+    run_cli(
+        "biomarkers", "train", SAMPLE, *DX, "--hidden", "none", "--epochs", "2", "--out", logistic, "--quiet"
+    )
+    result = run_cli("compare", dx_runs[0], logistic, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    by_label = {r["label"]: r for r in json.loads(result.stdout)["runs"]}
+    assert by_label["logistic"]["options"]["activation"] is None
+    assert by_label["logistic"]["options"]["dropout"] is None
+    assert by_label["lr-0.01"]["options"]["activation"] == "relu"
