@@ -97,11 +97,13 @@ class RunDirectory:
         options: dict[str, Any],
         overwrite: bool = False,
         resume: bool = False,
+        runtime: dict[str, str] | None = None,
     ) -> RunDirectory:
         """Create the folder and write ``config.json``.
 
         An existing run directory is refused unless ``overwrite`` (start again) or
-        ``resume`` (continue it: its saved options are kept).
+        ``resume`` (continue it: its saved options are kept). ``runtime`` (e.g. the
+        device the run trains on) is recorded with the package versions.
         """
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -130,7 +132,7 @@ class RunDirectory:
             "task": task,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "options": options,
-            "environment": environment(),
+            "environment": {**environment(), **(runtime or {})},
         }
         run = cls(path, task, config)
         run.write_json(CONFIG_FILE, config)

@@ -85,8 +85,30 @@ def _start_run(
             "Move the table out of the run directory, or choose another --out.",
         )
     recorded = {"input": str(source.resolve()), "input_sha256": file_digest(source), **options}
-    run = RunDirectory.create(out, task=task, options=recorded, overwrite=overwrite)
+    run = RunDirectory.create(
+        out, task=task, options=recorded, overwrite=overwrite, runtime=training_device(options)
+    )
     return run, source, options
+
+
+def training_device(options: dict[str, Any]) -> dict[str, str]:
+    """The device a run trains on (``auto`` resolved; the GPU's name), and its processes under torchrun."""
+    import torch  # heavy: only when a run starts
+
+    from neurodl.engine.runtime import resolve_device
+    from neurodl.errors import NeurodlError
+
+    try:
+        device = resolve_device(str((options.get("train") or {}).get("device", "auto")))
+    except NeurodlError:
+        return {}  # the run itself reports the bad --device
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    runtime = {"device": name}
+    if distributed.active():
+        runtime["processes"] = str(distributed.world_size())
+    return runtime
 
 
 # Files an ``evaluate --out`` writes that a table given as its input could be.

@@ -65,6 +65,9 @@ def test_train_writes_a_self_contained_report(run_cli, tmp_path):
     assert "diagnosis = CN" in text and "diagnosis = AD" in text
     # configuration and environment
     assert "<th>lr</th><td>0.01</td>" in text and "<th>torch</th>" in text
+    # the device the run trained on, not only the one asked for (auto)
+    assert json.loads((run / "config.json").read_text())["environment"]["device"] == "cpu"
+    assert "<th>device</th><td>cpu</td>" in text
     assert "Training did not finish" not in text
 
 
