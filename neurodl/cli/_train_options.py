@@ -117,3 +117,33 @@ CacheDir = Annotated[
         rich_help_panel=_I,
     ),
 ]
+Participant = Annotated[
+    str,
+    typer.Option(
+        "--participant",
+        help="Participant column: sessions of one participant stay on one side of every split.",
+        rich_help_panel=_I,
+    ),
+]
+Spacing = Annotated[
+    str,
+    typer.Option(
+        "--spacing",
+        help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
+        rich_help_panel=_I,
+    ),
+]
+Normalize = Annotated[
+    str,
+    typer.Option(
+        "--normalize", help="zscore (brain voxels), minmax or percentile (1-99%).", rich_help_panel=_I
+    ),
+]
+CropForeground = Annotated[
+    bool,
+    typer.Option("--crop-foreground", help="Crop to the head's bounding box first.", rich_help_panel=_I),
+]
+Workers = Annotated[
+    int,
+    typer.Option("--workers", help="Data-loading processes (0: in the main process).", rich_help_panel=_I),
+]

@@ -50,22 +50,8 @@ def train(
             "--image", "-i", help="Image column(s); several = several input channels.", rich_help_panel=_I
         ),
     ] = None,
-    participant: Annotated[
-        str,
-        typer.Option(
-            "--participant",
-            help="Participant column: sessions of one participant stay on one side of every split.",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.participant,
-    spacing: Annotated[
-        str,
-        typer.Option(
-            "--spacing",
-            help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
-            rich_help_panel=_I,
-        ),
-    ] = "",
+    participant: T.Participant = _D.images.participant,
+    spacing: T.Spacing = "",
     size: Annotated[
         str,
         typer.Option(
@@ -74,21 +60,14 @@ def train(
             rich_help_panel=_I,
         ),
     ] = ",".join(map(str, _D.images.size)),
-    normalize: Annotated[
-        str, typer.Option("--normalize", help="zscore, minmax or percentile.", rich_help_panel=_I)
-    ] = _D.images.normalize,
-    crop_foreground: Annotated[
-        bool,
-        typer.Option("--crop-foreground", help="Crop to the head's bounding box first.", rich_help_panel=_I),
-    ] = False,
+    normalize: T.Normalize = _D.images.normalize,
+    crop_foreground: T.CropForeground = False,
     augment: Annotated[
         str, typer.Option("--augment", help="none, light or strong.", rich_help_panel=_I)
     ] = _D.images.augment,
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Data-loading processes.", rich_help_panel=_I)
-    ] = _D.images.workers,
+    workers: T.Workers = _D.images.workers,
     model: Annotated[
         str,
         typer.Option(

@@ -52,22 +52,8 @@ def train(
         ),
     ] = None,
     label: Annotated[str, typer.Option("--label", "-l", help="Class column (e.g. diagnosis).")] = _D.label,
-    participant: Annotated[
-        str,
-        typer.Option(
-            "--participant",
-            help="Participant column: sessions of one participant stay on one side of every split.",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.participant,
-    spacing: Annotated[
-        str,
-        typer.Option(
-            "--spacing",
-            help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
-            rich_help_panel=_I,
-        ),
-    ] = "",
+    participant: T.Participant = _D.images.participant,
+    spacing: T.Spacing = "",
     size: Annotated[
         str,
         typer.Option(
@@ -76,20 +62,8 @@ def train(
             rich_help_panel=_I,
         ),
     ] = "",
-    normalize: Annotated[
-        str,
-        typer.Option(
-            "--normalize", help="zscore (brain voxels), minmax or percentile (1-99%).", rich_help_panel=_I
-        ),
-    ] = _D.images.normalize,
-    crop_foreground: Annotated[
-        bool,
-        typer.Option(
-            "--crop-foreground",
-            help="Crop to the head's bounding box before padding to --size.",
-            rich_help_panel=_I,
-        ),
-    ] = False,
+    normalize: T.Normalize = _D.images.normalize,
+    crop_foreground: T.CropForeground = False,
     augment: Annotated[
         str,
         typer.Option(
@@ -100,12 +74,7 @@ def train(
     ] = _D.images.augment,
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers", help="Data-loading processes (0: in the main process).", rich_help_panel=_I
-        ),
-    ] = _D.images.workers,
+    workers: T.Workers = _D.images.workers,
     model: Annotated[
         str,
         typer.Option(

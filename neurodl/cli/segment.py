@@ -65,29 +65,10 @@ def train(
             help="Label names: '1=CSF,2=GM,3=WM' or a JSON/TSV table (default: dseg.tsv beside the manifest).",
         ),
     ] = _D.labels,
-    participant: Annotated[
-        str,
-        typer.Option(
-            "--participant",
-            help="Participant column: sessions of one participant stay on one side of every split.",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.participant,
-    spacing: Annotated[
-        str,
-        typer.Option(
-            "--spacing",
-            help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
-            rich_help_panel=_I,
-        ),
-    ] = "",
-    normalize: Annotated[
-        str, typer.Option("--normalize", help="zscore, minmax or percentile.", rich_help_panel=_I)
-    ] = _D.images.normalize,
-    crop_foreground: Annotated[
-        bool,
-        typer.Option("--crop-foreground", help="Crop to the head's bounding box first.", rich_help_panel=_I),
-    ] = False,
+    participant: T.Participant = _D.images.participant,
+    spacing: T.Spacing = "",
+    normalize: T.Normalize = _D.images.normalize,
+    crop_foreground: T.CropForeground = False,
     augment: Annotated[
         str,
         typer.Option(
@@ -98,9 +79,7 @@ def train(
     ] = _D.images.augment,
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Data-loading processes.", rich_help_panel=_I)
-    ] = _D.images.workers,
+    workers: T.Workers = _D.images.workers,
     model: Annotated[
         str,
         typer.Option(

@@ -65,22 +65,8 @@ def train(
             rich_help_panel=_I,
         ),
     ] = False,
-    participant: Annotated[
-        str,
-        typer.Option(
-            "--participant",
-            help="Participant column: sessions of one participant stay on one side of every split.",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.participant,
-    spacing: Annotated[
-        str,
-        typer.Option(
-            "--spacing",
-            help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
-            rich_help_panel=_I,
-        ),
-    ] = "",
+    participant: T.Participant = _D.images.participant,
+    spacing: T.Spacing = "",
     size: Annotated[
         str,
         typer.Option(
@@ -97,15 +83,10 @@ def train(
             rich_help_panel=_I,
         ),
     ] = _D.images.normalize,
-    crop_foreground: Annotated[
-        bool,
-        typer.Option("--crop-foreground", help="Crop to the head's bounding box first.", rich_help_panel=_I),
-    ] = False,
+    crop_foreground: T.CropForeground = False,
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Data-loading processes.", rich_help_panel=_I)
-    ] = _D.images.workers,
+    workers: T.Workers = _D.images.workers,
     model: Annotated[
         str,
         typer.Option("--model", "-m", help="Generator: unet or attention_unet.", rich_help_panel=_M),
