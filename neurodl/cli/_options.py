@@ -25,11 +25,24 @@ ModelDirOption = Annotated[
     Path, typer.Option("--model", "-m", help="Run directory written by the matching `train` command.")
 ]
 OverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]
+
+
+def _check_shard(value: str | None) -> str | None:
+    """Refuse a bad --shard before a model is loaded (exit 2 with the fix)."""
+    if value is not None:
+        from neurodl.data.inputs import parse_shard  # only when given: keeps --help fast
+
+        parse_shard(value)
+    return value
+
+
 ShardOption = Annotated[
     str | None,
     typer.Option(
         "--shard",
-        help="Process only shard I of N (e.g. 3/10; every N-th input from the I-th) for job arrays.",
+        help="Process only shard I of N (e.g. 3/10; every N-th input from the I-th, 1 <= I <= N) for job "
+        "arrays; files, folders and manifests are split the same way.",
+        callback=_check_shard,
     ),
 ]
 ImageInputs = Annotated[

@@ -21,7 +21,7 @@ class InputImage:
     Attributes:
         name: base name for outputs (``sub-001_T1w``), unique among the inputs.
         paths: one file per channel.
-        participant: the participant, when known (for the leakage check).
+        participant: the manifest's participant; for a plain file its BIDS subject, else its stem.
         row: the manifest row (0-based), when read from a manifest.
         label: the manifest's label cell, when a label column was asked for.
     """
@@ -76,7 +76,7 @@ def take_shard(images: list[InputImage], shard: str | None) -> list[InputImage]:
     The shards of 1/N..N/N partition the inputs exactly; names are made unique
     before sharding, so outputs do not depend on the shard count.
     """
-    if not shard:
+    if shard is None:
         return images
     i, n = parse_shard(shard)
     return images[i - 1 :: n]
@@ -94,8 +94,9 @@ def resolve_inputs(
 
     A single CSV/TSV is a manifest with the model's image columns (and the label
     column, if asked). Otherwise each input is a NIfTI file or a folder searched
-    for them; that only works for single-channel models. ``shard`` ("I/N") keeps
-    one shard of them (see :func:`take_shard`).
+    for them (in sorted order); that only works for single-channel models.
+    ``shard`` ("I/N") keeps one shard of them, the same way for files, folders and
+    manifests (see :func:`take_shard`).
 
     Raises:
         UsageError: no inputs, a multi-channel model given plain files, or a folder without NIfTI files.
@@ -149,7 +150,21 @@ def resolve_inputs(
         else:
             files.append(path)  # missing or non-NIfTI files fail later, one by one, with their own message
     names = _unique([_stem(p) if is_nifti_path(p) else p.name for p in files])
-    return [
-        InputImage(name=n, paths=(p,), participant=participant_from_path(p))
+    images = [
+        InputImage(name=n, paths=(p,), participant=participant_of_file(p))
         for n, p in zip(names, files, strict=True)
-    ], None
+    ]
+    return take_shard(images, shard), None
+
+
+def participant_of_file(path: Path) -> str:
+    """The participant of a plain file: its BIDS subject (``sub-XX``), else the file's stem.
+
+    One rule for every command's tables (``participant_id``), so rows of files not
+    named the BIDS way still say which file they describe.
+
+    Example:
+        >>> participant_of_file(Path("scans/patient7_t1.nii.gz"))
+        'patient7_t1'
+    """
+    return participant_from_path(path) or (_stem(path) if is_nifti_path(path) else path.name)
