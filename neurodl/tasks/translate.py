@@ -45,6 +45,7 @@ from neurodl.io.manifest import load_manifest, require_columns
 from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
+from neurodl.tasks._gan import AdversarialPair, TargetScale
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import (
     cache_folder,
@@ -65,57 +66,10 @@ SCORES = (*METRICS, *(f"baseline_{m}" for m in METRICS))
 SIZE_MULTIPLE = 16
 MIN_WINDOW = 32
 PATCHES_PER_VOLUME = 4  # 3D training: random patches drawn from each volume per epoch
-GAN_CRITERIA = {"lsgan": "least_squares", "vanilla": "bce", "hinge": "hinge"}
 
 
 def _round_up(value: int, multiple: int = SIZE_MULTIPLE) -> int:
     return int(multiple * math.ceil(value / multiple))
-
-
-@dataclass(frozen=True)
-class TargetScale:
-    """The linear map between the target modality's units and the generator's range.
-
-    ``low``/``high`` (the training targets' 0.5 and 99.5 percentiles) map to -1 and 1;
-    synthetic images are clipped to ``[minimum, maximum]``, the range seen in training.
-    """
-
-    low: float
-    high: float
-    minimum: float
-    maximum: float
-
-    @classmethod
-    def fit(cls, targets: Sequence[torch.Tensor], seed: int = 0) -> TargetScale:
-        values = torch.cat([t.flatten().float() for t in targets]).numpy()
-        sample = np.random.default_rng(seed).choice(values, size=min(len(values), 2_000_000), replace=False)
-        low, high = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
-        if not high > low:
-            raise DataError(
-                f"the training target images are constant (0.5-99.5 percentiles {low:g} to {high:g}): there is nothing to learn.",
-                "Check the --target column names the images to synthesise.",
-            )
-        return cls(low, high, float(values.min()), float(values.max()))
-
-    def normalize(self, values: torch.Tensor) -> torch.Tensor:
-        return (values - self.low) / (self.high - self.low) * 2 - 1
-
-    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
-        return ((values + 1) / 2 * (self.high - self.low) + self.low).clamp(self.minimum, self.maximum)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"low": self.low, "high": self.high, "minimum": self.minimum, "maximum": self.maximum}
-
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> TargetScale:
-        scale = cls(*(float(payload[k]) for k in ("low", "high", "minimum", "maximum")))
-        numbers = (scale.low, scale.high, scale.minimum, scale.maximum)
-        if (
-            not all(math.isfinite(v) for v in numbers)
-            or not scale.minimum <= scale.low < scale.high <= scale.maximum
-        ):
-            raise ValueError(f"target scale {payload} is not a valid range")
-        return scale
 
 
 def translate_volume(
@@ -147,7 +101,7 @@ def translate_volume(
     return result.cpu()
 
 
-class Pix2Pix:
+class Pix2Pix(AdversarialPair):
     """Generator + discriminator and their losses, for the engine (which steps each optimiser).
 
     Training batches are ``(source, target)`` patches, the target already scaled to the
@@ -169,44 +123,11 @@ class Pix2Pix:
         dims: int,
         roi: Sequence[int],
     ) -> None:
-        from monai.losses import PatchAdversarialLoss
-
-        self.model = torch.nn.ModuleDict({"generator": generator, "discriminator": discriminator})
-        self.adversarial = PatchAdversarialLoss(
-            criterion=GAN_CRITERIA[gan_loss], no_activation_leastsq=True, reduction="mean"
-        )
+        super().__init__(generator, discriminator, gan_loss=gan_loss, lr=lr, lr_d=lr_d)
         self.lambda_l1 = lambda_l1
-        self.lr, self.lr_d = lr, lr_d or lr
         self.scale = scale
         self.dims = dims
         self.roi = list(roi)
-        # What training calls: the networks themselves, or their DDP wrappers (see distribute).
-        self._train_generator: torch.nn.Module = generator
-        self._train_discriminator: torch.nn.Module = discriminator
-
-    @property
-    def generator(self) -> torch.nn.Module:
-        return self.model["generator"]
-
-    @property
-    def discriminator(self) -> torch.nn.Module:
-        return self.model["discriminator"]
-
-    def optimizer_groups(self) -> dict[str, tuple[Any, float]]:
-        return {
-            "discriminator": (list(self.discriminator.parameters()), self.lr_d),
-            "generator": (list(self.generator.parameters()), self.lr),
-        }
-
-    def _adversarial(self, logits: torch.Tensor, real: bool, for_discriminator: bool) -> torch.Tensor:
-        # In float32: BCE is not safe under fp16 autocast, and the loss is cheap.
-        with torch.autocast(logits.device.type, enabled=False):
-            return torch.as_tensor(self.adversarial(logits.float(), real, for_discriminator))
-
-    def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
-        """Train through DDP wrappers; ``self.model`` keeps the plain networks (checkpoint layout)."""
-        self._train_generator = wrap(self.generator)
-        self._train_discriminator = wrap(self.discriminator)
 
     def discriminator_loss(
         self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor
@@ -232,16 +153,10 @@ class Pix2Pix:
         fake = self._train_generator(source)
         d_loss = self.discriminator_loss(source, target, fake)
         step("discriminator", d_loss)
-        # The generator's step must not touch the discriminator: no gradients flow into it.
-        for parameter in self.discriminator.parameters():
-            parameter.requires_grad_(False)
-        try:
+        with self.frozen_discriminator():
             adversarial, l1 = self.generator_losses(source, target, fake)
             g_loss = adversarial + self.lambda_l1 * l1
             step("generator", g_loss)
-        finally:
-            for parameter in self.discriminator.parameters():
-                parameter.requires_grad_(True)
         # "loss" is the L1 error, like the validation loss, so the two curves compare; the
         # generator's whole objective and the adversarial terms are recorded beside it.
         return {
