@@ -115,9 +115,12 @@ class ImageOptions:
 
     Empty ``spacing``/``size`` are chosen from the training images (median
     voxel size; median field of view rounded up to a multiple of 16).
-    ``cache``: ``memory`` keeps preprocessed images in RAM; ``disk`` keeps them
-    as safetensors files in ``cache_dir`` (default: the run's ``cache/``), so
-    another run or a resumed one skips decoding; ``none`` decodes every epoch.
+    ``cache``: ``auto`` keeps preprocessed images in RAM while they fit
+    ``cache_budget`` (empty: 25 % of the available memory, at most 512 MiB) and on
+    disk beyond it, so memory is bounded by the batch, not the cohort; ``memory``
+    keeps them all in RAM; ``disk`` keeps them as safetensors files in
+    ``cache_dir`` (default: the run's ``cache/``), so another run or a resumed one
+    skips decoding; ``none`` decodes every epoch.
     """
 
     image: tuple[str, ...] = ("t1",)
@@ -127,17 +130,17 @@ class ImageOptions:
     normalize: str = "zscore"
     crop_foreground: bool = False
     augment: str = "light"
-    cache: str = "memory"
+    cache: str = "auto"
     cache_dir: str = ""
     workers: int = 0
 
     def __post_init__(self) -> None:
         _choice("normalize", self.normalize, ("zscore", "minmax", "percentile"))
         _choice("augment", self.augment, ("none", "light", "strong"))
-        _choice("cache", self.cache, ("memory", "disk", "none"))
-        if self.cache_dir and self.cache != "disk":
+        _choice("cache", self.cache, ("auto", "memory", "disk", "none"))
+        if self.cache_dir and self.cache not in ("disk", "auto"):
             raise UsageError(
-                f"--cache-dir is where --cache disk keeps preprocessed images, but --cache is '{self.cache}'.",
+                f"--cache-dir is where --cache disk (or auto, beyond its budget) keeps preprocessed images, but --cache is '{self.cache}'.",
                 "Add --cache disk, or drop --cache-dir.",
             )
         if not self.image:
@@ -148,6 +151,7 @@ class ImageOptions:
             )
         if len(self.size) not in (0, 1, 3) or any(s < 4 for s in self.size):
             raise UsageError(
+    cache_budget: str = ""
                 f"--size must be one or three integers >= 4, not {','.join(map(str, self.size))}."
             )
         if self.workers < 0:
@@ -163,6 +167,15 @@ class ClassifyOptions:
     depth: int = 4
     width: int = 16
     dropout: float = 0.2
+        if self.cache_budget:
+            from neurodl.data.cache import parse_budget  # torch-free
+
+            if self.cache != "auto":
+                raise UsageError(
+                    f"--cache-budget is the memory --cache auto may fill, but --cache is '{self.cache}'.",
+                    "Drop --cache-budget, or use --cache auto.",
+                )
+            parse_budget(self.cache_budget, available=0)
     class_weight: str = "none"
     positive: str = ""
     cv: int = 0

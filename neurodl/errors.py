@@ -72,6 +72,12 @@ class OutputError(NeurodlError):
     """An output path that would overwrite an input or an existing result."""
 
 
+class NothingToDo(NeurodlError):
+    """A command that finds its work already done (e.g. ``--resume`` on a finished run): exit 0."""
+
+    exit_status = ExitStatus.SUCCESS
+
+
 class TrainingFailed(NeurodlError):
     """A run that started but failed (for example, the loss became NaN)."""
 

@@ -105,7 +105,7 @@ Cache = Annotated[
     str,
     typer.Option(
         "--cache",
-        help="memory: decode and preprocess each image once and keep it in RAM; disk: keep it as a file in --cache-dir, reused by later runs; none: every epoch.",
+        help="auto: decode and preprocess each image once, keep it in RAM while the cohort fits --cache-budget and on disk (--cache-dir) beyond; memory: all in RAM; disk: all as files in --cache-dir, reused by later runs; none: every epoch.",
         rich_help_panel=_I,
     ),
 ]
@@ -113,7 +113,15 @@ CacheDir = Annotated[
     str,
     typer.Option(
         "--cache-dir",
-        help="Folder for --cache disk (default: cache/ in the run directory); share it between runs.",
+        help="Folder for --cache disk, and for --cache auto beyond its budget (default: cache/ in the run directory); share it between runs.",
+        rich_help_panel=_I,
+    ),
+]
+CacheBudget = Annotated[
+    str,
+    typer.Option(
+        "--cache-budget",
+        help="RAM --cache auto may fill with preprocessed images: an amount (4GiB, 512MB; 0: all on disk) or a share of the available memory (25%). Default: 25% of the available memory, at most 512 MiB.",
         rich_help_panel=_I,
     ),
 ]

@@ -68,6 +68,7 @@ def train(
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
     workers: T.Workers = _D.images.workers,
+    cache_budget: T.CacheBudget = _D.images.cache_budget,
     model: Annotated[
         str,
         typer.Option(

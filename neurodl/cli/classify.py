@@ -88,6 +88,7 @@ def train(
         int, typer.Option("--depth", help="cnn: number of conv->ReLU->pool blocks.", rich_help_panel=_M)
     ] = _D.depth,
     width: Annotated[
+    cache_budget: T.CacheBudget = _D.images.cache_budget,
         int,
         typer.Option(
             "--width", help="cnn: filters in the first block (doubling each block).", rich_help_panel=_M

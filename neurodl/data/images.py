@@ -41,7 +41,7 @@ from monai.transforms import (
 )
 from nibabel.orientations import io_orientation
 
-from neurodl.data.cache import VolumeCache
+from neurodl.data.cache import VolumeStore, parse_budget
 from neurodl.engine.batches import process_share
 from neurodl.errors import ImageError, UsageError
 from neurodl.io.nifti import load_volume, read_image, require_3d_shape, voxel_size
@@ -461,12 +461,16 @@ def invert_to_input(
     return np.asarray(inverted.detach().cpu().numpy())
 
 
-def _disk_cache(cache: str, folder: Path | None, preprocessing: ImagePreprocessing) -> VolumeCache | None:
-    if cache != "disk":
-        return None
-    if folder is None:
-        raise ValueError("cache='disk' needs a cache_dir")
-    return VolumeCache(folder, preprocessing.to_dict())
+def volume_store(
+    cache: str, folder: Path | None, preprocessing: dict[str, Any], budget: int | str = ""
+) -> VolumeStore:
+    """The :class:`~neurodl.data.cache.VolumeStore` of a dataset (``budget``: bytes, or ``--cache-budget`` text)."""
+    return VolumeStore(
+        cache,
+        folder=folder,
+        preprocessing=preprocessing,
+        budget=budget if isinstance(budget, int) else (parse_budget(budget) if cache == "auto" else 0),
+    )
 
 
 class VolumeDataset(torch.utils.data.Dataset):
@@ -476,8 +480,11 @@ class VolumeDataset(torch.utils.data.Dataset):
         items: per image, the list of its channel files.
         labels: class index (or any target) per image.
         preprocessing: the run's deterministic preprocessing.
-        cache: ``memory`` keeps every preprocessed volume in RAM after the first load;
-            ``disk`` keeps it as a file in ``cache_dir`` (see :class:`~neurodl.data.cache.VolumeCache`).
+        cache: ``auto`` keeps preprocessed volumes in RAM while they fit ``cache_budget``
+            and in ``cache_dir`` beyond it; ``memory`` keeps every one in RAM; ``disk`` keeps
+            each as a file in ``cache_dir``; ``none`` preprocesses again at every use
+            (see :class:`~neurodl.data.cache.VolumeStore`).
+        cache_budget: bytes (or ``--cache-budget`` text: ``4GiB``, ``25%``) ``auto`` may keep in RAM.
         describe: names an item in error messages (e.g. ``row 4 of manifest.tsv``).
     """
 
@@ -489,13 +496,13 @@ class VolumeDataset(torch.utils.data.Dataset):
         *,
         cache: str = "memory",
         cache_dir: Path | None = None,
+        cache_budget: int | str = "",
         describe: Callable[[int], str] | None = None,
     ) -> None:
         self.items = [list(i) for i in items]
         self.labels = torch.as_tensor(np.asarray(labels))
         self.preprocessing = preprocessing
-        self.cache: dict[int, torch.Tensor] | None = {} if cache == "memory" else None
-        self.disk = _disk_cache(cache, cache_dir, preprocessing)
+        self.store = volume_store(cache, cache_dir, preprocessing.to_dict(), cache_budget)
         self.describe = describe or (lambda i: "")
 
     def __len__(self) -> int:
@@ -503,10 +510,7 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def volume(self, index: int) -> torch.Tensor:
         """The preprocessed (C, X, Y, Z) tensor of one item (cached if enabled)."""
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
-        key = self.disk.key(self.items[index], kind="image") if self.disk is not None else ""
-        stored = self.disk.load(key) if self.disk is not None else None
+        stored = self.store.load(index, self.items[index], kind="image")
         if stored is not None:
             return stored["image"]
         tensor = (
@@ -514,10 +518,7 @@ class VolumeDataset(torch.utils.data.Dataset):
             .as_tensor()
             .contiguous()
         )
-        if self.disk is not None:
-            self.disk.save(key, {"image": tensor})
-        if self.cache is not None:
-            self.cache[index] = tensor
+        self.store.save(index, self.items[index], {"image": tensor}, kind="image")
         return tensor
 
     def warm(self, progress: Callable[[int], None] | None = None) -> None:
@@ -628,32 +629,27 @@ class LabelledVolumeDataset(torch.utils.data.Dataset):
         *,
         cache: str = "memory",
         cache_dir: Path | None = None,
+        cache_budget: int | str = "",
         describe: Callable[[int], str] | None = None,
     ) -> None:
         self.items = [list(i) for i in items]
         self.masks = list(masks)
         self.preprocessing = preprocessing
-        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache == "memory" else None
-        self.disk = _disk_cache(cache, cache_dir, preprocessing)
+        self.store = volume_store(cache, cache_dir, preprocessing.to_dict(), cache_budget)
         self.describe = describe or (lambda i: "")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
-        key = self.disk.key([*self.items[index], self.masks[index]], kind="image+label") if self.disk else ""
-        stored = self.disk.load(key) if self.disk is not None else None
+        files = [*self.items[index], self.masks[index]]
+        stored = self.store.load(index, files, kind="image+label")
         if stored is not None:
             return stored["image"], stored["label"]
         data = {"image": [str(p) for p in self.items[index]], "label": str(self.masks[index])}
         out = run_pipeline(self.preprocessing.transforms_with_label(), data, self.describe(index))
         pair = (out["image"].as_tensor().contiguous(), out["label"].as_tensor().contiguous())
-        if self.disk is not None:
-            self.disk.save(key, {"image": pair[0], "label": pair[1]})
-        if self.cache is not None:
-            self.cache[index] = pair
+        self.store.save(index, files, {"image": pair[0], "label": pair[1]}, kind="image+label")
         return pair
 
     def warm(self, progress: Callable[[int], None] | None = None) -> None:

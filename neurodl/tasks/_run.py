@@ -11,12 +11,16 @@ from typing import Any
 from neurodl.config import RUNTIME_OPTIONS
 from neurodl.engine import Callback, distributed
 from neurodl.engine.progress import RichProgress
-from neurodl.errors import DataError, OutputError, RunDirectoryError
+from neurodl.errors import DataError, NeurodlError, NothingToDo, OutputError, RunDirectoryError, UsageError
 from neurodl.io.rundir import RunDirectory
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file: a run refuses to resume on changed data."""
+    """SHA-256 of a file (or of a BIDS dataset's images and tables): a run refuses to resume on changed data."""
+    if path.is_dir():
+        from neurodl.io.bids import dataset_digest
+
+        return dataset_digest(path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -41,10 +45,76 @@ def start_run(
     )
     run.writer = distributed.is_main()
     if resume and isinstance(saved.get("train"), dict) and isinstance(options.get("train"), dict):
-        for name in RUNTIME_OPTIONS:
+        for name in (*RUNTIME_OPTIONS, "epochs"):
             if name in options["train"]:
                 saved["train"][name] = options["train"][name]
     return run, source, saved
+
+
+def _resumed_epochs(saved: dict[str, Any], options: dict[str, Any]) -> tuple[int, int]:
+    """The run's saved number of epochs, and the number it is to reach (more: train longer)."""
+    before = int((saved.get("train") or {}).get("epochs", 0))
+    asked = int((options.get("train") or {}).get("epochs", before))
+    return before, max(before, asked)
+
+
+def _check_resumed_input(out: Path, given: Path | None, recorded: Path) -> None:
+    """A manifest typed with ``--resume`` must be the run's own: never silently ignored."""
+    if given is None:
+        return
+    if str(given).lower() in ("true", "false", "yes", "no", "1", "0") and not given.exists():
+        raise UsageError(
+            f"--resume takes no value, so '{given}' was read as the manifest.",
+            f"Write --resume alone: neurodl ... train --resume --out {out}",
+        )
+    if not given.exists():
+        raise DataError(
+            f"{given}: file does not exist (and --resume continues {out} on its own input, {recorded}).",
+            "Drop the manifest (the run's is used), or check the path.",
+        )
+    if given.resolve() != recorded.resolve():
+        raise UsageError(
+            f"--resume continues {out} on its own input {recorded}, not {given}.",
+            "Drop the manifest to continue the run, or train a new run on it (another --out, or --overwrite).",
+        )
+
+
+def _check_something_to_resume(run: RunDirectory, before: int, after: int) -> None:
+    """A finished run is left untouched unless ``--epochs`` asks for more training than it had."""
+    from neurodl.io.rundir import WEIGHTS_FILE
+
+    if not (run.exists("metrics.json") and run.exists(WEIGHTS_FILE)):
+        return
+    if after <= before:
+        raise NothingToDo(
+            f"{run.path}: finished all {before} epochs; there is nothing to resume (its files are unchanged).",
+            f"To train it longer, add --epochs N with N above {before}; to train again, use --overwrite.",
+        )
+    stopped = _stopped_early(run)
+    if stopped is not None:
+        raise NothingToDo(
+            f"{run.path}: stopped early at epoch {stopped} (no improvement for --patience epochs), so more --epochs would not train it further; its files are unchanged.",
+            "Train a new run with a larger --patience (another --out, or --overwrite).",
+        )
+
+
+def _stopped_early(run: RunDirectory) -> int | None:
+    """The last epoch of a run whose every fit stopped early (None if any fit could go on)."""
+    from neurodl.io.state import load_state
+
+    checkpoints = sorted(run.file("checkpoints").glob("*.safetensors"))
+    if not checkpoints:
+        return None
+    last = 0
+    for checkpoint in checkpoints:
+        try:
+            state = load_state(checkpoint)
+        except NeurodlError:
+            return None
+        if not state.get("stopped_early"):
+            return None
+        last = max(last, len(state.get("history", [])))
+    return last
 
 
 def _start_run(
@@ -60,7 +130,9 @@ def _start_run(
         run = RunDirectory.open(out, task=task)
         run.remove_partial_writes()  # a run killed mid-write (SIGKILL) leaves its temporary file
         saved = run.options
-        source = Path(saved.pop("input"))
+        recorded_input = Path(saved.pop("input"))
+        _check_resumed_input(out, source, recorded_input)
+        source = recorded_input
         digest = saved.pop("input_sha256", None)
         if not source.exists():
             raise RunDirectoryError(
@@ -71,13 +143,19 @@ def _start_run(
                 f"{out}: {source} changed since this run started, so it cannot be resumed.",
                 "Train a new run (--overwrite to replace this one).",
             )
+        before, after = _resumed_epochs(saved, options)
+        _check_something_to_resume(run, before, after)
+        if after != before:
+            # config.json says what the run is: it now trains to the raised number of epochs.
+            run.config.setdefault("options", {}).setdefault("train", {})["epochs"] = after
+            run.write_json("config.json", run.config)
         return run, source, saved
     if source is None:
         raise DataError(
             "no input table or manifest given.",
             "Give the CSV/TSV to train on, or --resume with the run directory as --out.",
         )
-    if not source.is_file():
+    if not source.is_file() and not source.is_dir():
         raise DataError(f"{source}: file does not exist.", "Check the path.")
     if Path(out).resolve() in source.resolve().parents:
         raise OutputError(
@@ -132,9 +210,15 @@ def check_report_dir(report_dir: Path | None, source: Path, *, overwrite: bool) 
 
 @contextlib.contextmanager
 def progress(console: Any, quiet: bool, description: str) -> Iterator[list[Callback]]:
-    """Progress-bar callbacks for one fit (none when quiet); the bar is closed even on error."""
+    """Progress-bar callbacks for one fit (none when quiet); the bar is closed even on error.
+
+    Also the callbacks of the observers watching this ``train`` (tracking, a tuner's pruning).
+    """
+    from neurodl.engine.observers import fit_callbacks
+
     shown = not quiet and console is not None and distributed.is_main()
     callbacks: list[Callback] = [RichProgress(console, description)] if shown else []
+    callbacks += fit_callbacks(description)
     try:
         yield callbacks
     finally:
@@ -160,6 +244,9 @@ def warm_cache(dataset: Any, console: Any, quiet: bool) -> None:
     ) as bar:
         task = bar.add_task("", total=len(dataset))
         dataset.warm(lambda i: bar.update(task, completed=i + 1))
+    store = getattr(dataset, "store", None)
+    if store is not None and store.on_disk:
+        console.print(f"Preprocessed images: {store.describe()} (beyond --cache-budget).")
 
 
 def check_leakage(run: RunDirectory, participants: Any, source: Path, *, allow_overlap: bool) -> list[str]:
@@ -202,8 +289,9 @@ def write_held_out_manifest(
 
 
 def cache_folder(run: RunDirectory, images: Any) -> Path | None:
-    """Where ``--cache disk`` keeps preprocessed images: ``--cache-dir``, or the run's ``cache/``."""
-    if images.cache != "disk":
+    """Where ``--cache disk`` (and ``auto`` beyond its budget) keeps preprocessed images:
+    ``--cache-dir``, or the run's ``cache/``."""
+    if images.cache not in ("disk", "auto"):
         return None
     return Path(images.cache_dir) if images.cache_dir else run.file("cache")
 

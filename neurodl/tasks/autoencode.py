@@ -275,6 +275,7 @@ def train(
         cache_dir=cache_folder(run, images),
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
+        cache_budget=images.cache_budget,
     if images.cache != "none":
         warm_cache(base, console, quiet)
     augment = augmentation(images.augment)

@@ -291,6 +291,7 @@ def train(
     )
     run.save_weights(final.module.model.state_dict())
     write_training_record(
+        cache_budget=images.cache_budget,
         run,
         outcome,
         metrics,

@@ -191,8 +191,8 @@ class Pix2Pix(AdversarialPair):
 class PairedVolumes:
     """Preprocessed (source, target) pairs of a manifest; target in its own units.
 
-    ``cache``: ``memory`` (RAM), ``disk`` (safetensors files in ``cache_dir``, reused by
-    later runs) or ``none``.
+    ``cache``: ``auto`` (RAM within ``cache_budget``, ``cache_dir`` beyond), ``memory`` (RAM),
+    ``disk`` (safetensors files in ``cache_dir``, reused by later runs) or ``none``.
     """
 
     def __init__(
@@ -204,19 +204,17 @@ class PairedVolumes:
         resample: bool,
         cache: str,
         cache_dir: Path | None = None,
+        cache_budget: int | str = "",
         describe: Callable[[int], str],
     ) -> None:
-        from neurodl.data.cache import VolumeCache
+        from neurodl.data.images import volume_store
 
         self.items = [list(i) for i in items]
         self.targets = list(targets)
         self.preprocessing = preprocessing
         self.resample = resample
-        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache == "memory" else None
-        self.disk = (
-            VolumeCache(cache_dir, {**preprocessing.to_dict(), "resample_target": resample})
-            if cache == "disk" and cache_dir is not None
-            else None
+        self.store = volume_store(
+            cache, cache_dir, {**preprocessing.to_dict(), "resample_target": resample}, cache_budget
         )
         self.describe = describe
 
@@ -224,12 +222,8 @@ class PairedVolumes:
         return len(self.items)
 
     def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cache is not None and index in self.cache:
-            return self.cache[index]
-        key = (
-            self.disk.key([*self.items[index], self.targets[index]], kind="image+target") if self.disk else ""
-        )
-        stored = self.disk.load(key) if self.disk is not None else None
+        files = [*self.items[index], self.targets[index]]
+        stored = self.store.load(index, files, kind="image+target")
         if stored is not None:
             return stored["image"], stored["target"]
         data = {"image": [str(p) for p in self.items[index]], "target": str(self.targets[index])}
@@ -237,10 +231,7 @@ class PairedVolumes:
             self.preprocessing.transforms_with_target(resample=self.resample), data, self.describe(index)
         )
         pair = (out["image"].as_tensor().float().contiguous(), out["target"].as_tensor().float().contiguous())
-        if self.disk is not None:
-            self.disk.save(key, {"image": pair[0], "target": pair[1]})
-        if self.cache is not None:
-            self.cache[index] = pair
+        self.store.save(index, files, {"image": pair[0], "target": pair[1]}, kind="image+target")
         return pair
 
     def warm(self, progress: Callable[[int], None] | None = None) -> None:
@@ -529,6 +520,7 @@ def train(
 
     def fit_fn(
         train_rows: np.ndarray, val_rows: np.ndarray | None, name: str, description: str, epochs: int | None
+        cache_budget=images.cache_budget,
     ) -> Fitted:
         del epochs  # no cross-validation for GANs: one split, selected on validation MAE
         scale = TargetScale.fit([volumes.pair(int(r))[1] for r in train_rows], seed)

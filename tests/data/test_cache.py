@@ -1,4 +1,5 @@
-"""``--cache disk``: preprocessed volumes as safetensors files, reused while their sources are unchanged."""
+"""``--cache disk``: preprocessed volumes as safetensors files, reused while their sources are unchanged;
+``--cache auto``: RAM within a budget, disk beyond it."""
 
 from __future__ import annotations
 
@@ -74,9 +75,11 @@ def test_a_changed_source_file_is_decoded_again(cohort, tmp_path):
 def test_an_unreadable_entry_is_rebuilt(cohort, tmp_path):
     dataset, _ = _dataset(cohort, tmp_path / "cache")
     reference = dataset.volume(1)
-    for file in (tmp_path / "cache").glob("*.safetensors"):
-        file.write_bytes(b"damaged")
+    files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 1  # the volume just read was cached: there is something to damage
+    files[0].write_bytes(b"damaged")
     assert torch.equal(_dataset(cohort, tmp_path / "cache")[0].volume(1), reference)
+    assert files[0].read_bytes() != b"damaged"  # rebuilt in place, not read as garbage or left broken
 
 
 def test_images_and_label_maps_are_cached_together(cohort, tmp_path, monkeypatch):
@@ -88,8 +91,95 @@ def test_images_and_label_maps_are_cached_together(cohort, tmp_path, monkeypatch
 
 
 def test_cache_dir_without_disk_cache_exits_2(run_cli, cohort, tmp_path):
-    result = run_cli("classify", "train", cohort, "--out", tmp_path / "run", "--cache-dir", tmp_path / "c")
+    result = run_cli(
+        "classify",
+        "train",
+        cohort,
+        "--out",
+        tmp_path / "run",
+        "--cache",
+        "memory",
+        "--cache-dir",
+        tmp_path / "c",
+    )
     assert result.exit_code == 2 and "--cache disk" in result.stderr
+
+
+def _auto_dataset(cohort: Path, cache_dir: Path, budget: int | str) -> VolumeDataset:
+    dataset, items = _dataset(cohort, cache_dir)
+    return VolumeDataset(
+        items,
+        np.zeros(len(items)),
+        dataset.preprocessing,
+        cache="auto",
+        cache_dir=cache_dir,
+        cache_budget=budget,
+    )
+
+
+def test_auto_cache_keeps_what_fits_the_budget_in_memory_and_the_rest_on_disk(cohort, tmp_path, monkeypatch):
+    one_volume = 16**3 * 4
+    dataset = _auto_dataset(cohort, tmp_path / "cache", budget=2 * one_volume)
+    dataset.warm()
+    assert len(dataset.store.memory) == 2 and dataset.store.in_memory <= 2 * one_volume
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    expected = [dataset.volume(i).clone() for i in range(3)]
+    _no_decoding(monkeypatch)
+    for i in range(3):  # every volume is read back, none decoded again
+        assert torch.equal(dataset.volume(i), expected[i])
+
+
+def test_auto_cache_within_its_budget_writes_nothing_to_disk(cohort, tmp_path):
+    dataset = _auto_dataset(cohort, tmp_path / "cache", budget="1GiB")
+    dataset.warm()
+    assert len(dataset.store.memory) == 3
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_budget_that_is_not_an_amount_exits_2(run_cli, cohort, tmp_path):
+    result = run_cli("classify", "train", cohort, "--out", tmp_path / "run", "--cache-budget", "lots")
+    assert result.exit_code == 2
+    assert "--cache-budget 'lots'" in result.stderr and "4GiB" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4GiB", 4 * 2**30), ("512MB", 512 * 10**6), ("0", 0), ("25%", 250), ("1.5k", 1500)],
+)
+def test_cache_budgets_are_amounts_or_shares_of_the_available_memory(text, expected):
+    from neurodl.data.cache import parse_budget
+
+    assert parse_budget(text, available=1000) == expected
+
+
+def test_the_default_budget_is_a_share_of_the_available_memory_with_a_ceiling():
+    from neurodl.data.cache import parse_budget
+
+    assert parse_budget("", available=1000) == 250
+    assert parse_budget("", available=64 * 2**30) == 512 * 2**20
+
+
+@pytest.mark.slow
+def test_classify_train_with_a_tiny_cache_budget_spills_to_disk_and_trains(run_cli, cohort, tmp_path):
+    tiny = [
+        "--model",
+        "cnn",
+        "--depth",
+        "1",
+        "--width",
+        "2",
+        "--size",
+        "16",
+        "--spacing",
+        "1.5",
+        "--epochs",
+        "2",
+    ]
+    result = run_cli("classify", "train", cohort, "--out", tmp_path / "run", "--cache-budget", "20KB", *tiny)
+    assert result.exit_code == 0, result.output
+    # 16^3 float32 volumes are 16 KiB: one stays in RAM, the other two go to the run's cache/.
+    assert len(list((tmp_path / "run" / "cache").glob("*.safetensors"))) == 2
+    assert "on disk" in result.stderr
 
 
 @pytest.mark.slow
