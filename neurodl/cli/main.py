@@ -106,9 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NeurodlError as exc:
         if debug:
             console.print_exception()
-        console.print(Text("Error: ", style="bold red") + Text(exc.message))
+        if exc.exit_status == ExitStatus.SUCCESS:  # nothing to do (e.g. --resume on a finished run)
+            console.print(Text(exc.message))
+        else:
+            console.print(Text("Error: ", style="bold red") + Text(exc.message))
         if exc.fix:
-            console.print(Text("Fix: ", style="bold") + Text(exc.fix))
+            label = "Next: " if exc.exit_status == ExitStatus.SUCCESS else "Fix: "
+            console.print(Text(label, style="bold") + Text(exc.fix))
         return exc.exit_status
     except KeyboardInterrupt:
         console.print("Interrupted.")
