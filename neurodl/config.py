@@ -23,7 +23,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 # How to run, not what to train: a resumed run takes these from its command line, not from config.json
 # (a run started in 4 processes may continue in 1).
-RUNTIME_OPTIONS = ("distributed",)
+RUNTIME_OPTIONS = ("distributed", "track", "track_uri", "experiment")
+TRACKERS = ("mlflow", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,15 @@ class TrainOptions:
     distributed: bool = False
     compile: bool = False
     channels_last: bool = False
+    # Experiment tracking (neurodl.tracking): where the run is also logged, not what is trained.
+    track: tuple[str, ...] = ()
+    track_uri: str = ""
+    experiment: str = ""
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        for tracker in self.track:
+            _choice("track", tracker, TRACKERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("precision", self.precision, PRECISIONS)
         _positive("epochs", self.epochs)

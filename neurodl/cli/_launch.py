@@ -46,21 +46,27 @@ def train_and_report(
     from neurodl.cli._render import render_train_summary
     from neurodl.cli.report import report_after_training
 
+    from neurodl.tracking import tracked  # the tracking libraries only with --track
+
     console = err_console()
-    with launched(options.train.distributed) as reporting:
-        summary = train(
-            source,
-            options,
-            out,
-            resume=resume,
-            overwrite=overwrite,
-            console=console,
-            quiet=quiet or not reporting,
-        )
-    if not reporting:
-        return
-    if json_output:
-        print_json(summary)
-    if not quiet:
-        render_train_summary(console, summary, describe(summary))
-    report_after_training(console, summary["run"], quiet=quiet)
+    task = train.__module__.rsplit(".", 1)[-1]
+    with tracked(options.train, out, task=task, console=console) as tracking:
+        with launched(options.train.distributed) as reporting:
+            tracking.enabled = reporting  # only the reporting process (rank 0) logs
+            summary = train(
+                source,
+                options,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                console=console,
+                quiet=quiet or not reporting,
+            )
+        if not reporting:
+            return
+        if json_output:
+            print_json(summary)
+        if not quiet:
+            render_train_summary(console, summary, describe(summary))
+        report_after_training(console, summary["run"], quiet=quiet)
+        tracking.summary = summary

@@ -151,6 +151,15 @@ CropForeground = Annotated[
     bool,
     typer.Option("--crop-foreground", help="Crop to the head's bounding box first.", rich_help_panel=_I),
 ]
+BidsFilter = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--bids-filter",
+        help="With a BIDS dataset root: keep the images whose entity has this value (acq=mprage, ses=01); repeat for several.",
+        metavar="ENTITY=VALUE",
+        rich_help_panel=_I,
+    ),
+]
 Workers = Annotated[
     int,
     typer.Option("--workers", help="Data-loading processes (0: in the main process).", rich_help_panel=_I),

@@ -41,7 +41,7 @@ def train(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Manifest (CSV/TSV): one row per image. Not needed with --resume.", dir_okay=False
+            help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume."
         ),
     ] = None,
     image: Annotated[
@@ -51,6 +51,7 @@ def train(
         ),
     ] = None,
     participant: T.Participant = _D.images.participant,
+    bids_filter: T.BidsFilter = None,
     spacing: T.Spacing = "",
     size: Annotated[
         str,
@@ -302,7 +303,7 @@ def reconstruct(
 def evaluate(
     model: ModelDirOption,
     manifest: Annotated[
-        Path, typer.Argument(help="Manifest with the model's image columns.", dir_okay=False)
+        Path, typer.Argument(help="Manifest with the model's image columns, or a BIDS dataset root.")
     ],
     mask: Annotated[
         str | None,

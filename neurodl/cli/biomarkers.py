@@ -127,6 +127,9 @@ def train(
     deterministic: T.Deterministic = _D.train.deterministic,
     device: T.Device = _D.train.device,
     precision: T.Precision = _D.train.precision,
+    track: T.Track = None,
+    track_uri: T.TrackUri = "",
+    experiment: T.Experiment = "",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path(
         "runs/biomarkers"
     ),
@@ -173,23 +176,28 @@ def train(
             "exclude": split_list,
             "hidden": parse_hidden,
             "batch_size": parse_batch_size,
+            "track": split_list,
         },
     )
+    from neurodl.tracking import tracked  # the tracking libraries only with --track
+
     console = err_console()
-    summary = biomarkers.train(
-        table, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet
-    )
-    if json_output:
-        print_json(summary)
-    if not quiet:
-        render_train_summary(
-            console,
-            summary,
-            f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}",
+    with tracked(options.train, out, task="biomarkers", console=console) as tracking:
+        summary = biomarkers.train(
+            table, options, out, resume=resume, overwrite=overwrite, console=console, quiet=quiet
         )
-        for warning in summary["warnings"]:
-            console.print(f"[yellow]Warning:[/yellow] {warning}")
-    report_after_training(console, summary["run"], quiet=quiet)
+        if json_output:
+            print_json(summary)
+        if not quiet:
+            render_train_summary(
+                console,
+                summary,
+                f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}",
+            )
+            for warning in summary["warnings"]:
+                console.print(f"[yellow]Warning:[/yellow] {warning}")
+        report_after_training(console, summary["run"], quiet=quiet)
+        tracking.summary = summary
 
 
 @app.command("predict")

@@ -41,8 +41,7 @@ def train(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Manifest (CSV/TSV): one row per image, image path and label columns. Not needed with --resume.",
-            dir_okay=False,
+            help="Manifest (CSV/TSV): one row per image, image path and label columns. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
         ),
     ] = None,
     image: Annotated[
@@ -53,6 +52,7 @@ def train(
     ] = None,
     label: Annotated[str, typer.Option("--label", "-l", help="Class column (e.g. diagnosis).")] = _D.label,
     participant: T.Participant = _D.images.participant,
+    bids_filter: T.BidsFilter = None,
     spacing: T.Spacing = "",
     size: Annotated[
         str,
@@ -244,7 +244,7 @@ def evaluate(
     model: ModelDirOption,
     manifest: Annotated[
         Path,
-        typer.Argument(help="Manifest with the model's image columns and the label column.", dir_okay=False),
+        typer.Argument(help="Manifest with the model's image columns and the label column, or a BIDS dataset root."),
     ],
     label: Annotated[
         str | None,

@@ -45,8 +45,7 @@ def train(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Manifest (CSV/TSV): one row per image, image and mask columns. Not needed with --resume.",
-            dir_okay=False,
+            help="Manifest (CSV/TSV): one row per image, image and mask columns. Or a BIDS dataset root (--image/--mask name suffixes, e.g. T1w, dseg). Not needed with --resume.",
         ),
     ] = None,
     image: Annotated[
@@ -66,6 +65,7 @@ def train(
         ),
     ] = _D.labels,
     participant: T.Participant = _D.images.participant,
+    bids_filter: T.BidsFilter = None,
     spacing: T.Spacing = "",
     normalize: T.Normalize = _D.images.normalize,
     crop_foreground: T.CropForeground = False,
@@ -303,7 +303,7 @@ def evaluate(
     model: ModelDirOption,
     manifest: Annotated[
         Path,
-        typer.Argument(help="Manifest with the model's image columns and a mask column.", dir_okay=False),
+        typer.Argument(help="Manifest with the model's image columns and a mask column, or a BIDS dataset root."),
     ],
     mask: Annotated[
         str | None, typer.Option("--mask", help="Mask column (default: the one the model was trained on).")

@@ -41,7 +41,7 @@ def train(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Manifest (CSV/TSV): one row per image pair. Not needed with --resume.", dir_okay=False
+            help="Manifest (CSV/TSV): one row per image pair. Or a BIDS dataset root (--source/--target name suffixes, e.g. T1w, T2w). Not needed with --resume."
         ),
     ] = None,
     image: Annotated[
@@ -66,6 +66,7 @@ def train(
         ),
     ] = False,
     participant: T.Participant = _D.images.participant,
+    bids_filter: T.BidsFilter = None,
     spacing: T.Spacing = "",
     size: Annotated[
         str,
@@ -300,7 +301,7 @@ def evaluate(
     manifest: Annotated[
         Path,
         typer.Argument(
-            help="Manifest with the model's source column(s) and the real target column.", dir_okay=False
+            help="Manifest with the model's source column(s) and the real target column, or a BIDS dataset root."
         ),
     ],
     mask: Annotated[

@@ -142,7 +142,9 @@ def train(
     )
     options = from_dict(ClassifyOptions, saved)
     images = options.images
-    manifest = load_manifest(manifest_path, list(images.image), options.label, images.participant)
+    manifest = load_manifest(
+        manifest_path, list(images.image), options.label, images.participant, bids_filter=images.bids_filter
+    )
     if manifest.label_is_image:
         raise UsageError(
             f"{manifest_path}: column '{options.label}' holds images; classify needs a class label.",

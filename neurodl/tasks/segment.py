@@ -277,7 +277,9 @@ def train(
     )
     options = from_dict(SegmentOptions, saved)
     images = options.images
-    manifest = load_manifest(manifest_path, list(images.image), options.mask, images.participant)
+    manifest = load_manifest(
+        manifest_path, list(images.image), options.mask, images.participant, bids_filter=images.bids_filter
+    )
     if not manifest.label_is_image or manifest.label_files is None:
         raise UsageError(
             f"{manifest_path}: column '{options.mask}' does not hold label images (.nii/.nii.gz paths).",

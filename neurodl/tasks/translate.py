@@ -466,7 +466,14 @@ def train(
             f"--target '{options.target}' is also a --source column: the model would learn to copy its input.",
             "Name different source and target columns.",
         )
-    manifest = load_manifest(manifest_path, list(images.image), None, images.participant)
+    manifest = load_manifest(
+        manifest_path,
+        list(images.image),
+        None,
+        images.participant,
+        bids_filter=images.bids_filter,
+        bids_images=[options.target],
+    )
     require_columns(
         manifest.frame,
         [options.target],
@@ -887,7 +894,12 @@ def evaluate(
     """
     check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     manifest = load_manifest(
-        manifest_path, loaded.image_columns, mask_column, loaded.participant_column, require_files=False
+        manifest_path,
+        loaded.image_columns,
+        mask_column,
+        loaded.participant_column,
+        require_files=False,
+        bids_images=[loaded.target_column],
     )
     require_columns(
         manifest.frame,
