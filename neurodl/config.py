@@ -140,8 +140,12 @@ class ImageOptions:
     cache: str = "auto"
     cache_dir: str = ""
     workers: int = 0
+    bids_filter: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from neurodl.io.bids import parse_filters  # light: validates ENTITY=VALUE items
+
+        parse_filters(self.bids_filter)
         _choice("normalize", self.normalize, ("zscore", "minmax", "percentile"))
         _choice("augment", self.augment, ("none", "light", "strong"))
         _choice("cache", self.cache, ("auto", "memory", "disk", "none"))

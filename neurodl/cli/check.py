@@ -23,7 +23,8 @@ _SHOWN = 50
 ManifestArgument = Annotated[
     Path,
     typer.Argument(
-        help="CSV/TSV manifest, one row per image; image paths are relative to its folder.",
+        help="CSV/TSV manifest, one row per image (image paths relative to its folder), or a BIDS "
+        "dataset root (--image then names a suffix, e.g. T1w).",
         metavar="MANIFEST",
         show_default=False,
     ),
@@ -48,6 +49,16 @@ LabelOption = Annotated[
         show_default=False,
     ),
 ]
+BidsFilterOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--bids-filter",
+        help="With a BIDS dataset root: keep the images whose entity has this value (acq=mprage, "
+        "ses=01); repeat for several.",
+        metavar="ENTITY=VALUE",
+        show_default=False,
+    ),
+]
 ParticipantOption = Annotated[
     str,
     typer.Option(
@@ -64,6 +75,7 @@ def check(
     image: ImageOption = None,
     label: LabelOption = None,
     participant: ParticipantOption = "participant_id",
+    bids_filter: BidsFilterOption = None,
     json_output: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -86,7 +98,11 @@ def check(
     from neurodl.io.manifest import load_manifest
 
     console = err_console()
-    loaded = load_manifest(manifest, image or None, label, participant, require_files=False)
+    loaded = load_manifest(
+        manifest, image or None, label, participant, require_files=False, bids_filter=bids_filter or ()
+    )
+    for warning in loaded.warnings:  # what a BIDS dataset's resolution left out
+        console.print(Text("Warning: ", style="bold yellow") + Text(warning))
     if not quiet:
         how = " (every column of NIfTI paths; choose with --image)"
         console.print(

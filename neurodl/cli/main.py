@@ -18,6 +18,7 @@ from neurodl.cli import (
     check,
     classify,
     info,
+    manifest,
     models,
     report,
     sample_data,
@@ -58,6 +59,7 @@ def _root(
 
 app.command("info")(info.info)
 app.command("check")(check.check)
+app.command("manifest")(manifest.manifest)
 app.command("sample-data")(sample_data.sample_data)
 app.command("models")(models.models)
 app.add_typer(biomarkers.app, name="biomarkers")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from neurodl.errors import UsageError
+from neurodl.io.bids import images_in_folder, is_bids_root
 from neurodl.io.manifest import Manifest, load_manifest, participant_from_path
 from neurodl.io.nifti import find_nifti_files, is_nifti_path
 
@@ -104,7 +105,13 @@ def resolve_inputs(
     """
     if not inputs:
         raise UsageError("no inputs given.", "Give NIfTI files, folders of them, or a manifest (CSV/TSV).")
-    tables = [p for p in inputs if p.suffix.lower() in TABLE_SUFFIXES]
+    # A BIDS dataset root holding the model's suffixes (T1w) is a manifest too.
+    tables = [
+        p
+        for p in inputs
+        if p.suffix.lower() in TABLE_SUFFIXES
+        or (is_bids_root(p) and images_in_folder(p, image_columns) is not None)
+    ]
     if tables:
         if len(inputs) > 1:
             raise UsageError(
@@ -132,6 +139,16 @@ def resolve_inputs(
             for i in range(len(manifest))
         ]
         return take_shard(images, shard), manifest
+    # A BIDS subject's (or session's) folder: its images of the model's suffixes, channels paired.
+    in_bids = {path: images_in_folder(path, image_columns) for path in inputs if path.is_dir()}
+    if in_bids and all(found is not None for found in in_bids.values()) and len(in_bids) == len(inputs):
+        pairs = [pair for path in inputs for pair in in_bids[path] or []]
+        names = _unique([_stem(paths[0]) for _, paths in pairs])
+        images = [
+            InputImage(name=n, paths=paths, participant=participant)
+            for n, (participant, paths) in zip(names, pairs, strict=True)
+        ]
+        return take_shard(images, shard), None
     if len(image_columns) > 1:
         raise UsageError(
             f"this model takes {len(image_columns)} channels ({', '.join(image_columns)}); plain files give one.",
@@ -140,7 +157,8 @@ def resolve_inputs(
     files: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = find_nifti_files(path)
+            bids = in_bids.get(path)
+            found = [p for _, paths in bids for p in paths] if bids is not None else find_nifti_files(path)
             if not found:
                 raise UsageError(
                     f"{path}: folder holds no .nii/.nii.gz files.",

@@ -2,13 +2,16 @@
 
 A manifest has one row per image (or per subject for biomarkers); image
 columns hold paths relative to the manifest's own folder. A BIDS
-``participants.tsv`` is a valid manifest.
+``participants.tsv`` is a valid manifest, and a BIDS dataset root stands in for
+one (:mod:`neurodl.io.bids`): :func:`load_manifest` is the one place either
+becomes a table, so every command accepts both.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from neurodl.errors import InputFileError, ManifestError
+from neurodl.errors import InputFileError, ManifestError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +53,6 @@ def read_table(path: str | Path, *, text_columns: Iterable[str] = ()) -> pd.Data
     Example:
         >>> frame = read_table("sample_data/participants.tsv")
     """
-    import pandas as pd  # heavy: only when a table is read
-
     path = Path(path)
     if not path.exists():
         raise InputFileError(path, "file does not exist.", "Check the path.")
@@ -78,6 +79,13 @@ def read_table(path: str | Path, *, text_columns: Iterable[str] = ()) -> pd.Data
         raise InputFileError(
             path, "is a binary file, not a CSV/TSV table.", "Give a text table with a header row."
         )
+    return parse_table(text, path, text_columns=text_columns)
+
+
+def parse_table(text: str, path: Path, *, text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Parse the text of a CSV/TSV table (see :func:`read_table`); ``path`` names it in errors."""
+    import pandas as pd  # heavy: only when a table is read
+
     delimiter = sniff_delimiter("\n".join(text.splitlines()[:20]), path)
     # pandas silently renames a repeated column ("age", "age.1"), so look at the header itself.
     try:
@@ -205,6 +213,7 @@ class Manifest:
         participant_ids: per row, the participant the row belongs to.
         issues: empty cells and missing files (only when loaded with ``require_files=False``;
             otherwise they raise).
+        warnings: images or participants a BIDS dataset's resolution left out, for people.
     """
 
     path: Path
@@ -220,6 +229,7 @@ class Manifest:
     image_columns_detected: bool = False
     label_is_image: bool = False
     issues: tuple[ManifestIssue, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -303,8 +313,10 @@ def load_manifest(
     participant_column: str = DEFAULT_PARTICIPANT_COLUMN,
     *,
     require_files: bool = True,
+    bids_filter: Sequence[str] = (),
+    bids_images: Sequence[str] = (),
 ) -> Manifest:
-    """Read a CSV/TSV manifest and resolve its image paths.
+    """Read a CSV/TSV manifest, or resolve a BIDS dataset root, and resolve its image paths.
 
     Image paths are relative to the manifest's own folder (absolute paths and ``~`` work
     too). Participants come from ``participant_column``; when that column is absent and is
@@ -312,6 +324,13 @@ def load_manifest(
     its first image's path, else the row is its own participant. A participant column named
     explicitly must exist. A label column whose values are NIfTI paths is a column of
     segmentation masks: its files are resolved and checked like images.
+
+    A folder is a BIDS dataset root (:func:`neurodl.io.bids.resolve_bids`): image columns
+    name suffixes (``T1w``), a label that is a suffix (``dseg``) is a mask, other labels
+    come from ``participants.tsv``/``sessions.tsv``; images without a label value are left
+    out with a warning (``Manifest.warnings``, also logged). So are images without a
+    partner of every other suffix (same participant, session and run) with ``require_files``;
+    without it they are empty cells in ``Manifest.issues``.
 
     Args:
         path: the manifest.
@@ -321,6 +340,8 @@ def load_manifest(
         participant_column: the grouping column for splits.
         require_files: raise on empty cells and missing files; with False they are collected
             in ``Manifest.issues`` instead (for ``neurodl check``, which reports everything).
+        bids_filter: ``ENTITY=VALUE`` items that select a BIDS dataset's images (``acq=mprage``).
+        bids_images: further suffixes a BIDS dataset's rows need as columns (translate's target).
 
     Raises:
         InputFileError: the manifest is missing or not a table.
@@ -337,9 +358,26 @@ def load_manifest(
     if isinstance(image_columns, str):
         image_columns = [image_columns]
     named = [*(image_columns or []), *([label_column] if label_column else [])]
-    frame = read_table(path, text_columns=[participant_column, *named])
+    warnings: list[str] = []
+    if path.is_dir():
+        table = _bids_table(path, image_columns, label_column, bids_filter, bids_images)
+        frame = parse_table(table.text, path, text_columns=[participant_column, *table.text_columns, *named])
+        root = Path(os.path.abspath(path))
+        image_columns = image_columns or list(table.image_columns)
+        warnings += table.warnings
+        if require_files:
+            frame = _drop_unpaired(frame, table.image_columns, path, warnings)
+        if label_column is not None and label_column not in table.image_columns:
+            frame = _drop_unlabelled(frame, label_column, path, warnings)
+    else:
+        if bids_filter:
+            raise UsageError(
+                f"--bids-filter selects images of a BIDS dataset, but {path} is a table.",
+                "Give the dataset's root folder instead, or drop --bids-filter.",
+            )
+        frame = read_table(path, text_columns=[participant_column, *named])
+        root = Path(os.path.abspath(path)).parent
     frame = frame.reset_index(drop=True)
-    root = Path(os.path.abspath(path)).parent
 
     required = list(named)
     if participant_column != DEFAULT_PARTICIPANT_COLUMN:
@@ -397,10 +435,96 @@ def load_manifest(
         image_columns_detected=detected,
         label_is_image=label_is_image,
         issues=tuple(issues),
+        warnings=tuple(warnings),
     )
     if require_files and issues:
         raise manifest_issues_error(manifest)
     return manifest
+
+
+def _bids_table(
+    path: Path,
+    image_columns: Sequence[str] | None,
+    label_column: str | None,
+    bids_filter: Sequence[str],
+    bids_images: Sequence[str],
+) -> Any:
+    from neurodl.io.bids import is_bids_root, not_a_bids_root, resolve_bids, scan_bids
+
+    if not is_bids_root(path):
+        raise not_a_bids_root(path)
+    files = scan_bids(path)
+    found = sorted({f.suffix for f in files})
+    if not image_columns:
+        raise ManifestError(
+            f"{path}: a BIDS dataset; which images? Suffixes found: {', '.join(found) or 'none'}.",
+            "Name the suffix of each input channel with --image (e.g. --image T1w).",
+        )
+    suffixes = [*image_columns, *bids_images]
+    if label_column is not None and label_column in found:
+        suffixes.append(label_column)  # a mask (e.g. dseg), paired with the images like a channel
+    return resolve_bids(path, suffixes, bids_filter, files=files)
+
+
+def _drop_unpaired(
+    frame: pd.DataFrame, suffixes: Sequence[str], path: Path, warnings: list[str]
+) -> pd.DataFrame:
+    """Leave out a BIDS dataset's images that lack an image of another suffix (a T1w without its T2w)."""
+    empty = frame[list(suffixes)].map(_is_empty).to_numpy(dtype=bool)
+    lacking = empty.any(axis=1)
+    if not lacking.any():
+        return frame
+    if lacking.all():
+        raise ManifestError(
+            f"{path}: no {suffixes[0]} image has a matching {' and '.join(suffixes[1:])} image "
+            "(same participant, session and run).",
+            "Check the file names, or select the images with --bids-filter.",
+        )
+    for column, suffix in enumerate(suffixes):
+        rows = [int(r) for r in empty[:, column].nonzero()[0]]
+        if rows:
+            _left_out(
+                f"{suffixes[0]} image",
+                f"without a {suffix} image (same participant, session and run)",
+                frame,
+                rows,
+                path,
+                warnings,
+            )
+    return frame.loc[~lacking]
+
+
+def _drop_unlabelled(frame: pd.DataFrame, label: str, path: Path, warnings: list[str]) -> pd.DataFrame:
+    """Leave out a BIDS dataset's images whose participant (or session) has no label value."""
+    if label not in frame.columns:
+        return frame  # require_columns names it with the columns there are
+    empty = frame[label].map(_is_empty).to_numpy(dtype=bool)
+    if not empty.any():
+        return frame
+    if empty.all():
+        raise ManifestError(
+            f"{path}: no image has a '{label}' value in participants.tsv or sessions.tsv.",
+            "Fill the column, or name another one with --label.",
+        )
+    rows = [int(r) for r in empty.nonzero()[0]]
+    _left_out(
+        "image", f"without a '{label}' value in participants.tsv/sessions.tsv", frame, rows, path, warnings
+    )
+    return frame.loc[~empty]
+
+
+def _left_out(
+    what: str, why: str, frame: pd.DataFrame, rows: list[int], path: Path, warnings: list[str]
+) -> None:
+    """Warn (log and keep) that rows are left out, naming their participant, session and run."""
+    where = frame.iloc[rows][[c for c in ("participant_id", "session_id", "run") if c in frame.columns]]
+    names = [" ".join(str(v) for v in row if not _is_empty(v)) for row in where.itertuples(index=False)]
+    shown = ", ".join(names[:_LIST_LIMIT]) + (
+        f" and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else ""
+    )
+    message = f"{len(rows)} {what}{'s' if len(rows) > 1 else ''} {why} left out: {shown}."
+    logging.getLogger(__name__).warning("%s: %s", path, message)
+    warnings.append(message)
 
 
 def manifest_issues_error(manifest: Manifest) -> ManifestError:
