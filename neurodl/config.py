@@ -25,6 +25,18 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 # (a run started in 4 processes may continue in 1).
 RUNTIME_OPTIONS = ("distributed", "track", "track_uri", "experiment")
 TRACKERS = ("mlflow", "tensorboard")
+# Metric names that go down as a model improves (losses, errors, distances); every other metric goes up.
+_LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "error", "hausdorff", "hd95", "fid", "mmd")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses, errors and distances go down; scores (accuracy, Dice, PSNR, R²...) go up.
+
+    The one rule for early stopping (the engine), picking the best run (``compare``)
+    and the best epoch (reports), so they never disagree.
+    """
+    lowered = metric.lower()
+    return any(k in lowered for k in _LOWER_IS_BETTER)
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,7 @@ class ImageOptions:
     augment: str = "light"
     cache: str = "auto"
     cache_dir: str = ""
+    cache_budget: str = ""
     workers: int = 0
     bids_filter: tuple[str, ...] = ()
 
@@ -154,30 +167,6 @@ class ImageOptions:
                 f"--cache-dir is where --cache disk (or auto, beyond its budget) keeps preprocessed images, but --cache is '{self.cache}'.",
                 "Add --cache disk, or drop --cache-dir.",
             )
-        if not self.image:
-            raise UsageError("at least one --image column is needed.")
-        if len(self.spacing) not in (0, 1, 3) or any(s <= 0 for s in self.spacing):
-            raise UsageError(
-                f"--spacing must be one or three positive numbers (mm), not {','.join(map(str, self.spacing))}."
-            )
-        if len(self.size) not in (0, 1, 3) or any(s < 4 for s in self.size):
-            raise UsageError(
-    cache_budget: str = ""
-                f"--size must be one or three integers >= 4, not {','.join(map(str, self.size))}."
-            )
-        if self.workers < 0:
-            raise UsageError(f"--workers must be >= 0, not {self.workers}.")
-
-
-@dataclass(frozen=True)
-class ClassifyOptions:
-    """Options of ``neurodl classify train``."""
-
-    label: str = "diagnosis"
-    model: str = "cnn"
-    depth: int = 4
-    width: int = 16
-    dropout: float = 0.2
         if self.cache_budget:
             from neurodl.data.cache import parse_budget  # torch-free
 
@@ -187,6 +176,38 @@ class ClassifyOptions:
                     "Drop --cache-budget, or use --cache auto.",
                 )
             parse_budget(self.cache_budget, available=0)
+        if not self.image:
+            raise UsageError("at least one --image column is needed.")
+        if len(self.spacing) not in (0, 1, 3) or any(s <= 0 for s in self.spacing):
+            raise UsageError(
+                f"--spacing must be one or three positive numbers (mm), not {','.join(map(str, self.spacing))}."
+            )
+        if len(self.size) not in (0, 1, 3) or any(s < 4 for s in self.size):
+            raise UsageError(
+                f"--size must be one or three integers >= 4, not {','.join(map(str, self.size))}."
+            )
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, not {self.workers}.")
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """Options of ``neurodl classify train``.
+
+    ``task`` ``auto`` follows the biomarkers' rule: a label of strings, or of integers with
+    at most 5 levels, is classes; other numbers are a continuous target (image regression,
+    trained with ``loss`` on the target standardised on the training rows).
+    ``color_by`` names a column whose groups colour the regression plots (e.g. diagnosis).
+    """
+
+    label: str = "diagnosis"
+    task: str = "auto"
+    loss: str = "mse"
+    color_by: str = ""
+    model: str = "cnn"
+    depth: int = 4
+    width: int = 16
+    dropout: float = 0.2
     class_weight: str = "none"
     positive: str = ""
     cv: int = 0
@@ -199,6 +220,8 @@ class ClassifyOptions:
     )
 
     def __post_init__(self) -> None:
+        _choice("task", self.task, ("auto", "classification", "regression"))
+        _choice("loss", self.loss, ("mse", "l1", "huber"))
         _choice("class-weight", self.class_weight, ("none", "balanced"))
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must be in [0, 1), not {self.dropout}.")
@@ -354,6 +377,53 @@ class TranslateOptions:
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 0.9:
             raise UsageError(
                 f"--val-fraction must be in (0, 1) and --test-fraction in [0, 0.9) (got {self.val_fraction}, {self.test_fraction})."
+            )
+
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Options of ``neurodl generate train`` (a GAN that makes new images from noise).
+
+    ``condition`` is the label column the generator is conditioned on (empty: an
+    unconditional GAN); ``dims`` 3 trains on whole volumes resized to ``images.size``,
+    2 on the ``slices`` central axial slices of each. ``gan_loss`` vanilla is the
+    minimax loss; hinge (the default) is stabler. ``lr_d`` 0 means ``train.lr``.
+    """
+
+    condition: str = ""
+    model: str = "dcgan"
+    discriminator: str = "projection"
+    dims: int = 3
+    gan_loss: str = "hinge"
+    latent_dim: int = 64
+    width: int = 16
+    lr_d: float = 0.0
+    slices: int = 8
+    test_fraction: float = 0.0
+    images: ImageOptions = field(default_factory=lambda: ImageOptions(size=(32,), augment="none"))
+    # DCGAN's 2e-4 with no early stopping: a GAN has no validation loss to select on; the last epoch is kept.
+    train: TrainOptions = field(
+        default_factory=lambda: TrainOptions(lr=2e-4, epochs=100, batch_size=8, patience=0)
+    )
+
+    def __post_init__(self) -> None:
+        _choice("gan_loss", self.gan_loss, GAN_LOSSES)
+        if self.dims not in (2, 3):
+            raise UsageError(f"--dims must be 2 (axial slices) or 3 (whole volumes), not {self.dims}.")
+        if not 1 <= self.latent_dim <= 4096 or not 1 <= self.width <= 256:
+            raise UsageError(
+                f"--latent-dim must be 1-4096 and --width 1-256 (got {self.latent_dim}, {self.width})."
+            )
+        if self.lr_d < 0 or self.slices < 1:
+            raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
+        if not 0 <= self.test_fraction < 0.9:
+            raise UsageError(f"--test-fraction must be in [0, 0.9), not {self.test_fraction}.")
+        sides = self.images.size[: self.dims] if len(self.images.size) == 3 else self.images.size
+        if any(s % 8 for s in sides):
+            raise UsageError(
+                f"--size {','.join(map(str, self.images.size))} does not suit the generator: it doubles a coarse grid three times, so each side must be a multiple of 8.",
+                "Use e.g. --size 32.",
             )
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from neurodl.config import TrainOptions
+from neurodl.config import TrainOptions, lower_is_better
 from neurodl.engine import distributed
 from neurodl.engine.optim import build_optimizer, build_scheduler
 from neurodl.engine.runtime import autocast, deterministic_algorithms, resolve_device, seed_everything
@@ -105,8 +105,7 @@ class FitResult:
 
 def monitor_mode(name: str) -> Literal["min", "max"]:
     """``min`` for losses and errors, ``max`` for scores."""
-    lowered = name.lower()
-    return "min" if any(k in lowered for k in ("loss", "mae", "mse", "rmse", "error", "hausdorff")) else "max"
+    return "min" if lower_is_better(name) else "max"
 
 
 def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neurodl.config import lower_is_better
 from neurodl.errors import OutputError, UsageError
 from neurodl.io.atomic import atomic_output
-from neurodl.report.summary import RunSummary, format_value, lower_is_better, summarize_run
+from neurodl.report.summary import RunSummary, format_value, summarize_run
 
 # Options people vary to compare runs, shown first (in this order) when they differ.
 KEY_OPTIONS = (

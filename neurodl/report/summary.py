@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neurodl.config import lower_is_better
 from neurodl.errors import NeurodlError
 from neurodl.io.rundir import RunDirectory
 
@@ -21,16 +22,11 @@ log = logging.getLogger(__name__)
 
 # Counts and bookkeeping that sit next to metrics in metrics.json but are not scores.
 NOT_METRICS = frozenset({"participants", "images", "rows", "best_epoch", "confusion_matrix", "epochs"})
-# The default --monitor of tasks whose default is not the validation loss.
-_DEFAULT_MONITOR = {"segment": "val_dice"}
+# The default --monitor of tasks whose default is not the validation loss, for runs written before
+# metrics.json recorded the monitor it used.
+_DEFAULT_MONITOR = {"segment": "val_dice", "translate": "val_mae"}
 # Options that record where a run came from, not how it was trained.
 _HIDDEN_OPTIONS = frozenset({"input_sha256"})
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses and errors go down; scores (accuracy, Dice, PSNR, R²...) go up."""
-    lowered = metric.lower()
-    return any(k in lowered for k in ("loss", "mae", "mse", "rmse", "error", "hausdorff", "hd95"))
 
 
 def format_value(value: Any, std: Any = None) -> str:
@@ -158,7 +154,10 @@ class RunSummary:
     @property
     def monitor(self) -> str:
         chosen = str(self.options.get("monitor", "auto"))
-        return _DEFAULT_MONITOR.get(self.task, "val_loss") if chosen == "auto" else chosen
+        if chosen != "auto":
+            return chosen
+        recorded = (self.metrics or {}).get("monitor")
+        return recorded if isinstance(recorded, str) else _DEFAULT_MONITOR.get(self.task, "val_loss")
 
     @property
     def evaluation(self) -> str:

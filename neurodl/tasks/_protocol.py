@@ -89,7 +89,12 @@ def run_protocol(
             final=final,
             rows=val_rows,
             outputs=outputs,
-            metrics={"evaluation": evaluation, "validation": metrics, "best_epoch": final.result.best_epoch},
+            metrics={
+                "evaluation": evaluation,
+                "monitor": final.result.monitor,
+                "validation": metrics,
+                "best_epoch": final.result.best_epoch,
+            },
             headline={k: v for k, v in metrics.items() if not isinstance(v, list)},
             history=[dict(r) for r in final.result.history],
             splits=splits,
@@ -133,6 +138,7 @@ def run_protocol(
         outputs=pooled,
         metrics={
             "evaluation": evaluation,
+            "monitor": fitted.result.monitor,  # the folds' (the final model has no validation set)
             "mean_std": summary,
             "folds": fold_metrics,
             "out_of_fold": score(rows, pooled),

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import las_anisotropic_affine, make_nifti
 
 from neurodl.data.validation import check_manifest
 from neurodl.io.manifest import load_manifest
+from neurodl_testing import las_anisotropic_affine, make_nifti
 
 SHAPE = (8, 8, 8)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import las_anisotropic_affine, make_nifti
+
+from neurodl_testing import las_anisotropic_affine, make_nifti
 
 
 def _digest(paths: list[Path]) -> dict[Path, str]:

@@ -7,9 +7,6 @@ CPU processes with torchrun, as a user would on a machine with two GPUs.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +24,7 @@ from neurodl.engine import TensorBatches, fit
 from neurodl.engine.batches import process_share
 from neurodl.errors import UsageError
 from neurodl.io.state import load_state
-
-from .test_loop import Regression, line_data
+from neurodl_testing.engine import Regression, line_data, torchrun
 
 
 @pytest.mark.parametrize("n", [1, 5, 8, 13])
@@ -177,26 +173,6 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cohort")
     generate_cohort(root, n=10, size=24, seed=5)
     return root / "participants.tsv"
-
-
-def torchrun(*args: str | Path, processes: int = 2, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={processes}",
-            *map(str, args),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
 
 
 @pytest.mark.slow

@@ -13,8 +13,7 @@ from torch import nn
 from neurodl.config import TrainOptions
 from neurodl.engine import TensorBatches, fit
 from neurodl.io.state import load_state
-
-from .test_loop import Regression, line_data
+from neurodl_testing.engine import Regression, line_data
 
 
 class SlowBatches:

@@ -12,33 +12,7 @@ from neurodl.config import OPTIMIZERS, TrainOptions
 from neurodl.engine import Callback, TensorBatches, fit
 from neurodl.errors import Interrupted, RunDirectoryError, TrainingFailed
 from neurodl.io.state import load_state, save_state
-
-
-class Regression:
-    """A minimal task: a model and the mean squared error."""
-
-    default_monitor = "val_loss"
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def training_step(self, batch):
-        x, y = batch
-        return {"loss": nn.functional.mse_loss(self.model(x).squeeze(1), y)}
-
-    def validation_step(self, batch):
-        x, y = batch
-        return {"output": self.model(x).squeeze(1), "target": y}
-
-    def validation_metrics(self, outputs):
-        return {"loss": float(nn.functional.mse_loss(outputs["output"], outputs["target"]))}
-
-
-def line_data(n: int = 64, a: float = 3.0, b: float = -2.0, noise: float = 0.0, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, generator=g) * 4 - 2
-    y = a * x[:, 0] + b + noise * torch.randn(n, generator=g)
-    return x, y
+from neurodl_testing.engine import Regression, line_data
 
 
 def test_full_batch_gradient_descent_recovers_slope_and_intercept():

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_nifti
 
 from neurodl.errors import InputFileError, ManifestError
 from neurodl.io.manifest import (
@@ -18,6 +17,7 @@ from neurodl.io.manifest import (
     read_table,
     require_columns,
 )
+from neurodl_testing import make_nifti
 
 
 def _cohort(root: Path, n: int = 3, sep: str = ",", name: str = "manifest.csv") -> Path:

@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import las_anisotropic_affine, make_nifti
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nibabel import cifti2
@@ -28,6 +27,7 @@ from neurodl.io.nifti import (
     to_ras,
     voxel_size,
 )
+from neurodl_testing import las_anisotropic_affine, make_nifti
 
 
 def _affine(codes: str, spacing=(1.0, 1.5, 3.0), origin=(40.0, -60.0, -20.0)) -> np.ndarray:

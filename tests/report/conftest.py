@@ -7,16 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from neurodl.cli.main import main
 from neurodl.data.phantom import generate_cohort
-
-SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "participants.tsv"
-DX = ["--target", "diagnosis", "--features", "csf_volume_ml,brain_metabolism", "--quiet"]
-
-
-def train(*args: str | Path) -> None:
-    code = main([str(a) for a in args])
-    assert code == 0, f"training failed: {args}"
+from neurodl_testing import DX, SAMPLE, train
 
 
 @pytest.fixture(scope="package")

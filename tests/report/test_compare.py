@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from report.conftest import DX, SAMPLE
+import numpy as np
+import pytest
+
+from neurodl_testing import DX, SAMPLE
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -35,7 +38,12 @@ def test_json_sorted_by_metric(run_cli, dx_runs, severity_cv_run):
     assert payload["metric"] == "rmse"
     assert [r["label"] for r in payload["runs"]][0] == "severity-cv"  # the only run with an RMSE comes first
     cv = payload["runs"][0]
-    assert cv["metrics"]["rmse"] > 0 and cv["metrics_std"]["rmse"] >= 0
+    folds = json.loads((severity_cv_run / "metrics.json").read_text())["folds"]
+    fold_rmse = [fold["rmse"] for fold in folds]
+    assert cv["metrics"]["rmse"] == pytest.approx(sum(fold_rmse) / 3)
+    assert (
+        cv["metrics_std"]["rmse"] == pytest.approx(float(np.std(fold_rmse))) and cv["metrics_std"]["rmse"] > 0
+    )
     assert cv["metrics"]["accuracy"] is None and cv["best"] is True
     assert cv["options"]["target"] == "severity" and cv["options"]["cv"] == 3
     dx = payload["runs"][1]

@@ -12,7 +12,7 @@ import torch
 
 from neurodl.cli.main import main
 from neurodl.data.phantom import generate_cohort
-from robustness._support import TRAIN_ARGS
+from neurodl_testing.robustness import TRAIN_ARGS
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,14 +32,28 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "participants.tsv"
 
 
-@pytest.fixture(scope="session")
-def runs(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One trained run directory per task, trained for one epoch on ``cohort``."""
-    root = tmp_path_factory.mktemp("runs")
-    trained = {}
-    for task, args in TRAIN_ARGS.items():
-        out = root / task
-        code = main([task, "train", str(cohort), *args, "--out", str(out)])
+class TrainedRuns(dict):
+    """One run directory per task, trained for one epoch on the cohort the first time a test asks for it.
+
+    Lazy, so running one case of the suite trains only the task it needs.
+    """
+
+    def __init__(self, cohort: Path, root: Path) -> None:
+        super().__init__()
+        self.cohort, self.root = cohort, root
+
+    def __missing__(self, task: str) -> Path:
+        out = self.root / task
+        code = main([task, "train", str(self.cohort), *TRAIN_ARGS[task], "--out", str(out)])
         assert code == 0, task
-        trained[task] = out
-    return trained
+        self[task] = out
+        return out
+
+    def items(self):  # type: ignore[override]
+        return [(task, self[task]) for task in TRAIN_ARGS]
+
+
+@pytest.fixture(scope="session")
+def runs(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRuns:
+    """Run directories per task (``runs["segment"]``), each trained once, on first use."""
+    return TrainedRuns(cohort, tmp_path_factory.mktemp("runs"))

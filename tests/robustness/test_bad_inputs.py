@@ -20,7 +20,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustness._support import BAD_IMAGES, TRAIN_ARGS, Grid, grid_of, replace_cell, snapshot, stray_files
+from neurodl_testing.robustness import (
+    BAD_IMAGES,
+    TRAIN_ARGS,
+    Grid,
+    grid_of,
+    replace_cell,
+    snapshot,
+    stray_files,
+)
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robustness._support import TRAIN_ARGS
+from neurodl_testing.robustness import TRAIN_ARGS
 
 
 def _metrics(run: Path) -> dict:

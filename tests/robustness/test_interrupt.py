@@ -19,7 +19,7 @@ import torch
 from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.io.state import load_state, save_state
-from robustness._support import TRAIN_ARGS, digest, snapshot, stray_files
+from neurodl_testing.robustness import TRAIN_ARGS, digest, snapshot, stray_files
 
 EPOCHS = 300
 # Full-batch epochs on 8 rows: each a few milliseconds; 300 of them outlast the signal sent after

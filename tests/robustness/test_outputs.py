@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustness._support import TRAIN_ARGS, digest, snapshot, stray_files
+from neurodl_testing.robustness import TRAIN_ARGS, digest, snapshot, stray_files
 
 
 def absolute_manifest(cohort: Path, path: Path) -> Path:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from neurodl.errors import RunDirectoryError
 from neurodl.io.rundir import RunDirectory
-from robustness._support import snapshot, stray_files
+from neurodl_testing.robustness import snapshot, stray_files
 
 TASKS = ["biomarkers", "classify", "segment", "autoencode", "translate"]
 

@@ -17,7 +17,7 @@ from neurodl.engine import TensorBatches, fit
 from neurodl.engine.loop import Stepper
 from neurodl.models import create_model, list_models
 from neurodl.tasks.translate import Pix2Pix, TargetScale
-from tests.conftest import las_anisotropic_affine, make_nifti
+from neurodl_testing import las_anisotropic_affine, make_nifti
 
 # 24 mm phantoms at 1.5 mm: 16^3 volumes padded to 32x32 slices; a width-4 U-Net trains in seconds on one thread.
 TINY = ["--spacing", "1.5", "--width", "4", "--batch-size", "16", "--quiet"]
@@ -323,7 +323,7 @@ def test_3d_patches_train_and_translate_whole_volumes_by_sliding_windows(
 
 @pytest.mark.slow
 def test_two_processes_train_one_gan_run_through_ddp_wrappers(cohort: Path, tmp_path: Path):
-    from tests.engine.test_distributed import torchrun
+    from neurodl_testing.engine import torchrun
 
     out = tmp_path / "runs" / "ddp"
     done = torchrun(
