@@ -158,6 +158,8 @@ def format_rows(rows: Sequence[int], limit: int = 10) -> str:
 
 
 DEFAULT_PARTICIPANT_COLUMN = "participant_id"
+# BIDS identifiers kept as text in any manifest (``run`` 01 is not the number 1.0).
+IDENTITY_COLUMNS = ("session_id", "run")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # BIDS entity "sub-<label>": the label is alphanumeric, delimited by "_" or a folder separator.
 _BIDS_SUBJECT = re.compile(r"(?:^|[_/\\])(sub-[A-Za-z0-9]+)(?=$|[_./\\])")
@@ -375,7 +377,7 @@ def load_manifest(
                 f"--bids-filter selects images of a BIDS dataset, but {path} is a table.",
                 "Give the dataset's root folder instead, or drop --bids-filter.",
             )
-        frame = read_table(path, text_columns=[participant_column, *named])
+        frame = read_table(path, text_columns=[participant_column, *IDENTITY_COLUMNS, *named])
         root = Path(os.path.abspath(path)).parent
     frame = frame.reset_index(drop=True)
 
