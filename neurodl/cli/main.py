@@ -17,6 +17,7 @@ from neurodl.cli import (
     biomarkers,
     check,
     classify,
+    generate,
     info,
     manifest,
     models,
@@ -24,6 +25,7 @@ from neurodl.cli import (
     sample_data,
     segment,
     translate,
+    tune,
 )
 from neurodl.cli._console import err_console
 from neurodl.errors import ExitStatus, NeurodlError
@@ -68,8 +70,12 @@ app.add_typer(segment.app, name="segment")
 app.add_typer(autoencode.app, name="autoencode")
 app.command("train-ae", help="Same as `neurodl autoencode train`.")(autoencode.train)
 app.add_typer(translate.app, name="translate")
+app.add_typer(generate.app, name="generate")
 app.command("report")(report.report)
 app.command("compare")(report.compare)
+app.command(
+    "tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)(tune.tune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

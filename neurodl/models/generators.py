@@ -1,0 +1,139 @@
+"""GANs from noise: generators (task ``generate``) and their discriminators (task ``gan_discriminator``).
+
+A generator maps a noise vector (and, for a conditional model, a class index) to an
+image of ``size`` (2D slices or 3D volumes, each side a multiple of ``SIZE_MULTIPLE``)
+in the range -1..1. A discriminator maps an image (and the class index) to one logit
+per image. Conditioning: one generator for every class, the class entering as a
+learned embedding concatenated to the noise; the discriminator is a projection
+discriminator (Miyato & Koyama 2018): ``linear(h) + <embed(y), h>`` of its pooled features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from neurodl.models._registry import register_model
+
+# Three stride-2 levels: every side of the image must be a multiple of 8.
+SIZE_MULTIPLE = 8
+LEVELS = 3
+
+
+class ConditionalGenerator(nn.Module):
+    """MONAI's ``Generator`` (a dense layer to a coarse grid, then transposed convolutions), tanh output.
+
+    Args:
+        spatial_dims: 2 (slices) or 3 (volumes).
+        size: the image's side lengths, multiples of ``SIZE_MULTIPLE``.
+        latent_dim: length of the noise vector.
+        classes: number of conditions (0: unconditional).
+        width: filters of the finest level (doubled per coarser level).
+
+    Example:
+        >>> ConditionalGenerator(3, (16, 16, 16), 8, classes=2, width=4)(torch.zeros(2, 8), torch.tensor([0, 1])).shape
+        torch.Size([2, 1, 16, 16, 16])
+    """
+
+    def __init__(
+        self, spatial_dims: int, size: Sequence[int], latent_dim: int, classes: int = 0, width: int = 16
+    ) -> None:
+        from monai.networks.nets import Generator  # heavy: only when a model is built
+
+        super().__init__()
+        if any(s % SIZE_MULTIPLE for s in size) or len(size) != spatial_dims:
+            raise ValueError(
+                f"size {tuple(size)} must have {spatial_dims} sides, multiples of {SIZE_MULTIPLE}"
+            )
+        self.latent_dim = latent_dim
+        self.classes = classes
+        self.embed = nn.Embedding(classes, latent_dim) if classes else None
+        start = [s // 2**LEVELS for s in size]
+        self.net = Generator(
+            latent_shape=(latent_dim * (2 if classes else 1),),
+            start_shape=(8 * width, *start),
+            channels=(4 * width, 2 * width, width, 1),
+            strides=(2, 2, 2, 1),
+            num_res_units=0,
+            act=("leakyrelu", {"negative_slope": 0.2}),
+            norm="BATCH",
+        )
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional generator needs the class of each sample")
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        return torch.tanh(self.net(z))
+
+
+class ProjectionDiscriminator(nn.Module):
+    """Strided convolutions (MONAI ``Convolution`` blocks, instance norm, leaky ReLU), mean-pooled, one logit.
+
+    Example:
+        >>> d = ProjectionDiscriminator(2, classes=2, width=4)
+        >>> d(torch.zeros(3, 1, 16, 16), torch.tensor([0, 1, 1])).shape
+        torch.Size([3, 1])
+    """
+
+    def __init__(self, spatial_dims: int, classes: int = 0, width: int = 16, in_channels: int = 1) -> None:
+        from monai.networks.blocks import Convolution  # heavy: only when a model is built
+
+        super().__init__()
+        blocks: list[nn.Module] = []
+        channels = in_channels
+        for level in range(LEVELS + 1):
+            filters = width * 2**level
+            blocks.append(
+                Convolution(
+                    spatial_dims,
+                    channels,
+                    filters,
+                    # Three halvings (a side of 8 ends at 1), then a last block at that resolution.
+                    strides=2 if level < LEVELS else 1,
+                    kernel_size=4 if level < LEVELS else 3,
+                    padding=1,
+                    act=("leakyrelu", {"negative_slope": 0.2}),
+                    # No norm on the first layer (DCGAN); instance norm keeps real and fake samples of one batch apart.
+                    norm=None if level == 0 else ("instance", {"affine": True}),
+                )
+            )
+            channels = filters
+        self.features = nn.Sequential(*blocks)
+        self.linear = nn.Linear(channels, 1)
+        self.embed = nn.Embedding(classes, channels) if classes else None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x).flatten(2).mean(dim=2)
+        out = self.linear(h)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional discriminator needs the class of each image")
+            out = out + (self.embed(labels) * h).sum(dim=1, keepdim=True)
+        return out
+
+
+@register_model(
+    "generate",
+    "dcgan",
+    "DCGAN-style generator (MONAI Generator: dense layer, 3 transposed convolutions, batch norm, tanh); label embedding",
+)
+def dcgan(
+    spatial_dims: int = 3,
+    size: Sequence[int] = (32, 32, 32),
+    latent_dim: int = 64,
+    classes: int = 0,
+    width: int = 16,
+) -> ConditionalGenerator:
+    return ConditionalGenerator(spatial_dims, tuple(size), latent_dim, classes, width)
+
+
+@register_model(
+    "gan_discriminator",
+    "projection",
+    "projection discriminator (strided MONAI convolutions, instance norm, class-embedding projection)",
+)
+def projection(spatial_dims: int = 3, classes: int = 0, width: int = 16) -> ProjectionDiscriminator:
+    return ProjectionDiscriminator(spatial_dims, classes, width)

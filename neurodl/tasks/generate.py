@@ -1,0 +1,607 @@
+"""Generate: a GAN that makes new brain images from noise, optionally conditional on a label.
+
+The generator turns a noise vector (and the asked-for condition, e.g. AD or CN,
+as a learned embedding) into an image; the discriminator learns to tell those
+from training images of that condition (a projection discriminator), and the
+generator learns to fool it. Each network has its own optimiser (the engine's
+``optimizer_groups``). ``dims`` 3 trains on whole volumes resized to a fixed grid,
+``dims`` 2 on the central axial slices of each volume.
+
+Intensities: images are resampled and resized like every image task, but keep
+their own units, mapped to the generator's range -1..1 by a :class:`TargetScale`
+fitted on the training images and recorded in ``preprocessing.json``, so samples
+are written back in the training images' units, in the training grid with its
+real-world affine. Scoring is in :mod:`neurodl.tasks.generate_metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neurodl.config import GenerateOptions, from_dict, to_dict
+from neurodl.data.images import ImageBatches, ImagePreprocessing, plan_preprocessing, preprocess
+from neurodl.data.splits import split_by_participant
+from neurodl.engine import Callback, fit
+from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
+from neurodl.io.manifest import load_manifest, require_columns
+from neurodl.io.nifti import Volume, save_volume
+from neurodl.io.rundir import RunDirectory
+from neurodl.models import create_model, list_models
+from neurodl.tasks._gan import AdversarialPair, TargetScale
+from neurodl.tasks._run import (
+    cache_folder,
+    progress,
+    recorded_columns,
+    start_run,
+    warm_cache,
+    write_held_out_manifest,
+    write_training_record,
+)
+from neurodl.tasks.autoencode import central_slices, fitting_spacing
+from neurodl.tasks.translate import PairedVolumes
+
+TASK = "generate"
+MAX_CLASSES = 50
+PREVIEW_PER_CLASS = 6
+
+
+class NoiseGAN(AdversarialPair):
+    """Generator from noise + projection discriminator, for the engine (which steps each optimiser).
+
+    Batches are ``(images, class indices)``, images already scaled to -1..1.
+    """
+
+    default_monitor = "train_loss"
+
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        discriminator: torch.nn.Module,
+        *,
+        gan_loss: str,
+        lr: float,
+        lr_d: float,
+        latent_dim: int,
+    ) -> None:
+        super().__init__(generator, discriminator, gan_loss=gan_loss, lr=lr, lr_d=lr_d)
+        self.latent_dim = latent_dim
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], step: Callable[[str, torch.Tensor], None]
+    ) -> dict[str, torch.Tensor]:
+        real, labels = batch
+        # Drawn from the global generator, which the engine seeds per epoch: a resumed run draws the same noise.
+        z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
+        fake = self._train_generator(z, labels)
+        # Real and synthetic images in one forward pass (one DDP reduction; instance norm keeps samples apart).
+        logits = self._train_discriminator(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))
+        real_logits, fake_logits = logits.chunk(2)
+        d_loss = 0.5 * (
+            self._adversarial(real_logits, True, True) + self._adversarial(fake_logits, False, True)
+        )
+        step("discriminator", d_loss)
+        with self.frozen_discriminator():
+            # The plain discriminator (not its DDP wrapper): its weights are frozen for this step.
+            g_loss = self._adversarial(self.discriminator(fake, labels), True, False)
+            step("generator", g_loss)
+        # "loss" is the generator's adversarial loss; d_real/d_fake: the share of real and
+        # synthetic images the discriminator (before its step) judged correctly.
+        return {
+            "loss": g_loss.detach(),
+            "d_loss": d_loss.detach(),
+            "d_real": (real_logits.detach() > 0).float().mean(),
+            "d_fake": (fake_logits.detach() < 0).float().mean(),
+        }
+
+
+class GanImages(torch.utils.data.Dataset):
+    """Training images scaled to -1..1 with their class index: whole volumes, or central axial slices."""
+
+    def __init__(
+        self,
+        volumes: PairedVolumes,
+        rows: Sequence[int],
+        labels: Sequence[int],
+        scale: TargetScale,
+        *,
+        dims: int,
+        slices: int,
+        depth: int,
+    ) -> None:
+        self.volumes = volumes
+        self.labels = [int(v) for v in labels]
+        self.scale = scale
+        self.dims = dims
+        planes = central_slices(depth, slices) if dims == 2 else [0]
+        self.items = [(int(r), z) for r in rows for z in planes]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row, z = self.items[index]
+        image = self.scale.normalize(self.volumes.pair(row)[1])
+        if self.dims == 2:
+            image = image[..., z]
+        return image.contiguous(), torch.tensor(self.labels[row])
+
+
+def model_spec(options: GenerateOptions, size: Sequence[int], classes: int) -> dict[str, Any]:
+    return {
+        "name": options.model,
+        "discriminator": options.discriminator,
+        "dims": options.dims,
+        "size": [int(s) for s in size][: options.dims],
+        "latent_dim": options.latent_dim,
+        "classes": classes,
+        "width": options.width,
+    }
+
+
+def build_generator(spec: dict[str, Any]) -> torch.nn.Module:
+    return create_model(
+        TASK,
+        spec["name"],
+        spatial_dims=int(spec["dims"]),
+        size=[int(s) for s in spec["size"]],
+        latent_dim=int(spec["latent_dim"]),
+        classes=int(spec["classes"]),
+        width=int(spec["width"]),
+    )
+
+
+def build_discriminator(spec: dict[str, Any]) -> torch.nn.Module:
+    return create_model(
+        "gan_discriminator",
+        spec["discriminator"],
+        spatial_dims=int(spec["dims"]),
+        classes=int(spec["classes"]),
+        width=int(spec["width"]),
+    )
+
+
+def check_models(options: GenerateOptions) -> None:
+    """Refuse unknown generator or discriminator names before any work."""
+    for task, name, flag in (
+        (TASK, options.model, "--model"),
+        ("gan_discriminator", options.discriminator, "--discriminator"),
+    ):
+        known = [entry.name for entry in list_models(task)]
+        if name not in known:
+            raise UsageError(
+                f"Unknown {flag} '{name}'.", f"Known: {', '.join(known)} (see `neurodl models {task}`)."
+            )
+
+
+def condition_codes(frame: pd.DataFrame, column: str, source: Path) -> list[str]:
+    """The condition of every row as text; an empty cell or too many values is a clear error."""
+    values = frame[column]
+    missing = [i + 1 for i, v in enumerate(values) if pd.isna(v) or not str(v).strip()]
+    if missing:
+        raise DataError(
+            f"{source}: column '{column}' is empty in row(s) {', '.join(map(str, missing[:5]))}.",
+            "Fill in the condition of every image, or remove those rows.",
+        )
+    text = [str(v).strip() for v in values]
+    if len(set(text)) > MAX_CLASSES:
+        raise DataError(
+            f"{source}: column '{column}' has {len(set(text))} distinct values; a condition is a category (at most {MAX_CLASSES}).",
+            "Condition on a categorical column such as diagnosis or sex.",
+        )
+    return text
+
+
+def grid_slice_affine(affine: np.ndarray, z: int) -> np.ndarray:
+    """The affine of axial slice ``z`` of a grid, as a one-slice volume."""
+    moved = np.array(affine, dtype=float)
+    moved[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, float(z)]) + affine[:3, 3]
+    return moved
+
+
+def grid_volume(data: np.ndarray, affine: np.ndarray) -> Volume:
+    """``data`` placed in the training grid (RAS, the run's spacing, a real-world origin), in mm."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_xyzt_units("mm")
+    return Volume(data=data, affine=np.asarray(affine, dtype=float), header=header)
+
+
+def contact_sheet(images: Sequence[np.ndarray], names: Sequence[str], *, title: str, columns: int = 6) -> Any:
+    """A grid of axial views (the central slice of volumes), one grey scale for all."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    planes = [np.asarray(a[..., a.shape[-1] // 2] if a.ndim == 3 else a) for a in images]
+    low, high = (float(v) for v in np.percentile(np.concatenate([p.ravel() for p in planes]), [1, 99.5]))
+    columns = max(1, min(columns, len(planes)))
+    rows = int(np.ceil(len(planes) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(planes):
+            ax.imshow(np.rot90(planes[k]), cmap="gray", vmin=low, vmax=high)
+            ax.set_title(names[k], fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+class EpochPreviews(Callback):
+    """After each epoch: ``previews/epoch-NNN.png``, samples of each condition from the same fixed noise."""
+
+    def __init__(
+        self, run: RunDirectory, module: NoiseGAN, scale: TargetScale, classes: Sequence[str]
+    ) -> None:
+        self.run, self.module, self.scale = run, module, scale
+        self.classes = list(classes) or [""]
+        noise = torch.Generator().manual_seed(12345)
+        self.z = torch.randn(PREVIEW_PER_CLASS, module.latent_dim, generator=noise)
+
+    def on_epoch_end(self, record: dict[str, float]) -> None:
+        images, names = [], []
+        for index, name in enumerate(self.classes):
+            labels = torch.full((PREVIEW_PER_CLASS,), index, dtype=torch.long)
+            batch = draw(self.module.generator, self.z, labels if name else None)
+            images += [self.scale.denormalize(x[0]).numpy() for x in batch]
+            names += [name or f"sample {k + 1}" for k in range(PREVIEW_PER_CLASS)]
+        epoch = int(record["epoch"])
+        self.run.save_figure(
+            f"previews/epoch-{epoch:03d}.png",
+            contact_sheet(
+                images,
+                names,
+                title=f"epoch {epoch}: D loss {record.get('train_d_loss', float('nan')):.3g}, G loss {record.get('train_loss', float('nan')):.3g} (fixed noise)",
+                columns=PREVIEW_PER_CLASS,
+            ),
+        )
+
+
+def draw(generator: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Images (N, 1, ...) in -1..1 from noise ``z`` (N, latent) in eval mode, 8 at a time."""
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(z), 8):
+            chunk = None if labels is None else labels[start : start + 8].to(device)
+            parts.append(generator(z[start : start + 8].to(device), chunk).float().cpu())
+    generator.train(was_training)
+    return torch.cat(parts)
+
+
+def train(
+    manifest_path: Path | None,
+    options: GenerateOptions,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Any = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train a GAN on the images of a manifest (conditional on ``options.condition``); write the run ``out``."""
+    check_models(options)
+    if len(options.images.image) != 1:
+        raise UsageError(
+            f"generate learns one image column, not {len(options.images.image)} ({', '.join(options.images.image)}).",
+            "Give one --image column (train one model per contrast).",
+        )
+    run, manifest_path, saved = start_run(
+        out, task=TASK, source=manifest_path, options=to_dict(options), resume=resume, overwrite=overwrite
+    )
+    options = from_dict(GenerateOptions, saved)
+    images = options.images
+    manifest = load_manifest(manifest_path, list(images.image), None, images.participant)
+    groups = np.asarray(manifest.participant_ids, dtype=str)
+    seed = options.train.seed
+    conditions: list[str] = [""] * len(manifest)
+    if options.condition:
+        require_columns(
+            manifest.frame,
+            [options.condition],
+            manifest_path,
+            fix="Name the label column to condition on with --condition (e.g. --condition diagnosis), or drop it.",
+        )
+        conditions = condition_codes(manifest.frame, options.condition, manifest_path)
+    rows = np.arange(len(manifest))
+    test_rows = np.zeros(0, dtype=int)
+    if options.test_fraction > 0:
+        strata = np.unique(np.asarray(conditions), return_inverse=True)[1]
+        kept, held = split_by_participant(groups, strata, options.test_fraction, seed + 101)
+        rows, test_rows = rows[kept], rows[held]
+    classes = sorted({conditions[int(r)] for r in rows}) if options.condition else []
+    labels = (
+        [classes.index(c) if c in classes else -1 for c in conditions] if classes else [0] * len(manifest)
+    )
+    items = [manifest.image_paths(int(r)) for r in range(len(manifest))]
+    train_paths = [items[int(r)][0] for r in rows]
+    preprocessing = plan_preprocessing(
+        train_paths,
+        spacing=images.spacing or fitting_spacing(train_paths, images.size),
+        size=images.size,
+        normalize=images.normalize,
+        crop_foreground=images.crop_foreground,
+        channels=1,
+        resize=True,
+    )
+    if any(s % 8 for s in preprocessing.size[: options.dims]):
+        raise UsageError(
+            f"the planned grid {preprocessing.size} does not suit the generator (each side a multiple of 8).",
+            "Give --size, e.g. --size 32.",
+        )
+    # The images are both source and target of the paired pipeline: the target keeps their units.
+    volumes = PairedVolumes(
+        items,
+        [paths[0] for paths in items],
+        preprocessing,
+        resample=False,
+        cache=images.cache,
+        cache_dir=cache_folder(run, images),
+        cache_budget=images.cache_budget,
+        describe=lambda i: f"{manifest_path.name} row {i + 1}",
+    )
+    warm_cache(volumes, console, quiet)
+    grid = np.asarray(preprocess(preprocessing, items[int(rows[0])]).affine, dtype=float)
+    scale = TargetScale.fit([volumes.pair(int(r))[1] for r in rows], seed)
+    spec = model_spec(options, preprocessing.size, len(classes))
+    torch.manual_seed(seed)
+    module = NoiseGAN(
+        build_generator(spec),
+        build_discriminator(spec),
+        gan_loss=options.gan_loss,
+        lr=options.train.lr,
+        lr_d=options.lr_d,
+        latent_dim=options.latent_dim,
+    )
+    dataset = GanImages(
+        volumes, rows, labels, scale, dims=options.dims, slices=options.slices, depth=preprocessing.size[2]
+    )
+    batches = ImageBatches(
+        dataset,  # type: ignore[arg-type]
+        batch_size=options.train.batch_size,
+        shuffle=True,
+        seed=seed,
+        workers=images.workers,
+    )
+    with progress(console, quiet, "training the GAN") as callbacks:
+        result = fit(
+            module,  # type: ignore[arg-type]
+            batches,
+            None,
+            options.train,
+            checkpoint=run.file("checkpoints/final.safetensors"),
+            resume=resume,
+            callbacks=[*callbacks, EpochPreviews(run, module, scale, classes)],
+            resume_hint=f"Continue with: neurodl generate train --resume --out {run.path}",
+        )
+    run.write_json(
+        "preprocessing.json",
+        {
+            "images": preprocessing.to_dict(),
+            "image_columns": list(images.image),
+            "participant_column": images.participant,
+            "condition_column": options.condition,
+            "classes": classes,
+            "target_scale": scale.to_dict(),
+            "grid_affine": grid.tolist(),
+            "slices": options.slices,
+            "model": spec,
+        },
+    )
+    run.save_weights(module.generator.state_dict())
+    run.save_weights(module.discriminator.state_dict(), "discriminator.safetensors")
+    last = result.history[-1] if result.history else {}
+    headline = {
+        k: float(last[f"train_{k}"]) for k in ("loss", "d_loss", "d_real", "d_fake") if f"train_{k}" in last
+    }
+    evaluation = (
+        "none during training (a GAN keeps its last epoch); score samples with `neurodl generate evaluate`"
+    )
+    if len(test_rows):
+        write_held_out_manifest(run, manifest, test_rows)
+        evaluation += (
+            f" on the {len(set(groups[test_rows].tolist()))} held-out participants in test_manifest.tsv"
+        )
+    outcome = SimpleNamespace(
+        splits={"seed": seed, "train": sorted(set(groups[rows].tolist()))}, history=result.history
+    )
+    metrics = {"evaluation": evaluation, "final_epoch": headline}
+    write_training_record(
+        run,
+        outcome,
+        metrics,
+        participant_column=images.participant,
+        groups=groups,
+        rows=rows,
+        test_rows=test_rows,
+    )
+    from neurodl.report import plots as figures
+
+    run.save_figure(
+        "learning_curves.png",
+        figures.learning_curves(
+            result.history, title=f"{options.model} GAN ({options.dims}D, {options.gan_loss})"
+        ),
+    )
+    return {
+        "task": TASK,
+        "target": images.image[0] + (f" | {options.condition}" if options.condition else ""),
+        "model": options.model,
+        "images": len(manifest),
+        "participants": len(set(groups.tolist())),
+        "preprocessing": preprocessing.to_dict(),
+        "evaluation": evaluation,
+        "metrics": headline,
+        "metrics_std": {},
+        "epochs": result.epochs_run,
+        "run": str(run.path),
+    }
+
+
+@dataclass
+class LoadedGenerator:
+    """A trained generator, ready to sample."""
+
+    run: RunDirectory
+    generator: torch.nn.Module
+    preprocessing: ImagePreprocessing
+    scale: TargetScale
+    image_column: str
+    participant_column: str
+    condition_column: str
+    classes: list[str]
+    dims: int
+    latent_dim: int
+    grid_affine: np.ndarray
+    device: torch.device
+
+
+def load(run_dir: Path, *, device: str = "auto") -> LoadedGenerator:
+    """Open a generate run directory; tampered or foreign runs give a clear error."""
+    from neurodl.engine import resolve_device
+
+    run = RunDirectory.open(run_dir, task=TASK)
+    prep = run.read_json("preprocessing.json")
+    try:
+        preprocessing = ImagePreprocessing.from_dict(prep["images"])
+        spec = dict(prep["model"])
+        dims, latent = int(spec["dims"]), int(spec["latent_dim"])
+        classes = [str(c) for c in prep["classes"]]
+        if (
+            dims not in (2, 3)
+            or not 0 < latent <= 4096
+            or not 0 < int(spec["width"]) <= 256
+            or [int(s) for s in spec["size"]] != list(preprocessing.size)[:dims]
+            or int(spec["classes"]) != len(classes)
+            or len(classes) > MAX_CLASSES
+            or any(not c or any(ch in c for ch in ("/", "\\", "\0")) for c in classes)
+        ):
+            raise ValueError("model description out of range")
+        scale = TargetScale.from_dict(prep["target_scale"])
+        grid = np.asarray(prep["grid_affine"], dtype=float)
+        if grid.shape != (4, 4) or not np.isfinite(grid).all() or abs(np.linalg.det(grid[:3, :3])) < 1e-9:
+            raise ValueError("grid affine out of range")
+        columns, participant_column = recorded_columns(prep, 1)
+        condition = str(prep.get("condition_column", ""))
+        if bool(condition) != bool(classes):
+            raise ValueError("condition column and classes disagree")
+    except (KeyError, TypeError, ValueError, NeurodlError) as exc:
+        raise RunDirectoryError(
+            f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
+            "Train the model again.",
+        ) from exc
+    generator = run.load_model(lambda: build_generator(spec))
+    target = resolve_device(device)
+    generator.to(target).eval()
+    return LoadedGenerator(
+        run,
+        generator,
+        preprocessing,
+        scale,
+        columns[0],
+        participant_column,
+        condition,
+        classes,
+        dims,
+        latent,
+        grid,
+        target,
+    )
+
+
+def class_index(loaded: LoadedGenerator, condition: str | None) -> list[int]:
+    """The class indices to sample: the one asked for, or every class (index 0 for an unconditional model)."""
+    if condition is None:
+        return list(range(len(loaded.classes))) or [0]
+    if not loaded.classes:
+        raise UsageError(
+            f"--condition {condition}: this model was trained without a condition.",
+            "Drop --condition, or train with --condition COLUMN.",
+        )
+    if condition not in loaded.classes:
+        raise UsageError(
+            f"--condition '{condition}' is not a condition of this model ({loaded.condition_column}: {', '.join(loaded.classes)}).",
+            f"Use one of: {', '.join(loaded.classes)}.",
+        )
+    return [loaded.classes.index(condition)]
+
+
+def generate_images(loaded: LoadedGenerator, index: int, n: int, seed: int) -> np.ndarray:
+    """``n`` images of class ``index`` in the training images' units: (n, X, Y, Z) or (n, X, Y).
+
+    The noise of class k comes from its own generator seeded by (seed, k), so the
+    samples of one condition do not depend on which others are drawn.
+    """
+    noise = torch.Generator().manual_seed(int(seed) * 1009 + index)
+    z = torch.randn(n, loaded.latent_dim, generator=noise)
+    labels = torch.full((n,), index, dtype=torch.long) if loaded.classes else None
+    return loaded.scale.denormalize(draw(loaded.generator, z, labels))[:, 0].numpy().astype(np.float32)
+
+
+def sample(
+    loaded: LoadedGenerator,
+    out_dir: Path,
+    *,
+    n: int,
+    condition: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    sheet: bool = True,
+) -> pd.DataFrame:
+    """Write ``n`` samples per condition as NIfTI in the training grid (its affine, the images' units).
+
+    Also writes ``samples.csv`` (a manifest: participant_id, the condition column, the
+    image column) and ``samples.png`` (a contact sheet). 2D models write one-slice volumes
+    placed at the grid's central axial slice.
+    """
+    if n < 1:
+        raise UsageError(f"--n must be at least 1, not {n}.")
+    indices = class_index(loaded, condition)
+    table = out_dir / "samples.csv"
+    if table.exists() and not overwrite:
+        raise OutputError(
+            f"{out_dir}: already holds samples.csv.", "Choose another -o folder, or add --overwrite."
+        )
+    affine = loaded.grid_affine
+    if loaded.dims == 2:
+        affine = grid_slice_affine(affine, loaded.preprocessing.size[2] // 2)
+    rows: list[dict[str, Any]] = []
+    shown: list[np.ndarray] = []
+    names: list[str] = []
+    for index in indices:
+        name = loaded.classes[index] if loaded.classes else ""
+        for k, image in enumerate(generate_images(loaded, index, n, seed)):
+            stem = f"sample-{name}{k + 1:03d}" if name else f"sample-{k + 1:03d}"
+            data = image if image.ndim == 3 else image[..., None]
+            save_volume(data, out_dir / f"{stem}.nii.gz", like=grid_volume(data, affine))
+            row: dict[str, Any] = {loaded.participant_column: stem}
+            if name:
+                row[loaded.condition_column] = name
+            row[loaded.image_column] = f"{stem}.nii.gz"
+            rows.append(row)
+            if k < 6:
+                shown.append(image)
+                names.append(stem)
+    frame = pd.DataFrame(rows)
+    writer = RunDirectory(out_dir, TASK)  # atomic writes
+    writer.write_csv("samples.csv", frame)
+    if sheet:
+        writer.save_figure(
+            "samples.png",
+            contact_sheet(
+                shown, names, title=f"{loaded.run.path.name}: samples (seed {seed}; up to 6 per condition)"
+            ),
+        )
+    return frame
