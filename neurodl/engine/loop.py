@@ -46,11 +46,14 @@ class Task(Protocol):
 
 
 class Stepper:
-    """Takes one optimiser step on a loss, for tasks that train several networks (e.g. a GAN).
+    """Takes one optimiser step on a loss: the only place the engine updates weights.
 
-    Such a task defines ``optimizer_groups()`` -> ``{name: (parameters, lr)}`` and its
-    ``training_step(batch, step)`` calls ``step(name, loss)`` once per network and
-    batch; gradient scaling (fp16), clipping and the optimiser stay in the engine.
+    A task with one network gets one group, ``model``, stepped by the engine on the
+    loss its ``training_step(batch)`` returns. A task that trains several networks
+    (e.g. a GAN) defines ``optimizer_groups()`` -> ``{name: (parameters, lr)}`` and
+    its ``training_step(batch, step)`` calls ``step(name, loss)`` once per network
+    and batch. Either way gradient scaling (fp16), clipping and the optimisers stay
+    in the engine.
     """
 
     def __init__(
@@ -298,18 +301,14 @@ def fit(
     if val is None and monitor != "train_loss":
         monitor = "train_loss"
     mode = monitor_mode(monitor)
-    # One optimiser, or one per network for a task that steps them itself (optimizer_groups).
-    groups = task.optimizer_groups() if hasattr(task, "optimizer_groups") else None
-    optimizers = (
-        {name: build_optimizer(params, options, lr) for name, (params, lr) in groups.items()}
-        if groups
-        else {"model": build_optimizer(model.parameters(), options)}
-    )
-    optimizer = next(iter(optimizers.values()))
+    # One optimiser per network: the task's own groups (it steps them itself), else the whole model.
+    steps_itself = hasattr(task, "optimizer_groups")
+    groups = task.optimizer_groups() if steps_itself else {"model": (model.parameters(), None)}
+    optimizers = {name: build_optimizer(params, options, lr) for name, (params, lr) in groups.items()}
+    optimizer = next(iter(optimizers.values()))  # its learning rate is the one recorded per epoch
     schedulers = {name: build_scheduler(opt, options, mode) for name, opt in optimizers.items()}
-    scheduler = schedulers[next(iter(schedulers))]
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16" and device.type == "cuda")
-    stepper = Stepper(optimizers, scaler, options.grad_clip) if groups else None
+    stepper = Stepper(optimizers, scaler, options.grad_clip)
 
     result = FitResult(monitor=monitor)
     best_state = _clone_state(model)
@@ -318,10 +317,9 @@ def fit(
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_state(checkpoint)
         model.load_state_dict(state["model"])
-        saved_optimizers = state["optimizers"] if stepper is not None else {"model": state["optimizer"]}
-        saved_schedulers = (
-            state.get("schedulers") if stepper is not None else {"model": state.get("scheduler")}
-        )
+        # Checkpoints of one-network runs written before every task used groups hold one optimiser.
+        saved_optimizers = state["optimizers"] if "optimizers" in state else {"model": state["optimizer"]}
+        saved_schedulers = state["schedulers"] if "optimizers" in state else {"model": state.get("scheduler")}
         for name, opt in optimizers.items():
             opt.load_state_dict(saved_optimizers[name])
             sched = schedulers[name]
@@ -344,23 +342,14 @@ def fit(
     def save_checkpoint() -> None:
         if checkpoint is None or not distributed.is_main():
             return
-        if stepper is not None:
-            optimizer_state: dict[str, Any] = {
+        save_state(
+            {
+                "model": model.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                 "schedulers": {
                     name: sched.state_dict() if sched is not None else None
                     for name, sched in schedulers.items()
                 },
-            }
-        else:
-            optimizer_state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            }
-        save_state(
-            {
-                "model": model.state_dict(),
-                **optimizer_state,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "best_state": best_state,
                 "bad_epochs": bad_epochs,
@@ -374,7 +363,7 @@ def fit(
 
     wrap = _training_wrapper(options, device)
     if wrap is not None:
-        _wrap_task(task, wrap, several=stepper is not None)
+        _wrap_task(task, wrap, several=steps_itself)
     steps = len(train) if isinstance(train, Sized) else 0
     for cb in callbacks:
         cb.on_fit_start(epochs=options.epochs, steps=steps, start_epoch=start)
@@ -392,9 +381,9 @@ def fit(
                     batch = _to_device(batch, device, options.channels_last)
                     with autocast(device, options.precision):
                         out = (
-                            task.training_step(batch)
-                            if stepper is None
-                            else task.training_step(batch, stepper)  # type: ignore[call-arg]
+                            task.training_step(batch, stepper)  # type: ignore[call-arg]
+                            if steps_itself
+                            else task.training_step(batch)
                         )
                     loss = out["loss"]
                     if not all(torch.isfinite(v).all() for v in out.values()):
@@ -403,14 +392,8 @@ def fit(
                             f"the training {bad.replace('_', ' ')} became {out[bad].detach().float().mean().item()} at epoch {epoch + 1}, step {step + 1}: training diverged.",
                             "Lower --lr (e.g. by 10x), add --grad-clip 1.0, or check the inputs for extreme values.",
                         )
-                    if stepper is None:
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(loss).backward()
-                        if options.grad_clip > 0:
-                            # Unscale first so the threshold applies to the true gradient norm.
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
-                        scaler.step(optimizer)
+                    if not steps_itself:
+                        stepper("model", loss)
                     scaler.update()
                     n = _batch_size(batch)
                     for key, part in out.items():

@@ -85,6 +85,35 @@ def _dropout_task() -> Regression:
     return Regression(nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1)))
 
 
+def test_a_checkpoint_of_the_one_optimiser_format_still_resumes_exactly(tmp_path: Path):
+    """Checkpoints written before every task stepped through named groups hold ``optimizer``/``scheduler``."""
+    x, y = line_data(noise=0.2)
+    xv, yv = line_data(n=16, noise=0.2, seed=3)
+    options = TrainOptions(
+        epochs=6, batch_size=8, lr=0.01, patience=0, scheduler="cosine", seed=7, device="cpu"
+    )
+
+    def batches():
+        return TensorBatches(x, y, batch_size=8, shuffle=True, seed=7), TensorBatches(xv, yv, batch_size=64)
+
+    reference = _dropout_task()
+    fit(reference, *batches(), options)
+    checkpoint = tmp_path / "run.safetensors"
+    with pytest.raises(Interrupted):
+        fit(_dropout_task(), *batches(), options, checkpoint=checkpoint, callbacks=[StopAt(epoch=4)])
+    state = load_state(checkpoint)
+    assert set(state["optimizers"]) == {"model"}  # one group, named like a GAN's
+    state["optimizer"], state["scheduler"] = (
+        state.pop("optimizers")["model"],
+        state.pop("schedulers")["model"],
+    )
+    save_state(state, checkpoint)
+    resumed = _dropout_task()
+    assert fit(resumed, *batches(), options, checkpoint=checkpoint, resume=True).epochs_run == 6
+    for a, b in zip(reference.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path):
     x, y = line_data(noise=0.2)
     xv, yv = line_data(n=16, noise=0.2, seed=3)
