@@ -224,3 +224,92 @@ def sample(
         )
         detail = f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if counts else ""
         err_console().print(f"{len(table)} samples{detail} written to {out} (samples.csv, samples.png)")
+
+
+@app.command("evaluate")
+def evaluate(
+    model: ModelDirOption,
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            help="Manifest of real held-out images (the model's image column, and its condition column).",
+            dir_okay=False,
+        ),
+    ],
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            "--features",
+            help="classify or autoencode run whose features MMD and the Fréchet distance use (default: --classifier).",
+        ),
+    ] = None,
+    classifier: Annotated[
+        Path | None,
+        typer.Option(
+            "--classifier",
+            help="classify run trained on the condition column: the share of samples it gives the asked condition.",
+        ),
+    ] = None,
+    seed: SeedOption = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for metrics.json and the samples scored (samples/).", file_okay=False
+        ),
+    ] = None,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option("--allow-overlap", help="Compare with images of participants the GAN was trained on."),
+    ] = False,
+    overwrite: OverwriteFlag = False,
+    device: DeviceOption = "auto",
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Score samples against real images, beside real-vs-real (the floor): MMD, Fréchet, MS-SSIM, classifier accuracy.
+
+    The real images are split in two halves A and B by participant; as many samples as A
+    holds are drawn with A's conditions; samples vs B is shown next to A vs B.
+
+    Example: neurodl generate evaluate --model runs/gan runs/gan/test_manifest.tsv --classifier runs/cnn --out runs/gan/test
+    """
+    from rich.table import Table
+
+    from neurodl.tasks import generate, generate_metrics  # heavy: only when the command runs
+
+    console = err_console()
+    loaded = generate.load(model, device=device)
+    metrics, warnings = generate_metrics.evaluate(
+        loaded,
+        manifest,
+        features=features,
+        classifier=classifier,
+        seed=seed,
+        allow_overlap=allow_overlap,
+        report_dir=out,
+        overwrite=overwrite,
+        device=device,
+    )
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/yellow] {warning}")
+    if json_output:
+        print_json(metrics)
+    if quiet:
+        return
+    table = Table(
+        title=f"{model.name}: {metrics['samples']} samples vs real half B ({metrics['half_b']} images); "
+        f"floor: real half A ({metrics['half_a']}) vs B"
+    )
+    for column in ("metric", "generated", "real (floor)", "meaning"):
+        table.add_column(column, justify="right" if column in ("generated", "real (floor)") else "left")
+    for row in metrics["table"]:
+        table.add_row(row["metric"], f"{row['samples']:.4g}", f"{row['real']:.4g}", row["meaning"])
+    console.print(table)
+    if metrics["note"]:
+        console.print(metrics["note"])
+    elif classifier is None:
+        console.print(
+            "Give --features or --classifier (a classify or autoencode run) for MMD and the Fréchet distance."
+        )
+    if out is not None:
+        console.print(f"metrics.json and the samples scored written to {out}")

@@ -558,29 +558,33 @@ def sample(
     condition: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
-    sheet: bool = True,
 ) -> pd.DataFrame:
-    """Write ``n`` samples per condition as NIfTI in the training grid (its affine, the images' units).
-
-    Also writes ``samples.csv`` (a manifest: participant_id, the condition column, the
-    image column) and ``samples.png`` (a contact sheet). 2D models write one-slice volumes
-    placed at the grid's central axial slice.
-    """
+    """Write ``n`` samples per condition (or of ``condition`` only); see :func:`write_samples`."""
     if n < 1:
         raise UsageError(f"--n must be at least 1, not {n}.")
-    indices = class_index(loaded, condition)
-    table = out_dir / "samples.csv"
-    if table.exists() and not overwrite:
+    if (out_dir / "samples.csv").exists() and not overwrite:
         raise OutputError(
             f"{out_dir}: already holds samples.csv.", "Choose another -o folder, or add --overwrite."
         )
+    return write_samples(loaded, out_dir, dict.fromkeys(class_index(loaded, condition), n), seed)
+
+
+def write_samples(
+    loaded: LoadedGenerator, out_dir: Path, counts: dict[int, int], seed: int, *, sheet: bool = True
+) -> pd.DataFrame:
+    """Write ``counts[k]`` samples of class k as NIfTI in the training grid (its affine, the images' units).
+
+    Also writes ``samples.csv`` (a manifest: participant_id, the condition column, the
+    image column, relative paths) and ``samples.png`` (a contact sheet). 2D models write
+    one-slice volumes placed at the grid's central axial slice.
+    """
     affine = loaded.grid_affine
     if loaded.dims == 2:
         affine = grid_slice_affine(affine, loaded.preprocessing.size[2] // 2)
     rows: list[dict[str, Any]] = []
     shown: list[np.ndarray] = []
     names: list[str] = []
-    for index in indices:
+    for index, n in counts.items():
         name = loaded.classes[index] if loaded.classes else ""
         for k, image in enumerate(generate_images(loaded, index, n, seed)):
             stem = f"sample-{name}{k + 1:03d}" if name else f"sample-{k + 1:03d}"

@@ -1,0 +1,281 @@
+"""`neurodl generate` (GAN from noise) and `autoencode sample`: the two-optimiser step, conditioning,
+reproducible samples in the training grid and units, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neurodl.data.images import ImagePreprocessing, preprocess
+from neurodl.data.phantom import generate_cohort
+from neurodl.engine.loop import Stepper
+from neurodl.models import create_model, list_models
+from neurodl.tasks.generate import NoiseGAN
+from neurodl.tasks.generate_metrics import frechet, mean_pairwise_ms_ssim, mmd2
+
+# 24 mm phantoms resized to 16^3 at 1.5 mm; width-4 networks train in seconds on one thread.
+TINY = [
+    "--size",
+    "16",
+    "--width",
+    "4",
+    "--latent-dim",
+    "8",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--quiet",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    generate_cohort(root, n=10, size=24, seed=5)
+    return root / "participants.tsv"
+
+
+@pytest.fixture(scope="module")
+def trained(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from neurodl.cli.main import main
+
+    run = tmp_path_factory.mktemp("runs") / "gan"
+    code = main(
+        ["generate", "train", str(cohort), "--condition", "diagnosis", "--epochs", "2", "--out", str(run)]
+        + ["--test-fraction", "0.4", *TINY]
+    )
+    assert code == 0
+    return run
+
+
+def _tiny_module(gan_loss: str = "hinge", dims: int = 2) -> NoiseGAN:
+    torch.manual_seed(0)
+    return NoiseGAN(
+        create_model(
+            "generate", "dcgan", spatial_dims=dims, size=[16] * dims, latent_dim=8, classes=2, width=4
+        ),
+        create_model("gan_discriminator", "projection", spatial_dims=dims, classes=2, width=4),
+        gan_loss=gan_loss,
+        lr=1e-3,
+        lr_d=1e-3,
+        latent_dim=8,
+    )
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_every_registered_generator_and_discriminator_runs_forward_and_backward(dims: int):
+    z, labels = torch.randn(3, 8), torch.tensor([0, 1, 1])
+    for g_entry in list_models("generate"):
+        generator = create_model(
+            "generate", g_entry.name, spatial_dims=dims, size=[16] * dims, latent_dim=8, classes=2, width=4
+        )
+        fake = generator(z, labels)
+        assert fake.shape == (3, 1, *[16] * dims) and fake.abs().max() <= 1
+        for d_entry in list_models("gan_discriminator"):
+            discriminator = create_model(
+                "gan_discriminator", d_entry.name, spatial_dims=dims, classes=2, width=4
+            )
+            logits = discriminator(fake, labels)
+            assert logits.shape == (3, 1)
+            logits.mean().backward(retain_graph=True)
+            assert all(p.grad is not None for p in discriminator.parameters())
+
+
+@pytest.mark.parametrize("gan_loss", ["vanilla", "hinge"])
+def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(gan_loss: str):
+    module = _tiny_module(gan_loss)
+    optimizers = {n: torch.optim.Adam(p, lr=lr) for n, (p, lr) in module.optimizer_groups().items()}
+    stepper = Stepper(optimizers, torch.amp.GradScaler("cpu", enabled=False), grad_clip=0.0)
+
+    def weights(net: torch.nn.Module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in net.parameters()]
+
+    snapshots = []
+
+    def step(name: str, loss: torch.Tensor) -> None:
+        stepper(name, loss)
+        snapshots.append((name, weights(module.generator), weights(module.discriminator)))
+
+    g0, d0 = weights(module.generator), weights(module.discriminator)
+    out = module.training_step((torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 0, 1])), step)
+    assert [s[0] for s in snapshots] == ["discriminator", "generator"]
+    (_, g1, d1), (_, g2, d2) = snapshots
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    assert same(g0, g1) and not same(d0, d1), "the D step must move D only"
+    assert same(d1, d2) and not same(g1, g2), "the G step must move G only"
+    assert set(out) == {"loss", "d_loss", "d_real", "d_fake"}
+    assert all(p.requires_grad for p in module.discriminator.parameters())
+
+
+def test_the_condition_changes_the_generated_image_and_the_discriminator_score():
+    module = _tiny_module()
+    module.generator.eval()
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        ad = module.generator(z, torch.tensor([0, 0]))
+        cn = module.generator(z, torch.tensor([1, 1]))
+        assert (ad - cn).abs().mean() > 1e-4
+        logits = module.discriminator(torch.cat([ad, ad]), torch.tensor([0, 0, 1, 1]))
+    assert not torch.allclose(logits[:2], logits[2:])
+
+
+def test_train_writes_previews_splits_and_the_intensity_mapping(trained: Path, cohort: Path):
+    prep = json.loads((trained / "preprocessing.json").read_text())
+    assert prep["classes"] == ["AD", "CN"] and prep["condition_column"] == "diagnosis"
+    assert prep["images"]["size"] == [16, 16, 16]
+    assert sorted(p.name for p in (trained / "previews").iterdir()) == ["epoch-001.png", "epoch-002.png"]
+    history = pd.read_csv(trained / "history.csv")
+    assert {"train_loss", "train_d_loss", "train_d_real", "train_d_fake"} <= set(history.columns)
+    held_out = pd.read_csv(trained / "test_manifest.tsv", sep="\t")
+    splits = json.loads((trained / "splits.json").read_text())
+    assert not set(held_out["participant_id"]) & set(splits["training_participants"])
+    assert set(load_file(str(trained / "discriminator.safetensors")))  # kept for inspection
+
+
+def test_samples_are_in_the_training_grid_units_and_reproducible(
+    run_cli, trained: Path, cohort: Path, tmp_path
+):
+    prep = json.loads((trained / "preprocessing.json").read_text())
+    first = run_cli("generate", "sample", "--model", trained, "--n", "3", "--seed", "3", "-o", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    assert "6 samples (AD: 3, CN: 3)" in first.stderr
+    table = pd.read_csv(tmp_path / "a" / "samples.csv")
+    assert list(table.columns) == ["participant_id", "diagnosis", "t1"]
+    assert (tmp_path / "a" / "samples.png").stat().st_size > 0
+    image = nib.load(tmp_path / "a" / "sample-AD001.nii.gz")
+    assert image.shape == (16, 16, 16)
+    # The grid of a real training image after the run's preprocessing, with its real-world origin.
+    real = preprocess(
+        ImagePreprocessing.from_dict(prep["images"]), [cohort.parent / "sub-001/anat/sub-001_T1w.nii.gz"]
+    )
+    assert np.allclose(image.affine, np.asarray(real.affine), atol=1e-4)
+    assert not np.allclose(image.affine, np.eye(4))
+    data = np.asarray(image.dataobj)
+    scale = prep["target_scale"]
+    assert np.isfinite(data).all() and scale["minimum"] <= data.min() and data.max() <= scale["maximum"]
+    assert data.max() > scale["low"]  # in the images' units, not -1..1
+
+    again = run_cli("generate", "sample", "--model", trained, "--n", "3", "--seed", "3", "-o", tmp_path / "b")
+    only_ad = run_cli(
+        "generate",
+        "sample",
+        "--model",
+        trained,
+        "--n",
+        "2",
+        "--seed",
+        "3",
+        "--condition",
+        "AD",
+        "-o",
+        tmp_path / "c",
+    )
+    other = run_cli("generate", "sample", "--model", trained, "--n", "3", "--seed", "4", "-o", tmp_path / "d")
+    assert again.exit_code == only_ad.exit_code == other.exit_code == 0
+
+    def voxels(folder: str, name: str = "sample-AD001.nii.gz") -> np.ndarray:
+        return np.asarray(nib.load(tmp_path / folder / name).dataobj)
+
+    assert np.array_equal(voxels("a"), voxels("b"))
+    assert np.array_equal(voxels("a"), voxels("c")), (
+        "one condition's samples do not depend on the others drawn"
+    )
+    assert sorted(pd.read_csv(tmp_path / "c" / "samples.csv")["diagnosis"]) == ["AD", "AD"]
+    assert not np.array_equal(voxels("a"), voxels("d"))
+    refused = run_cli("generate", "sample", "--model", trained, "--n", "3", "-o", tmp_path / "a")
+    assert refused.exit_code == 2 and "--overwrite" in refused.stderr
+
+
+def test_bad_inputs_exit_2_with_the_fix(run_cli, trained: Path, cohort: Path, tmp_path: Path):
+    unknown = run_cli("generate", "sample", "--model", trained, "--condition", "MCI", "-o", tmp_path / "x")
+    assert unknown.exit_code == 2
+    assert "'MCI' is not a condition of this model" in unknown.stderr and "AD, CN" in unknown.stderr
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    config = json.loads((trained / "config.json").read_text())
+    (foreign / "config.json").write_text(json.dumps({**config, "task": "classify"}))
+    wrong = run_cli("generate", "sample", "--model", foreign, "-o", tmp_path / "y")
+    assert wrong.exit_code == 2 and "is a 'classify' run, not a 'generate' run" in wrong.stderr
+    column = run_cli("generate", "train", cohort, "--condition", "diagnosos", *TINY, "--out", tmp_path / "z")
+    assert column.exit_code == 2 and "diagnosos" in column.stderr
+    size = run_cli("generate", "train", cohort, "--size", "20", "--out", tmp_path / "w", "--quiet")
+    assert size.exit_code == 2 and "multiple of 8" in size.stderr
+    features = run_cli("generate", "evaluate", "--model", trained, cohort, "--features", trained)
+    assert features.exit_code == 2
+
+
+def test_evaluate_reports_each_metric_beside_the_real_vs_real_floor(
+    run_cli, trained: Path, cohort: Path, tmp_path
+):
+    result = run_cli(
+        "generate", "evaluate", "--model", trained, cohort, "--allow-overlap", "-o", tmp_path / "ev", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["half_a"] + metrics["half_b"] == metrics["real_images"] == 10
+    assert metrics["samples"] == metrics["half_a"]
+    (row,) = metrics["table"]
+    assert row["metric"] == "ms_ssim" and 0 < row["real"] <= 1 and 0 < row["samples"] <= 1
+    scored = pd.read_csv(tmp_path / "ev" / "samples" / "samples.csv")
+    assert len(scored) == metrics["samples"]
+    leak = run_cli("generate", "evaluate", "--model", trained, cohort)
+    assert leak.exit_code == 2 and "--allow-overlap" in leak.stderr
+
+
+def test_distances_are_zero_for_one_distribution_and_grow_with_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 3)), rng.normal(size=(200, 3))
+    shifted = b + 2.0
+    assert abs(mmd2(a, b, 1.0)) < 0.02 < mmd2(a, shifted, 1.0)
+    assert frechet(a, b) < 0.2 < 10 < frechet(a, shifted)
+    same = [np.zeros((16, 16)) + 0.5] * 3
+    varied = [rng.uniform(-1, 1, size=(16, 16)) for _ in range(3)]
+    assert mean_pairwise_ms_ssim(same) > 0.99 > mean_pairwise_ms_ssim(varied)
+
+
+@pytest.mark.slow
+def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
+    run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neurodl.tasks import generate
+
+    args = (*TINY, "--condition", "diagnosis", "--epochs", "3", "--seed", "2", "--deterministic")
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    assert run_cli("generate", "train", cohort, *args, "--out", whole).exit_code == 0
+
+    original = generate.EpochPreviews.on_epoch_end
+
+    def ctrl_c_after_epoch_2(self, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+        original(self, record)
+
+    monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", ctrl_c_after_epoch_2)
+    stopped = run_cli("generate", "train", cohort, *args, "--out", interrupted)
+    assert stopped.exit_code == 130 and "neurodl generate train --resume" in stopped.stderr
+    monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", original)
+    resumed = run_cli("generate", "train", "--resume", "--out", interrupted, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert list(pd.read_csv(interrupted / "history.csv")["epoch"]) == [1, 2, 3]
+    for name in ("model.safetensors", "discriminator.safetensors"):
+        weights = [load_file(str(run / name)) for run in (whole, interrupted)]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), name
