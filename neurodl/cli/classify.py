@@ -26,7 +26,7 @@ from neurodl.cli._render import metrics_table
 from neurodl.config import ClassifyOptions
 
 app = typer.Typer(
-    help="Classify NIfTI volumes (e.g. dementia vs healthy) with 3D CNNs; interpretation maps.",
+    help="Classify NIfTI volumes (e.g. dementia vs healthy), or regress a number from them (brain age), with 3D CNNs; interpretation maps.",
     no_args_is_help=True,
 )
 
@@ -50,7 +50,21 @@ def train(
             "--image", "-i", help="Image column(s); several = several input channels.", rich_help_panel=_I
         ),
     ] = None,
-    label: Annotated[str, typer.Option("--label", "-l", help="Class column (e.g. diagnosis).")] = _D.label,
+    label: Annotated[
+        str,
+        typer.Option(
+            "--label",
+            "-l",
+            help="Column to predict: classes (e.g. diagnosis) or a number (e.g. age: image regression, see --task).",
+        ),
+    ] = _D.label,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="auto: strings, or integers with at most 5 levels, are classes; other numbers are regressed. classification or regression to choose.",
+        ),
+    ] = _D.task,
     participant: T.Participant = _D.images.participant,
     bids_filter: T.BidsFilter = None,
     spacing: T.Spacing = "",
@@ -101,8 +115,23 @@ def train(
         ),
     ] = _D.dropout,
     class_weight: Annotated[
-        str, typer.Option("--class-weight", help="none or balanced.", rich_help_panel=_M)
+        str, typer.Option("--class-weight", help="Classes: none or balanced.", rich_help_panel=_M)
     ] = _D.class_weight,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="Regression: mse, l1 or huber, on the target standardised on the training rows (classes use cross-entropy).",
+            rich_help_panel=_M,
+        ),
+    ] = _D.loss,
+    color_by: Annotated[
+        str,
+        typer.Option(
+            "--color-by",
+            help="Regression: colour predicted-vs-true by this column and plot the residuals per group (e.g. diagnosis).",
+        ),
+    ] = _D.color_by,
     positive: Annotated[
         str,
         typer.Option(
@@ -159,7 +188,11 @@ def train(
 ) -> None:
     """Train a 3D CNN on the images of a manifest; write a run directory.
 
+    A numeric label with more than 5 levels (age, a severity score) trains a regressor (--task).
+
     Example: neurodl classify train sample_data/participants.tsv --image t1 --label diagnosis --test-fraction 0.2 --out runs/cnn
+
+    Example: neurodl classify train sample_data/participants.tsv --image t1 --label age --color-by diagnosis --out runs/brain-age
     """
     from neurodl.tasks import classify  # heavy (torch, monai): only when the command runs
 
@@ -216,7 +249,10 @@ def predict(
     device: DeviceOption = "auto",
     quiet: QuietFlag = False,
 ) -> None:
-    """Predict the class of each image: predicted class and one probability per class.
+    """Predict the class of each image (predicted class, one probability per class) or its value.
+
+    A regression model given a manifest with its target column also writes the true value and the
+    gap predicted - true (for brain age, the brain-age gap).
 
     Example: neurodl classify predict --model runs/cnn scans/ -o predictions.csv
     """
@@ -255,7 +291,7 @@ def evaluate(
         typer.Option(
             "--out",
             "-o",
-            help="Folder for predictions.csv, metrics.json, ROC and confusion-matrix PNGs.",
+            help="Folder for predictions.csv, metrics.json, ROC and confusion-matrix (or predicted-vs-true) PNGs.",
             file_okay=False,
         ),
     ] = None,
@@ -263,12 +299,18 @@ def evaluate(
         bool,
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
+    color_by: Annotated[
+        str,
+        typer.Option(
+            "--color-by", help="Regression: colour the plots by this column and plot residuals per group."
+        ),
+    ] = "",
     overwrite: OverwriteFlag = False,
     device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Score a trained classifier on a labelled manifest of held-out participants.
+    """Score a trained classifier (or regressor) on a labelled manifest of held-out participants.
 
     Example: neurodl classify evaluate --model runs/cnn runs/cnn/test_manifest.tsv --out runs/cnn/test
     """
@@ -284,6 +326,7 @@ def evaluate(
             allow_overlap=allow_overlap,
             report_dir=out,
             overwrite=overwrite,
+            color_by=color_by,
             on_image=advance,
         )
     for warning in warnings:

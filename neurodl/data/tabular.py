@@ -310,6 +310,10 @@ class TargetEncoder:
         lookup = {c: i for i, c in enumerate(self.classes)}
         return np.array(labels.map(lookup).to_numpy(), dtype=np.int64)
 
+    def restore(self, standardised: np.ndarray) -> np.ndarray:
+        """Regression outputs (standardised on the training rows) back in the target's own units."""
+        return np.asarray(standardised, dtype=float) * self.scale + self.center
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -103,16 +103,55 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[s
     return fig
 
 
-def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "target") -> Any:
-    """Scatter of predictions against true values, with the identity line."""
+def predicted_vs_true(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    label: str = "target",
+    groups: Sequence[str] | None = None,
+    legend: str = "",
+) -> Any:
+    """Scatter of predictions against true values, with the identity line (coloured by ``groups``)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(y_true, y_pred, s=14, alpha=0.7)
+    names = [str(g) for g in groups] if groups is not None else [""] * len(y_true)
+    for name in sorted(set(names)):
+        chosen = np.asarray([g == name for g in names])
+        ax.scatter(
+            np.asarray(y_true)[chosen], np.asarray(y_pred)[chosen], s=14, alpha=0.7, label=name or None
+        )
     low = float(min(np.min(y_true), np.min(y_pred)))
     high = float(max(np.max(y_true), np.max(y_pred)))
     ax.plot([low, high], [low, high], ":", color="grey")
+    if groups is not None:
+        ax.legend(title=legend or None, fontsize=8)
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel(f"predicted {label}")
     ax.set_title("Predicted vs true")
+    fig.tight_layout()
+    return fig
+
+
+def residuals_by_group(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: Sequence[str], *, label: str = "target", legend: str = ""
+) -> Any:
+    """Residuals (predicted - true) per group: a box with every point, and each group's mean."""
+    residual = np.asarray(y_pred, dtype=float) - np.asarray(y_true, dtype=float)
+    names = [str(g) for g in groups]
+    levels = sorted(set(names))
+    values = [residual[np.asarray([g == level for g in names])] for level in levels]
+    fig, ax = plt.subplots(figsize=(1.4 * len(levels) + 2.5, 4.0))
+    ax.boxplot(values, showfliers=False)
+    ax.set_xticks(
+        range(1, len(levels) + 1), [f"{level}\n(n={len(v)})" for level, v in zip(levels, values, strict=True)]
+    )
+    jitter = np.random.default_rng(0)
+    for k, v in enumerate(values, start=1):
+        ax.scatter(k + jitter.uniform(-0.12, 0.12, len(v)), v, s=12, alpha=0.7)
+        ax.plot([k - 0.3, k + 0.3], [v.mean(), v.mean()], color="black", lw=1.5)
+    ax.axhline(0.0, ls=":", color="grey")
+    ax.set_xlabel(legend)
+    ax.set_ylabel(f"predicted - true {label}")
+    ax.set_title(f"Residuals by {legend}" if legend else "Residuals")
     fig.tight_layout()
     return fig
 

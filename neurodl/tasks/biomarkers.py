@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from neurodl.config import BiomarkersOptions, from_dict, to_dict
 from neurodl.data.splits import regression_strata
@@ -31,6 +30,7 @@ from neurodl.tasks._classification import (
     save_classification_plots,
 )
 from neurodl.tasks._protocol import run_protocol
+from neurodl.tasks._regression import regression_loss, save_regression_plots
 from neurodl.tasks._run import check_report_dir, progress, start_run
 from neurodl.tasks.metrics import (
     classification_metrics,
@@ -61,7 +61,7 @@ class BiomarkersModule:
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.target.kind == "regression":
-            return F.mse_loss(output.squeeze(1), y)
+            return regression_loss(output, y)
         return classification_loss(output, y, self.class_weights)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,7 +90,7 @@ class BiomarkersModule:
 
     def values(self, output: torch.Tensor) -> np.ndarray:
         """Regression predictions in the target's own units."""
-        return output.detach().float().cpu().squeeze(1).numpy() * self.target.scale + self.target.center
+        return self.target.restore(output.detach().float().cpu().squeeze(1).numpy())
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -310,13 +310,7 @@ def _plots(
         return save_classification_plots(
             run, prefix, target.encode(truth, path=path), output, target.classes, metrics["confusion_matrix"]
         )
-    from neurodl.report import plots
-
-    run.save_figure(
-        f"{prefix}predicted_vs_true.png",
-        plots.predicted_vs_true(pd.to_numeric(truth).to_numpy(), output, label=target.column),
-    )
-    return [f"{prefix}predicted_vs_true.png"]
+    return save_regression_plots(run, prefix, pd.to_numeric(truth).to_numpy(), output, target.column)
 
 
 def _coefficients(fitted: Fitted) -> pd.DataFrame | None:

@@ -27,7 +27,7 @@ from neurodl.data.images import (
     preprocess,
 )
 from neurodl.data.inputs import InputImage, resolve_inputs
-from neurodl.data.splits import split_by_participant
+from neurodl.data.splits import regression_strata, split_by_participant
 from neurodl.data.tabular import TargetEncoder, label_text
 from neurodl.engine import FitResult, fit
 from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
@@ -39,71 +39,120 @@ from neurodl.tasks._classification import (
     balanced_class_weights,
     class_probabilities,
     classification_loss,
-    n_outputs,
     save_classification_plots,
 )
 from neurodl.tasks._protocol import run_protocol
+from neurodl.tasks._regression import regression_loss, save_regression_plots
 from neurodl.tasks._run import (
     cache_folder,
     check_leakage,
     check_report_dir,
+    held_out_test,
     progress,
     recorded_columns,
     start_run,
     warm_cache,
-    write_held_out_manifest,
     write_training_record,
 )
-from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics
+from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics, regression_metrics
 
 TASK = "classify"
 METHODS = ("gradcam", "saliency", "occlusion")
 
 
-class ClassifyModule:
-    """Model + loss + metrics of image classification, for the engine."""
+class ImageModule:
+    """Model + loss of an image-level task (a class or a value per image), for the engine."""
 
     default_monitor = "val_loss"
 
-    def __init__(self, model: torch.nn.Module, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.class_weights = class_weights
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def outputs(self, output: torch.Tensor) -> np.ndarray:
+        """What a prediction reports: class probabilities (n, K) or values (n,)."""
+        raise NotImplementedError
+
+    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise NotImplementedError
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
-        return {"loss": classification_loss(self.model(x), y, self.class_weights)}
+        return {"loss": self.loss(self.model(x), y)}
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
         return {"output": self.model(x), "target": y}
 
+    @torch.no_grad()
+    def predict(self, batches: Any) -> np.ndarray:
+        """:meth:`outputs` for every batch of ``batches``."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        return self.outputs(torch.cat([self.model(x.to(device)).float().cpu() for x, _ in batches]))
+
+
+class ClassifyModule(ImageModule):
+    """Image classification: cross-entropy (optionally class-weighted); outputs are probabilities."""
+
+    def __init__(self, model: torch.nn.Module, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__(model)
+        self.class_weights = class_weights
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return classification_loss(output, y, self.class_weights)
+
+    def outputs(self, output: torch.Tensor) -> np.ndarray:
+        return class_probabilities(output)
+
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         output, y = outputs["output"], outputs["target"].long()
         return {
-            "loss": float(classification_loss(output, y, self.class_weights)),
-            **epoch_classification_metrics(y.numpy(), class_probabilities(output)),
+            "loss": float(self.loss(output, y)),
+            **epoch_classification_metrics(y.numpy(), self.outputs(output)),
         }
 
-    @torch.no_grad()
-    def predict(self, batches: Any) -> np.ndarray:
-        """Class probabilities (n, K) for every batch of ``batches``."""
-        self.model.eval()
-        device = next(self.model.parameters()).device
-        outputs = [self.model(x.to(device)).float().cpu() for x, _ in batches]
-        return class_probabilities(torch.cat(outputs))
+
+class RegressModule(ImageModule):
+    """Image regression: the network predicts the target standardised on the training rows.
+
+    Targets arrive in their own units (years, points); outputs are restored to them,
+    so every metric and prediction is in those units. Early stopping watches the
+    validation MAE.
+    """
+
+    default_monitor = "val_mae"
+
+    def __init__(self, model: torch.nn.Module, target: TargetEncoder, loss: str = "mse") -> None:
+        super().__init__(model)
+        self.target = target
+        self.kind = loss
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        standardised = (y.float() - self.target.center) / self.target.scale
+        return regression_loss(output, standardised, self.kind)
+
+    def outputs(self, output: torch.Tensor) -> np.ndarray:
+        return self.target.restore(output.detach().float().cpu().reshape(-1).numpy())
+
+    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        output, y = outputs["output"], outputs["target"]
+        return {"loss": float(self.loss(output, y)), **regression_metrics(y.numpy(), self.outputs(output))}
 
 
 @dataclass
 class Fitted:
-    module: ClassifyModule
+    module: ImageModule
     result: FitResult
 
 
-def model_spec(options: ClassifyOptions, channels: int, n_classes: int) -> dict[str, Any]:
+def model_spec(options: ClassifyOptions, channels: int, outputs: int) -> dict[str, Any]:
     return {
         "name": options.model,
         "in_channels": channels,
-        "out_features": n_outputs(n_classes),
+        "out_features": outputs,
         "depth": options.depth,
         "width": options.width,
         "dropout": options.dropout,
@@ -112,6 +161,68 @@ def model_spec(options: ClassifyOptions, channels: int, n_classes: int) -> dict[
 
 def build_model(spec: dict[str, Any]) -> torch.nn.Module:
     return create_model(TASK, spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+
+
+def label_target(column: pd.Series, options: ClassifyOptions, path: Path) -> TargetEncoder:
+    """Classes or a continuous target, by the biomarkers' rule unless ``--task`` says which.
+
+    Strings, and integers with at most 5 levels, are classes; other numbers are a value
+    to regress (a label such as age is never split into dozens of classes).
+    """
+    target = TargetEncoder.fit(
+        column, name=options.label, kind=options.task, positive=options.positive, path=path
+    )
+    if target.kind == "regression" and (options.positive or options.class_weight != "none"):
+        raise UsageError(
+            f"{path}: '{options.label}' is a continuous target (image regression); --positive and --class-weight apply to classes.",
+            "Drop them, or add --task classification to treat its values as classes.",
+        )
+    if target.kind == "classification" and options.loss != "mse":
+        raise UsageError(
+            f"{path}: '{options.label}' holds classes ({', '.join(target.classes)}); --loss {options.loss} is a regression loss.",
+            "Drop --loss (classes use cross-entropy), or add --task regression for a numeric label.",
+        )
+    return target
+
+
+def _truth(target: TargetEncoder, column: pd.Series, path: Path) -> np.ndarray:
+    """Class indices, or values in the target's own units, of a label column (bad cells raise)."""
+    encoded = target.encode(column, path=path)
+    return encoded if target.kind == "classification" else pd.to_numeric(column).to_numpy(dtype=float)
+
+
+def _color_groups(frame: pd.DataFrame, column: str, rows: Any) -> list[str] | None:
+    """The ``--color-by`` group of each row (empty cells are 'n/a')."""
+    if not column:
+        return None
+    return [label_text(v) if pd.notna(v) else "n/a" for v in frame[column].iloc[list(rows)]]
+
+
+def save_plots(
+    writer: RunDirectory,
+    prefix: str,
+    target: TargetEncoder,
+    truth: np.ndarray,
+    outputs: np.ndarray,
+    metrics: dict[str, Any],
+    groups: list[str] | None = None,
+    group_name: str = "",
+) -> list[str]:
+    """ROC and confusion matrix (classes), or predicted-vs-true and residuals by group (values)."""
+    if target.kind == "regression":
+        return save_regression_plots(writer, prefix, truth, outputs, target.column, groups, group_name)
+    return save_classification_plots(
+        writer, prefix, truth, outputs, target.classes, metrics["confusion_matrix"]
+    )
+
+
+def score(
+    target: TargetEncoder, truth: np.ndarray, outputs: np.ndarray, training_mean: float | None = None
+) -> dict[str, Any]:
+    """Classification metrics, or regression metrics in the target's units."""
+    if target.kind == "regression":
+        return regression_metrics(truth, outputs, training_mean=training_mean)
+    return classification_metrics(truth, outputs, target.classes)
 
 
 def train(
@@ -124,12 +235,12 @@ def train(
     console: Any = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Train a classifier on the images of a manifest and write the run directory ``out``.
+    """Train a classifier (or, for a continuous label, a regressor) on the images of a manifest.
 
-    ``test_fraction`` holds out participants that are never trained or
-    selected on; they are scored at the end and written to ``test_manifest.tsv``
-    for ``evaluate``. The rest is split (or cross-validated) by
-    :func:`neurodl.tasks._protocol.run_protocol`.
+    Writes the run directory ``out``. ``test_fraction`` holds out participants that
+    are never trained or selected on; they are scored at the end and written to
+    ``test_manifest.tsv`` for ``evaluate``. The rest is split (or cross-validated)
+    by :func:`neurodl.tasks._protocol.run_protocol`.
     """
     known = [entry.name for entry in list_models(TASK)]
     if options.model not in known:
@@ -147,23 +258,22 @@ def train(
     )
     if manifest.label_is_image:
         raise UsageError(
-            f"{manifest_path}: column '{options.label}' holds images; classify needs a class label.",
-            "Use `neurodl segment` for masks, or name the class column with --label.",
+            f"{manifest_path}: column '{options.label}' holds images; classify needs a class label or a number.",
+            "Use `neurodl segment` for masks, or name the label column with --label.",
         )
-    target = TargetEncoder.fit(
-        manifest.frame[options.label],
-        name=options.label,
-        kind="classification",
-        positive=options.positive,
-        path=manifest_path,
-    )
-    y = target.encode(manifest.frame[options.label], path=manifest_path)
+    if options.color_by:
+        require_columns(manifest.frame, [options.color_by], manifest_path)
+    frame = manifest.frame
+    target = label_target(frame[options.label], options, manifest_path)
+    regression = target.kind == "regression"
+    y = _truth(target, frame[options.label], manifest_path)
+    strata = regression_strata(y, bins=5) if regression else y
     groups = np.asarray(manifest.participant_ids, dtype=str)
     seed = options.train.seed
     rows = np.arange(len(manifest))
     test_rows = np.zeros(0, dtype=int)
     if options.test_fraction > 0:
-        kept, held = split_by_participant(groups, y, options.test_fraction, seed + 101)
+        kept, held = split_by_participant(groups, strata, options.test_fraction, seed + 101)
         rows, test_rows = rows[kept], rows[held]
     channels = len(images.image)
     items = [manifest.image_paths(int(r)) for r in range(len(manifest))]
@@ -181,11 +291,31 @@ def train(
         preprocessing,
         cache=images.cache,
         cache_dir=cache_folder(run, images),
+        cache_budget=images.cache_budget,
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
     if images.cache != "none":
         warm_cache(base, console, quiet)
     augment = augmentation(images.augment)
+    spec = model_spec(options, channels, target.outputs)
+
+    def module_for(train_rows: np.ndarray) -> ImageModule:
+        if regression:
+            # Mean and SD of the training rows only: validation and test values stay unseen.
+            scaled = TargetEncoder.fit(
+                frame[options.label].iloc[train_rows],
+                name=options.label,
+                kind="regression",
+                positive="",
+                path=manifest_path,
+            )
+            return RegressModule(build_model(spec), scaled, options.loss)
+        weights = (
+            balanced_class_weights(y[train_rows], len(target.classes))
+            if options.class_weight == "balanced"
+            else None
+        )
+        return ClassifyModule(build_model(spec), weights)
 
     def fit_fn(
         train_rows: np.ndarray, val_rows: np.ndarray | None, name: str, description: str, epochs: int | None
@@ -194,13 +324,7 @@ def train(
             options.train if epochs is None else replace(options.train, epochs=max(1, epochs), patience=0)
         )
         torch.manual_seed(seed)
-        spec = model_spec(options, channels, len(target.classes))
-        weights = (
-            balanced_class_weights(y[train_rows], len(target.classes))
-            if options.class_weight == "balanced"
-            else None
-        )
-        module = ClassifyModule(build_model(spec), weights)
+        module = module_for(train_rows)
         train_batches = ImageBatches(
             base.subset(train_rows, augment=augment, seed=seed),
             batch_size=options.train.batch_size,
@@ -231,17 +355,34 @@ def train(
             )
         return Fitted(module, result)
 
+    # The baseline a regression must beat: everyone predicted the mean of the rows the model learnt
+    # from. Each prediction of the protocol is scored right after it is made.
+    learnt_mean: list[float] = []
+
     def predict_rows(fitted: Fitted, subset_rows: np.ndarray) -> np.ndarray:
+        if isinstance(fitted.module, RegressModule):
+            learnt_mean[:] = [fitted.module.target.center]
         return fitted.module.predict(
             ImageBatches(base.subset(subset_rows), batch_size=8, shuffle=False, workers=images.workers)
         )
 
     def score_rows(subset_rows: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
-        return classification_metrics(y[subset_rows], outputs, target.classes)
+        pooled = subset_rows is rows  # out-of-fold predictions of several models: no single mean
+        mean = learnt_mean[0] if learnt_mean and not pooled else None
+        return score(target, y[subset_rows], outputs, mean)
+
+    def plots_of(
+        writer: RunDirectory, prefix: str, subset_rows: np.ndarray, outputs: np.ndarray
+    ) -> list[str]:
+        metrics = {} if regression else score_rows(subset_rows, outputs)
+        coloured = _color_groups(frame, options.color_by, subset_rows)
+        return save_plots(
+            writer, prefix, target, y[subset_rows], outputs, metrics, coloured, options.color_by
+        )
 
     outcome = run_protocol(
         groups,
-        y,
+        strata,
         rows,
         cv=options.cv,
         val_fraction=options.val_fraction,
@@ -252,32 +393,22 @@ def train(
         unit="images",
     )
     final: Fitted = outcome.final
-    spec = model_spec(options, channels, len(target.classes))
+    final_target = final.module.target if isinstance(final.module, RegressModule) else target
     prefix = "oof_" if options.cv else "validation_"
-    frame = manifest.frame
-    _write_predictions(run, prefix, frame, manifest, outcome.rows, outcome.outputs, target)
-    scored = outcome.metrics["out_of_fold"] if options.cv else outcome.metrics["validation"]
-    plots = save_classification_plots(
-        run, prefix, y[outcome.rows], outcome.outputs, target.classes, scored["confusion_matrix"]
-    )
+    _write_predictions(run, prefix, manifest, outcome.rows, outcome.outputs, final_target)
+    plots = plots_of(run, prefix, outcome.rows, outcome.outputs)
     metrics = dict(outcome.metrics)
     headline = {k: v for k, v in outcome.headline.items() if k != "confusion_matrix"}
     evaluation = outcome.evaluation
     if len(test_rows):
         test_outputs = predict_rows(final, test_rows)
         test_metrics = score_rows(test_rows, test_outputs)
-        metrics["test"] = {
-            "participants": len(set(groups[test_rows])),
-            "images": len(test_rows),
-            **test_metrics,
-        }
-        _write_predictions(run, "test_", frame, manifest, test_rows, test_outputs, target)
-        plots += save_classification_plots(
-            run, "test_", y[test_rows], test_outputs, target.classes, test_metrics["confusion_matrix"]
+        metrics["test"], evaluation = held_out_test(
+            run, manifest, groups, test_rows, test_metrics, evaluation
         )
-        write_held_out_manifest(run, manifest, test_rows)
+        _write_predictions(run, "test_", manifest, test_rows, test_outputs, final_target)
+        plots += plots_of(run, "test_", test_rows, test_outputs)
         headline = {k: v for k, v in test_metrics.items() if k != "confusion_matrix"}
-        evaluation = f"held-out test participants ({len(set(groups[test_rows]))}, never trained or selected on); {evaluation}"
 
     from neurodl.report import plots as figures
 
@@ -287,13 +418,12 @@ def train(
             "images": preprocessing.to_dict(),
             "image_columns": list(images.image),
             "participant_column": images.participant,
-            "label": target.to_dict(),
+            "label": final_target.to_dict(),
             "model": spec,
         },
     )
     run.save_weights(final.module.model.state_dict())
     write_training_record(
-        cache_budget=images.cache_budget,
         run,
         outcome,
         metrics,
@@ -307,7 +437,7 @@ def train(
         figures.learning_curves(outcome.history, title=f"{options.label}: {options.model}"),
     )
     return {
-        "task": "classification",
+        "task": target.kind,
         "target": options.label,
         "model": options.model,
         "images": len(manifest),
@@ -324,36 +454,62 @@ def train(
 
 
 def _prediction_frame(
-    names: Sequence[str], participants: Sequence[str | None], proba: np.ndarray, target: TargetEncoder
+    names: Sequence[str],
+    participants: Sequence[str | None],
+    outputs: np.ndarray,
+    target: TargetEncoder,
+    truth: Sequence[Any] | None = None,
 ) -> pd.DataFrame:
+    """One row per image: ids, the true label when known, and the prediction.
+
+    Classes: the predicted class and one probability per class. Values: the prediction
+    in the target's units and, with the truth, the gap ``predicted - true`` (for brain
+    age, the brain-age gap).
+    """
     frame = pd.DataFrame({"participant_id": list(participants), "image": list(names)})
-    frame[f"predicted_{target.column}"] = [target.classes[i] for i in proba.argmax(axis=1)]
+    column = target.column
+    if target.kind == "regression":
+        predicted = np.asarray(outputs, dtype=float)
+        if truth is not None:
+            frame[column] = np.asarray(truth, dtype=float)
+        frame[f"predicted_{column}"] = predicted
+        if truth is not None:
+            frame[f"{column}_gap"] = predicted - np.asarray(truth, dtype=float)
+        return frame
+    if truth is not None:
+        frame[column] = [label_text(v) if pd.notna(v) else "" for v in truth]
+    frame[f"predicted_{column}"] = [target.classes[i] for i in outputs.argmax(axis=1)]
     for k, name in enumerate(target.classes):
-        frame[f"probability_{name}"] = proba[:, k]
+        frame[f"probability_{name}"] = outputs[:, k]
     return frame
 
 
 def _write_predictions(
     run: RunDirectory,
     prefix: str,
-    frame: pd.DataFrame,
     manifest: Any,
     rows: np.ndarray,
     outputs: np.ndarray,
     target: TargetEncoder,
 ) -> None:
-    names = [str(manifest.image_files[int(r)][0]) for r in rows]
-    predictions = _prediction_frame(names, [manifest.participant_ids[int(r)] for r in rows], outputs, target)
-    predictions.insert(2, target.column, frame[target.column].iloc[rows].map(label_text).to_numpy())
+    column = manifest.frame[target.column].iloc[rows]
+    truth = pd.to_numeric(column) if target.kind == "regression" else column
+    predictions = _prediction_frame(
+        [str(manifest.image_files[int(r)][0]) for r in rows],
+        [manifest.participant_ids[int(r)] for r in rows],
+        outputs,
+        target,
+        truth.tolist(),
+    )
     run.write_csv(f"{prefix}predictions.csv", predictions)
 
 
 @dataclass
 class LoadedClassifier:
-    """A trained classifier, ready for new images."""
+    """A trained classifier (or image regressor), ready for new images."""
 
     run: RunDirectory
-    module: ClassifyModule
+    module: ImageModule
     preprocessing: ImagePreprocessing
     image_columns: list[str]
     participant_column: str
@@ -373,8 +529,9 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
         spec = dict(prep["model"])
         if (
             not 0 < int(spec["in_channels"]) <= 64
-            or not 0 < int(spec["out_features"]) <= 1000
+            or int(spec["out_features"]) != target.outputs
             or not 0 < int(spec.get("width", 16)) <= 1024
+            or not (target.kind == "classification" or np.isfinite([target.center, target.scale]).all())
         ):
             raise ValueError("model sizes out of range")
         image_columns, participant_column = recorded_columns(prep, int(spec["in_channels"]))
@@ -386,9 +543,10 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
     model = run.load_model(lambda: build_model(spec))
     target_device = resolve_device(device)
     model.to(target_device).eval()
+    module = RegressModule(model, target) if target.kind == "regression" else ClassifyModule(model)
     return LoadedClassifier(
         run,
-        ClassifyModule(model),
+        module,
         preprocessing,
         image_columns,
         participant_column,
@@ -405,11 +563,30 @@ class Failure:
     message: str
 
 
-def _probabilities(loaded: LoadedClassifier, image: InputImage) -> tuple[np.ndarray, Any]:
+def _outputs(loaded: LoadedClassifier, image: InputImage) -> tuple[np.ndarray, Any]:
+    """Class probabilities (K,) or the value (1,) of one image, and its preprocessed tensor."""
     x = preprocess(loaded.preprocessing, image.paths, where=image.where)
     with torch.no_grad():
         output = loaded.module.model(x.as_tensor()[None].to(loaded.device)).float().cpu()
-    return class_probabilities(output)[0], x
+    return np.atleast_1d(loaded.module.outputs(output)[0]), x
+
+
+def _true_value_column(loaded: LoadedClassifier, inputs: Sequence[Path]) -> str | None:
+    """A regression model's target column when the only input is a table that has it (for the gap)."""
+    from neurodl.data.inputs import TABLE_SUFFIXES
+    from neurodl.io.manifest import read_table
+
+    if (
+        loaded.target.kind != "regression"
+        or len(inputs) != 1
+        or inputs[0].suffix.lower() not in TABLE_SUFFIXES
+    ):
+        return None
+    try:
+        columns = read_table(inputs[0]).columns
+    except NeurodlError:
+        return None  # resolve_inputs reports the unreadable table
+    return loaded.target.column if loaded.target.column in columns else None
 
 
 def predict(
@@ -420,7 +597,12 @@ def predict(
     shard: str | None = None,
     on_image: Any = None,
 ) -> tuple[pd.DataFrame, list[Failure], list[InputImage]]:
-    """Probabilities for every input image; images that fail are reported, not fatal."""
+    """Probabilities (or values) for every input image; images that fail are reported, not fatal.
+
+    With ``label_column`` the true label is a column of the table. A regression model
+    given a manifest with its target column adds it, and the gap ``predicted - true``.
+    """
+    label_column = label_column or _true_value_column(loaded, inputs)
     images, _ = resolve_inputs(
         inputs,
         image_columns=loaded.image_columns,
@@ -431,16 +613,27 @@ def predict(
     rows, kept, failures = [], [], []
     for image in images:
         try:
-            proba, _ = _probabilities(loaded, image)
-            rows.append(proba)
+            output, _ = _outputs(loaded, image)
+            rows.append(output)
             kept.append(image)
         except NeurodlError as exc:
             failures.append(Failure(image.name, str(exc)))
         if on_image is not None:
             on_image(image)
-    proba = np.asarray(rows).reshape(len(rows), len(loaded.target.classes))
+    target = loaded.target
+    regression = target.kind == "regression"
+    outputs = np.asarray(rows, dtype=float).reshape(len(rows), 1 if regression else len(target.classes))
+    truth = None
+    if label_column is not None:
+        column = pd.Series([image.label for image in kept], dtype=object)
+        # An empty or unreadable true value leaves that row's gap empty; evaluate is the strict one.
+        truth = pd.to_numeric(column, errors="coerce").tolist() if regression else column.tolist()
     frame = _prediction_frame(
-        [str(i.paths[0]) for i in kept], [i.participant for i in kept], proba, loaded.target
+        [str(i.paths[0]) for i in kept],
+        [i.participant for i in kept],
+        outputs[:, 0] if regression else outputs,
+        target,
+        truth,
     )
     return frame, failures, kept
 
@@ -453,13 +646,14 @@ def evaluate(
     allow_overlap: bool = False,
     report_dir: Path | None = None,
     overwrite: bool = False,
+    color_by: str = "",
     on_image: Any = None,
 ) -> tuple[dict[str, Any], list[Failure], list[str]]:
     """Predict a manifest and score it against its label column (default: the trained label).
 
     Participants the model was trained or selected on are refused unless
     ``allow_overlap``. With ``report_dir``, predictions, metrics and plots are written there
-    once every image was processed.
+    once every image was processed (regression plots coloured by the ``color_by`` column).
     Returns metrics, failed images and warnings.
     """
     check_report_dir(report_dir, manifest_path, overwrite=overwrite)
@@ -467,7 +661,7 @@ def evaluate(
     manifest = load_manifest(
         manifest_path, loaded.image_columns, label, loaded.participant_column, require_files=False
     )
-    require_columns(manifest.frame, [label], manifest_path)
+    require_columns(manifest.frame, [label, *([color_by] if color_by else [])], manifest_path)
     warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
     frame, failures, kept = predict(loaded, [manifest_path], label_column=label, on_image=on_image)
     if not len(frame):
@@ -475,19 +669,22 @@ def evaluate(
         raise DataError(
             f"{manifest_path}: no image could be processed ({reasons}).", "Fix the inputs named above."
         )
-    truth = pd.Series([image.label for image in kept])
-    y = loaded.target.encode(truth, path=manifest_path)
-    proba = frame[[f"probability_{c}" for c in loaded.target.classes]].to_numpy()
-    metrics = classification_metrics(y, proba, loaded.target.classes)
+    target = loaded.target
+    y = _truth(target, pd.Series([image.label for image in kept], dtype=object), manifest_path)
+    if target.kind == "regression":
+        outputs = frame[f"predicted_{target.column}"].to_numpy(dtype=float)
+    else:
+        outputs = frame[[f"probability_{c}" for c in target.classes]].to_numpy()
+    metrics = score(target, y, outputs, target.center if target.kind == "regression" else None)
     metrics["images"] = len(frame)
     if report_dir is not None and not failures:  # a report that leaves inputs out would mislead
-        frame.insert(2, label, truth.map(label_text).to_numpy())
         writer = RunDirectory(report_dir, TASK)  # an atomic writer for the report files
         writer.write_csv("predictions.csv", frame)
         writer.write_json(
             "metrics.json", {"manifest": str(manifest_path), "model": str(loaded.run.path), **metrics}
         )
-        save_classification_plots(writer, "", y, proba, loaded.target.classes, metrics["confusion_matrix"])
+        coloured = _color_groups(manifest.frame, color_by, [int(image.row or 0) for image in kept])
+        save_plots(writer, "", target, y, outputs, metrics, coloured, color_by)
     return metrics, failures, warnings
 
 
@@ -540,6 +737,7 @@ def interpret(
 
     figures = RunDirectory(out_dir, TASK)  # used as an atomic writer for the PNGs
     binary = len(loaded.target.classes) == 2
+    regression = loaded.target.kind == "regression"
 
     for image in images:
         target_path = out_dir / f"{image.name}_{method}.nii.gz"
@@ -552,10 +750,16 @@ def interpret(
             if target_path.exists() and not overwrite:
                 written.append({"image": str(image.paths[0]), "map": str(target_path), "skipped": True})
                 continue
-            proba, x = _probabilities(loaded, image)
-            predicted = int(proba.argmax())
-            # One logit for two classes: its map is the evidence for the positive class.
-            class_index = 0 if binary else predicted
+            proba, x = _outputs(loaded, image)
+            predicted = 0 if regression else int(proba.argmax())
+            # One logit for two classes (or one value): its map is the evidence for the positive
+            # class (for a higher value).
+            class_index = 0 if binary or regression else predicted
+            said = (
+                f"predicted {loaded.target.column} {proba[0]:.4g}"
+                if regression
+                else f"{loaded.target.classes[predicted]}, p={proba[predicted]:.2f}"
+            )
             explained = _explain(loaded, x, method, class_index)
             mapped = invert_to_input(explained, x, loaded.preprocessing)[0]
             original = load_volume(image.paths[0])
@@ -566,7 +770,7 @@ def interpret(
                 orthogonal_slices(
                     original,
                     mapped,
-                    title=f"{image.name}: {method} ({loaded.target.classes[predicted]}, p={proba[predicted]:.2f})",
+                    title=f"{image.name}: {method} ({said})",
                 ),
             )
             written.append(
@@ -574,7 +778,7 @@ def interpret(
                     "image": str(image.paths[0]),
                     "map": str(target_path),
                     "png": str(png),
-                    "predicted": loaded.target.classes[predicted],
+                    "predicted": float(proba[0]) if regression else loaded.target.classes[predicted],
                 }
             )
         except NeurodlError as exc:

@@ -105,17 +105,32 @@ def epoch_classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[
     }
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE and R² in the target's own units."""
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+def regression_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, *, training_mean: float | None = None
+) -> dict[str, float]:
+    """MAE, RMSE, R² and Pearson's r in the target's own units (plain numpy: cheap every epoch).
 
-    y_true = np.asarray(y_true, dtype=float)
-    y_pred = np.asarray(y_pred, dtype=float)
-    return {
-        "mae": float(mean_absolute_error(y_true, y_pred)),
-        "rmse": float(math.sqrt(mean_squared_error(y_true, y_pred))),
-        "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan,
+    With ``training_mean``, ``baseline_mae`` is the error of predicting that mean for
+    everyone: a model is only useful where its MAE is below it.
+    R² and r are undefined (nan) for fewer than two values or a constant truth.
+    """
+    y_true = np.asarray(y_true, dtype=float).ravel()
+    y_pred = np.asarray(y_pred, dtype=float).ravel()
+    error = y_pred - y_true
+    spread = float(np.sum((y_true - y_true.mean()) ** 2)) if len(y_true) else 0.0
+    defined = len(y_true) > 1 and spread > 0
+    r = math.nan
+    if defined and float(np.std(y_pred)) > 0:
+        r = float(np.corrcoef(y_true, y_pred)[0, 1])
+    metrics = {
+        "mae": float(np.mean(np.abs(error))) if len(error) else math.nan,
+        "rmse": float(math.sqrt(np.mean(error**2))) if len(error) else math.nan,
+        "r2": 1.0 - float(np.sum(error**2)) / spread if defined else math.nan,
+        "pearson_r": r,
     }
+    if training_mean is not None:
+        metrics["baseline_mae"] = float(np.mean(np.abs(y_true - training_mean))) if len(y_true) else math.nan
+    return metrics
 
 
 def summarize_folds(folds: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
