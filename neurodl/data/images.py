@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,8 @@ class LoadChannelsd(MapTransform):
     def __init__(self, keys: str = "image") -> None:
         super().__init__(keys)
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        d = dict(data)
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d: dict[Hashable, Any] = dict(data)
         for key in self.key_iterator(d):
             d[key] = load_channels(d[key])
         return d
@@ -130,8 +130,8 @@ class LoadTargetd(MapTransform):
         super().__init__(keys)
         self.resample = resample
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        d = dict(data)
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d: dict[Hashable, Any] = dict(data)
         image = d["image"]
         affine = image.affine.numpy()
         shape = tuple(image.shape[1:])
@@ -171,8 +171,8 @@ class LoadLabeld(MapTransform):
         super().__init__(keys)
         self.values = np.asarray(values, dtype=np.int64)
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        d = dict(data)
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d: dict[Hashable, Any] = dict(data)
         image = d["image"]
         for key in self.key_iterator(d):
             mask = load_volume(d[key], dtype=None)

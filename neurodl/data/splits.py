@@ -26,7 +26,7 @@ def _check(groups: np.ndarray, strata: np.ndarray, k: int, what: str) -> None:
 
 
 def kfold_by_participant(
-    groups: Sequence[str], strata: Sequence[int], k: int, seed: int = 0
+    groups: Sequence[str] | np.ndarray, strata: Sequence[int] | np.ndarray, k: int, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """K folds of (train rows, test rows), stratified on ``strata``, never splitting a participant.
 
@@ -50,7 +50,7 @@ def kfold_by_participant(
 
 
 def split_by_participant(
-    groups: Sequence[str], strata: Sequence[int], fraction: float, seed: int = 0
+    groups: Sequence[str] | np.ndarray, strata: Sequence[int] | np.ndarray, fraction: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (train rows, held-out rows) split with about ``fraction`` of participants held out.
 

@@ -80,7 +80,7 @@ def densenet121(in_channels: int = 1, out_features: int = 1, dropout: float = 0.
     model = DenseNet121(
         spatial_dims=3, in_channels=in_channels, out_channels=out_features, dropout_prob=dropout
     )
-    model.gradcam_layer = "class_layers.relu"
+    vars(model)["gradcam_layer"] = "class_layers.relu"  # a plain attribute, read by interpret
     return model
 
 

@@ -12,6 +12,13 @@ from torch import nn
 from neurodl.models._registry import register_model
 
 
+def with_patch_limits(model: nn.Module, *, multiple: int, smallest: int) -> nn.Module:
+    """Record on ``model`` the patch sides it accepts: a multiple of ``multiple``, at least ``smallest``."""
+    # Plain attributes of the module (not parameters or buffers), read by the segment task.
+    vars(model).update(patch_multiple=multiple, min_patch=smallest)
+    return model
+
+
 @register_model(
     "segment", "unet", "MONAI residual U-Net (16-128 filters, 3 down-samplings); patches: multiple of 8"
 )
@@ -27,9 +34,7 @@ def unet(in_channels: int = 1, out_channels: int = 2, dropout: float = 0.0, **_:
         num_res_units=2,
         dropout=dropout,
     )
-    model.patch_multiple = 8
-    model.min_patch = 16
-    return model
+    return with_patch_limits(model, multiple=8, smallest=16)
 
 
 @register_model("segment", "segresnet", "MONAI SegResNet (8 initial filters); patches: multiple of 8")
@@ -43,9 +48,7 @@ def segresnet(in_channels: int = 1, out_channels: int = 2, dropout: float = 0.0,
         out_channels=out_channels,
         dropout_prob=dropout or None,
     )
-    model.patch_multiple = 8
-    model.min_patch = 16
-    return model
+    return with_patch_limits(model, multiple=8, smallest=16)
 
 
 @register_model("segment", "attention_unet", "MONAI Attention U-Net (16-128 filters); patches: multiple of 8")
@@ -62,9 +65,7 @@ def attention_unet(
         strides=(2, 2, 2),
         dropout=dropout,
     )
-    model.patch_multiple = 8
-    model.min_patch = 16
-    return model
+    return with_patch_limits(model, multiple=8, smallest=16)
 
 
 @register_model(
@@ -79,6 +80,4 @@ def swin_unetr(in_channels: int = 1, out_channels: int = 2, dropout: float = 0.0
         in_channels=in_channels, out_channels=out_channels, feature_size=12, spatial_dims=3, drop_rate=dropout
     )
     # Five halvings: a 32-voxel patch leaves a 1-voxel bottleneck that instance norm cannot train on.
-    model.patch_multiple = 32
-    model.min_patch = 64
-    return model
+    return with_patch_limits(model, multiple=32, smallest=64)

@@ -53,7 +53,7 @@ def orthogonal_slices(
     fig, axes = plt.subplots(1, 3, figsize=(11, 4))
     views = [("sagittal", 0, (1, 2)), ("coronal", 1, (0, 2)), ("axial", 2, (0, 1))]
     for ax, (name, axis, (a, b)) in zip(axes, views, strict=True):
-        index = [slice(None)] * 3
+        index: list[slice | int] = [slice(None)] * 3
         index[axis] = centre[axis]
         ax.imshow(
             base[tuple(index)].T,

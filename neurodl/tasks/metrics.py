@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -170,13 +170,19 @@ def image_scores(x: Any, reconstruction: Any, mask: Any = None) -> dict[str, flo
     difference = (reconstruction - x)[inside]
     mse = float((difference**2).mean())
     psnr = float(
-        PSNRMetric(max_val=data_range)(reconstruction[inside][None, None], x[inside][None, None]).mean()
+        cast(
+            torch.Tensor,
+            PSNRMetric(max_val=data_range)(reconstruction[inside][None, None], x[inside][None, None]),
+        ).mean()
     )
     spatial = x.ndim - 1
     kernel = min(7, *[s if s % 2 else s - 1 for s in x.shape[1:]])
     ssim = float(
-        SSIMMetric(spatial_dims=spatial, data_range=data_range, win_size=kernel)(
-            reconstruction[None], x[None]
+        cast(
+            torch.Tensor,
+            SSIMMetric(spatial_dims=spatial, data_range=data_range, win_size=kernel)(
+                reconstruction[None], x[None]
+            ),
         ).mean()
     )
     return {"mse": mse, "mae": float(difference.abs().mean()), "psnr": psnr, "ssim": ssim}
