@@ -104,7 +104,9 @@ def parse_budget(text: str, available: int | None = None) -> int:
     number = float(match.group(1))
     if match.group(2) == "%":
         if number > 100:
-            raise UsageError(f"--cache-budget {text} is more than all the available memory.", "Use at most 100%.")
+            raise UsageError(
+                f"--cache-budget {text} is more than all the available memory.", "Use at most 100%."
+            )
         return int(number / 100 * (available or 0))
     return int(number * _UNITS[match.group(2)])
 
@@ -192,7 +194,9 @@ class VolumeStore:
         self.budget = budget if mode == "auto" else (2**63 if mode == "memory" else 0)
         self.memory: dict[int, dict[str, torch.Tensor]] = {}
         self.in_memory = 0
-        self.disk = VolumeCache(folder, preprocessing) if folder is not None and mode in ("disk", "auto") else None
+        self.disk = (
+            VolumeCache(folder, preprocessing) if folder is not None and mode in ("disk", "auto") else None
+        )
         self.on_disk: set[int] = set()
 
     @property

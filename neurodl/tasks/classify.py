@@ -30,6 +30,7 @@ from neurodl.data.inputs import InputImage, resolve_inputs
 from neurodl.data.splits import regression_strata, split_by_participant
 from neurodl.data.tabular import TargetEncoder, label_text
 from neurodl.engine import FitResult, fit
+from neurodl.engine.memory import require_step_fits
 from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
 from neurodl.io.manifest import load_manifest, require_columns
 from neurodl.io.nifti import load_volume, save_volume
@@ -284,6 +285,13 @@ def train(
         normalize=images.normalize,
         crop_foreground=images.crop_foreground,
         channels=channels,
+    )
+    require_step_fits(  # before any image is decoded or any weight allocated
+        lambda: build_model(model_spec(options, channels, target.outputs)),
+        (channels, *preprocessing.size),
+        options.train,
+        batch_size=options.train.batch_size or len(rows),
+        model_name=options.model,
     )
     base = VolumeDataset(
         items,

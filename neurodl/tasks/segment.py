@@ -35,6 +35,7 @@ from neurodl.data.images import (
 from neurodl.data.inputs import InputImage, resolve_inputs
 from neurodl.data.splits import split_by_participant
 from neurodl.engine import FitResult, fit
+from neurodl.engine.memory import require_step_fits
 from neurodl.errors import DataError, ImageError, NeurodlError, OutputError, RunDirectoryError, UsageError
 from neurodl.io.manifest import load_manifest, read_table, require_columns
 from neurodl.io.nifti import Volume, load_volume, save_volume
@@ -311,6 +312,13 @@ def train(
         channels=channels,
         resize=False,
         label_values=labels.values,
+    )
+    require_step_fits(  # before any image is decoded or any weight allocated
+        lambda: build_model(model_spec(options, channels, len(labels.values))),
+        (channels, *options.patch_size),
+        options.train,
+        batch_size=(options.train.batch_size or len(rows)) * options.samples_per_image,
+        model_name=options.model,
     )
     base = LabelledVolumeDataset(
         items,
