@@ -353,3 +353,74 @@ def evaluate(
         if out is not None and not failures:
             console.print(f"Per-image scores and metrics written to {out}")
     report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)
+
+
+@app.command("sample")
+def sample(
+    model: ModelDirOption,
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images to draw.")] = 20,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed: the same seed gives the same images.")
+    ] = 0,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for sample-NNN.nii.gz (the training grid and its affine), samples.csv and samples.png.",
+            file_okay=False,
+        ),
+    ] = Path("vae-samples"),
+    overwrite: OverwriteFlag = False,
+    device: DeviceOption = "auto",
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Draw new images from a VAE: decode codes drawn from its prior N(0, I).
+
+    Intensities are in the run's normalised units (e.g. z-scores), like reconstructions.
+
+    Example: neurodl autoencode sample --model runs/vae --n 20 --seed 1 -o vae-samples/
+    """
+    from neurodl.tasks import autoencode, autoencode_sampling  # heavy: only when the command runs
+
+    loaded = autoencode.load(model, device=device)
+    table = autoencode_sampling.sample(loaded, out, n=n, seed=seed, overwrite=overwrite)
+    if json_output:
+        print_json(table.to_dict(orient="records"))
+    if not quiet:
+        err_console().print(f"{len(table)} samples written to {out} (samples.csv, samples.png)")
+
+
+@app.command("interpolate")
+def interpolate(
+    model: ModelDirOption,
+    first: Annotated[Path, typer.Argument(help="Image at the start of the path (NIfTI).", dir_okay=False)],
+    second: Annotated[Path, typer.Argument(help="Image at the end of the path (NIfTI).", dir_okay=False)],
+    steps: Annotated[int, typer.Option("--steps", help="Images on the path, both ends included.")] = 8,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for interp-NN.nii.gz (the training grid and its affine), interpolation.csv and .png.",
+            file_okay=False,
+        ),
+    ] = Path("interpolation"),
+    overwrite: OverwriteFlag = False,
+    device: DeviceOption = "auto",
+    quiet: QuietFlag = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Decode the straight line between two images' codes: what the model varies between them.
+
+    Example: neurodl autoencode interpolate --model runs/vae sample_data/sub-001/anat/sub-001_T1w.nii.gz sample_data/sub-002/anat/sub-002_T1w.nii.gz -o interp/
+    """
+    from neurodl.tasks import autoencode, autoencode_sampling  # heavy: only when the command runs
+
+    loaded = autoencode.load(model, device=device)
+    table = autoencode_sampling.interpolate(loaded, first, second, out, steps=steps, overwrite=overwrite)
+    if json_output:
+        print_json(table.to_dict(orient="records"))
+    if not quiet:
+        err_console().print(f"{len(table)} images from {first.name} to {second.name} written to {out}")

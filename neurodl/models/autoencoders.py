@@ -6,6 +6,7 @@ Every builder takes ``spatial_dims`` (3: whole volumes, 2: slices), ``in_channel
 
 - ``model(x)`` -> ``(reconstruction, mu, logvar)``; ``logvar`` is ``None`` for the plain autoencoder;
 - ``model.encode_mean(x)`` -> the code (the VAE's posterior mean);
+- ``model.decode(z)`` -> the image of a code (a VAE samples new images by decoding z ~ N(0, I));
 - ``model.variational`` tells whether the loss needs the KL term.
 """
 
@@ -107,6 +108,10 @@ class VariationalAutoEncoder(nn.Module):
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.encode_forward(x)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The image of a code: sampling from the prior decodes z ~ N(0, I)."""
+        return self.net.decode_forward(z, use_sigmoid=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         reconstruction, mu, logvar, _ = self.net(x)

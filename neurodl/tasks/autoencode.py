@@ -350,6 +350,7 @@ def train(
         headline = {k: v for k, v in metrics["test"].items() if k in METRICS}
 
     from neurodl.report import plots as figures
+    from neurodl.tasks._samples import training_grid
 
     run.write_json(
         "preprocessing.json",
@@ -361,6 +362,8 @@ def train(
             "loss": options.loss,
             "beta": options.beta,
             "slices": options.slices,
+            # The grid's real-world affine: samples and interpolations (autoencode_sampling) are written in it.
+            "grid_affine": training_grid(preprocessing, items[int(rows[0])]).tolist(),
         },
     )
     run.save_weights(final.module.model.state_dict())

@@ -27,12 +27,11 @@ import pandas as pd
 import torch
 
 from neurodl.config import GenerateOptions, from_dict, to_dict
-from neurodl.data.images import ImageBatches, ImagePreprocessing, plan_preprocessing, preprocess
+from neurodl.data.images import ImageBatches, ImagePreprocessing, plan_preprocessing
 from neurodl.data.splits import split_by_participant
 from neurodl.engine import Callback, fit
 from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
 from neurodl.io.manifest import load_manifest, require_columns
-from neurodl.io.nifti import Volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model, list_models
 from neurodl.tasks._gan import AdversarialPair, TargetScale
@@ -45,6 +44,7 @@ from neurodl.tasks._run import (
     write_held_out_manifest,
     write_training_record,
 )
+from neurodl.tasks._samples import contact_sheet, grid_slice_affine, save_in_grid, training_grid
 from neurodl.tasks.autoencode import central_slices, fitting_spacing
 from neurodl.tasks.translate import PairedVolumes
 
@@ -199,44 +199,6 @@ def condition_codes(frame: pd.DataFrame, column: str, source: Path) -> list[str]
     return text
 
 
-def grid_slice_affine(affine: np.ndarray, z: int) -> np.ndarray:
-    """The affine of axial slice ``z`` of a grid, as a one-slice volume."""
-    moved = np.array(affine, dtype=float)
-    moved[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, float(z)]) + affine[:3, 3]
-    return moved
-
-
-def grid_volume(data: np.ndarray, affine: np.ndarray) -> Volume:
-    """``data`` placed in the training grid (RAS, the run's spacing, a real-world origin), in mm."""
-    import nibabel as nib
-
-    header = nib.Nifti1Header()
-    header.set_xyzt_units("mm")
-    return Volume(data=data, affine=np.asarray(affine, dtype=float), header=header)
-
-
-def contact_sheet(images: Sequence[np.ndarray], names: Sequence[str], *, title: str, columns: int = 6) -> Any:
-    """A grid of axial views (the central slice of volumes), one grey scale for all."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    planes = [np.asarray(a[..., a.shape[-1] // 2] if a.ndim == 3 else a) for a in images]
-    low, high = (float(v) for v in np.percentile(np.concatenate([p.ravel() for p in planes]), [1, 99.5]))
-    columns = max(1, min(columns, len(planes)))
-    rows = int(np.ceil(len(planes) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows + 0.4), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < len(planes):
-            ax.imshow(np.rot90(planes[k]), cmap="gray", vmin=low, vmax=high)
-            ax.set_title(names[k], fontsize=7)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return figure
-
-
 class EpochPreviews(Callback):
     """After each epoch: ``previews/epoch-NNN.png``, samples of each condition from the same fixed noise."""
 
@@ -353,7 +315,7 @@ def train(
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
     warm_cache(volumes, console, quiet)
-    grid = np.asarray(preprocess(preprocessing, items[int(rows[0])]).affine, dtype=float)
+    grid = training_grid(preprocessing, items[int(rows[0])])
     scale = TargetScale.fit([volumes.pair(int(r))[1] for r in rows], seed)
     spec = model_spec(options, preprocessing.size, len(classes))
     torch.manual_seed(seed)
@@ -588,8 +550,7 @@ def write_samples(
         name = loaded.classes[index] if loaded.classes else ""
         for k, image in enumerate(generate_images(loaded, index, n, seed)):
             stem = f"sample-{name}{k + 1:03d}" if name else f"sample-{k + 1:03d}"
-            data = image if image.ndim == 3 else image[..., None]
-            save_volume(data, out_dir / f"{stem}.nii.gz", like=grid_volume(data, affine))
+            save_in_grid(image, out_dir / f"{stem}.nii.gz", affine)
             row: dict[str, Any] = {loaded.participant_column: stem}
             if name:
                 row[loaded.condition_column] = name
