@@ -243,3 +243,22 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
         read_json(whole / "preprocessing.json")["label"]
         == read_json(interrupted / "preprocessing.json")["label"]
     )
+
+
+def test_regression_metrics_match_scikit_learn_and_scipy() -> None:
+    from scipy.stats import pearsonr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from neurodl.tasks.metrics import regression_metrics
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(70, 6, 30)
+    predicted = truth + rng.normal(0, 3, 30)
+    metrics = regression_metrics(truth, predicted, training_mean=71.0)
+    assert metrics["mae"] == pytest.approx(mean_absolute_error(truth, predicted))
+    assert metrics["rmse"] == pytest.approx(mean_squared_error(truth, predicted) ** 0.5)
+    assert metrics["r2"] == pytest.approx(r2_score(truth, predicted))
+    assert metrics["pearson_r"] == pytest.approx(pearsonr(truth, predicted)[0])
+    assert metrics["baseline_mae"] == pytest.approx(np.mean(np.abs(truth - 71.0)))
+    constant = regression_metrics(np.full(4, 70.0), np.arange(4.0))
+    assert np.isnan(constant["r2"]) and np.isnan(constant["pearson_r"]) and constant["mae"] > 0
