@@ -275,9 +275,9 @@ def train(
         preprocessing,
         cache=images.cache,
         cache_dir=cache_folder(run, images),
+        cache_budget=images.cache_budget,
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
-        cache_budget=images.cache_budget,
     if images.cache != "none":
         warm_cache(base, console, quiet)
     augment = augmentation(images.augment)
@@ -388,7 +388,7 @@ def train(
         "latent_space.png",
         figures.latent_scatter(
             codes,
-            manifest.frame[colour].iloc[rows].astype(str).tolist() if colour else None,
+            manifest.frame[colour].iloc[rows].fillna("n/a").astype(str).tolist() if colour else None,
             title=f"{options.model} latent space (training + validation images)",
             legend=colour,
         ),
