@@ -36,8 +36,10 @@ def report(
     Example: neurodl report runs/dx --open
     """
     from neurodl.report.html import write_report  # heavy (matplotlib): only when the command runs
+    from neurodl.tune.report import read_tune, write_tune_report
 
-    written = write_report(run, out)
+    # A tune directory (neurodl tune --out) gets the search's report: trials best first, plots.
+    written = write_tune_report(run, out) if read_tune(run) is not None else write_report(run, out)
     if not quiet:
         err_console().print(f"Report: {written}")
     if open_browser:

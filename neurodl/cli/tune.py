@@ -137,6 +137,11 @@ def tune(
     base.update(parse_task_options(list(ctx.args), {k for k, v in types.items() if v == "bool"}))
     for reserved in ("out", "resume", "overwrite"):
         base.pop(reserved, None)
+    if str(base.get("distributed", "false")).lower() in ("true", "1", "yes"):
+        raise UsageError(
+            "neurodl tune trains each trial in its own process: --distributed is not a tuning option.",
+            "Drop --distributed; run several tune workers on one --storage instead (docs/scaling.md).",
+        )
     search = SearchSpace.for_task(task, space)
     unknown = [d.name for d in search.dimensions if d.name not in types] + [
         k for k in search.fixed if k not in types
@@ -176,6 +181,9 @@ def tune(
     found = run_study(setup, trials=trials, storage=storage, study_name=name, console=console, on_trial=show)
     summary = write_results(found, setup, storage=storage_url(storage, out))
     summary["out"] = str(out)
+    from neurodl.tune.report import write_tune_report
+
+    summary["report"] = str(write_tune_report(out))
     if json_output:
         print_json(summary)
     if not quiet:
@@ -185,5 +193,6 @@ def tune(
                 f"Best: trial {best['trial']}, {monitor} {best['value']:.4g} ({out / 'best'}); "
                 f"options in {out / 'best_params.yaml'} (use with --config). Trials: {summary['trials']}."
             )
+            console.print(f"Report: {summary['report']}; trials side by side: neurodl compare {out}")
         else:
             console.print(f"No trial completed yet. Trials: {summary['trials']}.")

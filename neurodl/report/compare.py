@@ -166,6 +166,10 @@ def compare_runs(paths: Sequence[str | Path], metric: str | None = None) -> Comp
     """
     if not paths:
         raise UsageError("no run directories given.", "Name one or more run directories (--out of `train`).")
+    from neurodl.tune.report import read_tune, trial_runs
+
+    # A tune directory stands for its trials' runs, best first.
+    paths = [run for p in paths for run in (trial_runs(p) if read_tune(p) is not None else [Path(p)])]
     runs = [summarize_run(p) for p in paths]
     metrics: list[str] = []
     for run in runs:

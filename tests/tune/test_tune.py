@@ -104,6 +104,17 @@ def test_best_params_reproduce_the_best_trial_with_config_and_the_same_seed(run_
     params = yaml.safe_load((out / "best_params.yaml").read_text())
     assert params["seed"] == 3 and params["epochs"] == 8 and params["momentum"] == 0.9
 
+    # compare and report read a tune directory: its trials side by side, the best first.
+    result = run_cli("compare", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    compared = json.loads(result.stdout)["runs"]
+    assert [Path(r["run"]).name for r in compared] == [Path(r).name for r in trials["run"]]
+    assert Path(compared[0]["run"]).name == Path(best["run"]).name
+    result = run_cli("report", out, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    page = (out / "report.html").read_text()
+    assert "Trials, best first" in page and f"trial {best['trial']}" in page
+
     again = tmp_path / "again"
     result = run_cli("biomarkers", "train", table, "--config", out / "best_params.yaml", "--out", again, "--quiet")
     assert result.exit_code == 0, result.stderr
