@@ -58,7 +58,9 @@ class ConditionalGenerator(nn.Module):
             strides=(2, 2, 2, 1),
             num_res_units=0,
             act=("leakyrelu", {"negative_slope": 0.2}),
-            norm="BATCH",
+            # Instance norm, not DCGAN's batch norm: a sample then does not depend on the others drawn
+            # with it, and eval mode (sampling) behaves as in training.
+            norm=("instance", {"affine": True}),
         )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,7 +120,7 @@ class ProjectionDiscriminator(nn.Module):
 @register_model(
     "generate",
     "dcgan",
-    "DCGAN-style generator (MONAI Generator: dense layer, 3 transposed convolutions, batch norm, tanh); label embedding",
+    "DCGAN-style generator (MONAI Generator: dense layer, 3 transposed convolutions, instance norm, tanh); label embedding",
 )
 def dcgan(
     spatial_dims: int = 3,

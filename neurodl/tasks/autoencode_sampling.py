@@ -11,6 +11,7 @@ units (e.g. z-scores), like reconstructions.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ def grid_affine(loaded: LoadedAutoencoder) -> np.ndarray:
 
 def _decode(loaded: LoadedAutoencoder, codes: torch.Tensor) -> np.ndarray:
     """Images (N, X, Y[, Z]) of codes (N, latent), first channel, in the run's normalised units."""
-    model = loaded.module.model
+    model: Any = loaded.module.model  # an autoencoder of neurodl.models.autoencoders: has decode()
     model.eval()
     with torch.no_grad():
         images = torch.cat(
@@ -128,7 +129,7 @@ def interpolate(
         )
     _refuse_existing(out_dir, "interpolation.csv", overwrite)
     codes = []
-    model = loaded.module.model
+    model: Any = loaded.module.model
     model.eval()
     for path in (first, second):
         x = preprocess(loaded.preprocessing, [path], where=str(path)).as_tensor()

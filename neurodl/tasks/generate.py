@@ -328,7 +328,13 @@ def train(
         latent_dim=options.latent_dim,
     )
     dataset = GanImages(
-        volumes, rows, labels, scale, dims=options.dims, slices=options.slices, depth=preprocessing.size[2]
+        volumes,
+        rows.tolist(),
+        labels,
+        scale,
+        dims=options.dims,
+        slices=options.slices,
+        depth=preprocessing.size[2],
     )
     batches = ImageBatches(
         dataset,  # type: ignore[arg-type]
