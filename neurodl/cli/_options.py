@@ -45,6 +45,15 @@ ShardOption = Annotated[
         callback=_check_shard,
     ),
 ]
+PredictWorkers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Threads reading and preprocessing the next images while the model computes (the previous "
+        "output is written behind it); 0: one image after the other. Outputs are the same either way.",
+    ),
+]
 ImageInputs = Annotated[
     list[Path],
     typer.Argument(

@@ -19,6 +19,7 @@ from neurodl.cli._options import (
     JsonFlag,
     ModelDirOption,
     OverwriteFlag,
+    PredictWorkers,
     QuietFlag,
     ShardOption,
 )
@@ -147,6 +148,9 @@ def train(
     deterministic: T.Deterministic = _D.train.deterministic,
     device: T.Device = _D.train.device,
     precision: T.Precision = _D.train.precision,
+    track: T.Track = None,
+    track_uri: T.TrackUri = "",
+    experiment: T.Experiment = "",
     distributed: T.Distributed = _D.train.distributed,
     compile: T.Compile = _D.train.compile,
     channels_last: T.ChannelsLast = _D.train.channels_last,
@@ -195,6 +199,7 @@ def train(
             "spacing": parse_floats,
             "patch": parse_ints,
             "batch_size": parse_batch_size,
+            "track": split_list,
         },
     )
 
@@ -232,7 +237,8 @@ def predict(
         Path | None,
         typer.Option(
             "--volumes",
-            help="CSV with one row per input and the volume in mL of each label (a biomarker table).",
+            help="CSV with one row per input and the volume in mL of each label (a biomarker table); "
+            "an existing table is updated, so a resumed batch or the shards of one complete it.",
             dir_okay=False,
         ),
     ] = None,
@@ -252,6 +258,7 @@ def predict(
     ] = False,
     overwrite: OverwriteFlag = False,
     shard: ShardOption = None,
+    workers: PredictWorkers = 2,
     device: DeviceOption = "auto",
     quiet: QuietFlag = False,
     json_output: JsonFlag = False,
@@ -266,7 +273,8 @@ def predict(
     from neurodl.io.atomic import atomic_output
     from neurodl.tasks import segment  # heavy: only when the command runs
 
-    check_output_file(volumes, inputs, overwrite)
+    # An existing volumes table is extended (a resumed batch), never refused.
+    check_output_file(volumes, inputs, overwrite=True)
     console = err_console()
     loaded = segment.load(model, device=device, overlap=overlap)
     with file_progress(console, "segmenting", quiet=quiet) as advance:
@@ -279,13 +287,19 @@ def predict(
             preview=preview,
             overwrite=overwrite,
             shard=shard,
+            workers=workers,
             on_image=advance,
         )
     if volumes is not None and len(table):
+        sep = "\t" if volumes.suffix.lower() == ".tsv" else ","
+        written_table = table.drop(columns=["status"])
+        if volumes.exists() and not overwrite:
+            from neurodl.io.manifest import read_table
+
+            existing = read_table(volumes, text_columns=["participant_id"])
+            written_table = segment.merge_volume_tables(existing, written_table, volumes)
         with atomic_output(volumes) as tmp:
-            table.drop(columns=["status"]).to_csv(
-                tmp, index=False, sep="\t" if volumes.suffix.lower() == ".tsv" else ","
-            )
+            written_table.to_csv(tmp, index=False, sep=sep)
     if json_output:
         print_json(table.to_dict(orient="records"))
     written = int((table["status"] == "written").sum()) if len(table) else 0

@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 # ".<target name>.<8 random characters from mkstemp>.tmp<suffixes>", as atomic_output names them.
@@ -67,6 +67,32 @@ def remove_partial_writes(folder: str | Path) -> list[Path]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
+    return removed
+
+
+def remove_partial_writes_of(paths: Iterable[str | Path]) -> list[Path]:
+    """Delete the temporary files that writes of ``paths`` killed mid-way left beside them.
+
+    Unlike :func:`remove_partial_writes`, this touches only these outputs' own
+    temporaries, so it is safe in a folder that other processes (the other shards of a
+    job array) write to. Each folder is listed once.
+    """
+    names: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        names.setdefault(path.parent, set()).add(path.name)
+    removed = []
+    for folder, targets in names.items():
+        if not folder.is_dir():
+            continue
+        for candidate in folder.iterdir():
+            name = candidate.name
+            if not (name.startswith(".") and _TEMPORARY.match(name)):
+                continue
+            target, _, rest = name[1:].rpartition(".tmp")[0].rpartition(".")
+            if target in targets and len(rest) == 8:
+                with contextlib.suppress(FileNotFoundError):
+                    candidate.unlink()
+                    removed.append(candidate)
     return removed
 
 

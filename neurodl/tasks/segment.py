@@ -326,9 +326,9 @@ def train(
         preprocessing,
         cache=images.cache,
         cache_dir=cache_folder(run, images),
+        cache_budget=images.cache_budget,
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
-        cache_budget=images.cache_budget,
     if images.cache != "none":
         warm_cache(base, console, quiet)
     augment = augmentation(images.augment, label=True)
@@ -558,11 +558,22 @@ def segment_image(
     return values, in_input, original
 
 
+# mL to 3 decimals (1 mm^3): finer than any voxel, and no float noise such as 0.3359999999999999.
+VOLUME_DECIMALS = 3
+
+
 def label_volumes(values: np.ndarray, affine: np.ndarray, labels: LabelTable) -> dict[str, float]:
-    """Volume in mL of each foreground label: voxel count x voxel volume."""
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    """Volume in mL of each foreground label: voxel count x voxel volume, to 3 decimals."""
+    # The voxel volume to 1e-6 mm^3, so header float noise cannot tip the rounding below.
+    voxel_ml = round(abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))), 6) / 1000.0
+    counts = (
+        np.bincount(values.ravel(), minlength=max(labels.values) + 1) if values.dtype.kind == "u" else None
+    )
     return {
-        labels.column(name): float(np.count_nonzero(values == value)) * voxel_ml
+        labels.column(name): round(
+            float(counts[value] if counts is not None else np.count_nonzero(values == value)) * voxel_ml,
+            VOLUME_DECIMALS,
+        )
         for value, name in zip(labels.values[1:], labels.names[1:], strict=True)
     }
 
@@ -571,6 +582,36 @@ def label_volumes(values: np.ndarray, affine: np.ndarray, labels: LabelTable) ->
 class Failure:
     name: str
     message: str
+
+
+def _mask_dtype(labels: LabelTable) -> type:
+    return np.uint8 if max(labels.values) < 256 and min(labels.values) >= 0 else np.int16
+
+
+@dataclass
+class _Kept:
+    """A mask already written: measured, not redone."""
+
+    values: np.ndarray
+    affine: np.ndarray
+
+
+@dataclass
+class _Read:
+    """An image read and preprocessed, and the input's grid (header only: its voxels are not kept)."""
+
+    x: Any
+    like: Volume
+
+
+def _input_grid(path: Path) -> Volume:
+    """The input's affine, header and shape, without its voxels (what ``save_volume(like=)`` needs)."""
+    from neurodl.io.nifti import read_image
+
+    image = read_image(path)
+    shape = tuple(int(n) for n in image.shape[:3])
+    # A read-only zero-stride array: the shape of the input at no memory cost.
+    return Volume(np.broadcast_to(np.zeros((), np.float32), shape), image.affine, image.header, path)
 
 
 def predict(
@@ -583,81 +624,153 @@ def predict(
     preview: bool = False,
     overwrite: bool = False,
     shard: str | None = None,
+    workers: int = 0,
     on_image: Any = None,
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``<name>_dseg.nii.gz`` per input (input's grid and affine); return per-image label volumes.
 
     Outputs already present are kept (and their volumes measured) unless ``overwrite``;
-    a bad input is reported and the others still processed.
+    a bad input is reported and the others still processed. With ``workers`` > 0 the
+    batch is pipelined (:func:`neurodl.inference.pipeline.pipelined`): the next images
+    are read and preprocessed by that many threads while the model computes, and the
+    previous mask is inverted and written behind it; the outputs and their order are
+    those of ``workers=0``.
     """
+    from neurodl.inference.pipeline import pipelined
+    from neurodl.inference.resample import labels_on_input_grid, resample_maps, separable_maps
+    from neurodl.io.atomic import remove_partial_writes_of
+    from neurodl.report.slices import orthogonal_slices
+
     images, manifest = resolve_inputs(
         inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
     input_files = {p.resolve() for image in images for p in image.paths}
+    writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
+    lookup: np.ndarray = np.asarray(loaded.labels.values, dtype=_mask_dtype(loaded.labels))
+
+    def mask_path(image: InputImage) -> Path:
+        return out_dir / f"{image.name}_dseg.nii.gz"
+
+    # Writes of this batch's outputs killed mid-way (SIGKILL, power loss) left temporary files.
+    remove_partial_writes_of(
+        out_dir / f"{image.name}_{kind}.nii.gz" for image in images for kind in ("dseg", "probseg")
+    )
+
+    def read(image: InputImage) -> _Kept | _Read:
+        target = mask_path(image)
+        if target.resolve() in input_files:
+            raise OutputError(
+                f"{target}: is also an input; neurodl never overwrites its inputs.",
+                "Choose another -o folder.",
+            )
+        if target.exists() and not overwrite:
+            existing = load_volume(target, dtype=None)
+            return _Kept(existing.data, existing.affine)
+        return _Read(
+            preprocess(loaded.preprocessing, image.paths, where=image.where), _input_grid(image.paths[0])
+        )
+
+    def compute(image: InputImage, read_: _Kept | _Read) -> Any:
+        if isinstance(read_, _Kept):
+            return read_
+        with torch.no_grad():
+            probs = loaded.module.infer(read_.x.as_tensor()[None].to(loaded.device), tta=tta)[0]
+        return read_, probs
+
+    def write(image: InputImage, computed: Any) -> dict[str, Any]:
+        target = mask_path(image)
+        if isinstance(computed, _Kept):
+            values, affine, status = computed.values, computed.affine, "kept"
+        else:
+            read_, probs = computed
+            like = read_.like
+            maps = separable_maps(read_.x, like.affine, like.shape)
+            in_input = None
+            if maps is not None:
+                index = labels_on_input_grid(probs, maps).cpu().numpy()
+                if probabilities:
+                    in_input = resample_maps(probs, maps).cpu().numpy()
+            else:  # preprocessing with a crop to the head: MONAI's general inverse
+                in_input = invert_to_input(probs, read_.x, loaded.preprocessing)
+                index = in_input.argmax(axis=0)
+            if index.shape != like.shape:
+                raise ImageError(
+                    image.paths[0],
+                    f"internal geometry check failed: prediction {index.shape} vs input {like.shape}.",
+                    "Report this with the file's `neurodl info` output.",
+                )
+            values = lookup[index]
+            save_volume(values, target, like=like)
+            if probabilities and in_input is not None:
+                save_volume(
+                    np.moveaxis(in_input, 0, -1).astype(np.float32, copy=False),
+                    out_dir / f"{image.name}_probseg.nii.gz",
+                    like=like,
+                )
+            if preview:
+                writer.save_figure(
+                    f"{image.name}_dseg.png",
+                    orthogonal_slices(
+                        load_volume(image.paths[0]),
+                        values,
+                        labels=True,
+                        title=f"{image.name}: {', '.join(loaded.labels.foreground)}",
+                    ),
+                )
+            affine, status = like.affine, "written"
+        row: dict[str, Any] = {
+            "participant_id": image.participant,
+            # Absolute: the table is read from another folder than the inputs'.
+            "image": os.path.abspath(image.paths[0]),
+            "mask": os.path.abspath(target),
+            "status": status,
+        }
+        measured = label_volumes(values, affine, loaded.labels)
+        if manifest is not None and image.row is not None:
+            extra = manifest.row_values(image.row, skip=loaded.image_columns)
+            for key, value in extra.items():
+                if key in row or key == "participant_id":
+                    continue
+                # A manifest column named like a measured volume is kept, renamed, not overwritten.
+                row[f"{key}_manifest" if key in measured else key] = value
+        row.update(measured)
+        return row
+
     rows: list[dict[str, Any]] = []
     failures: list[Failure] = []
-    writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
-    from neurodl.report.slices import orthogonal_slices
-
-    for image in images:
-        target = out_dir / f"{image.name}_dseg.nii.gz"
-        try:
-            if target.resolve() in input_files:
-                raise OutputError(
-                    f"{target}: is also an input; neurodl never overwrites its inputs.",
-                    "Choose another -o folder.",
-                )
-            if target.exists() and not overwrite:
-                existing = load_volume(target, dtype=None)
-                values, affine, status = existing.data, existing.affine, "kept"
-            else:
-                values, probs, original = segment_image(loaded, image, tta=tta)
-                dtype = (
-                    np.uint8
-                    if max(loaded.labels.values) < 256 and min(loaded.labels.values) >= 0
-                    else np.int16
-                )
-                save_volume(values.astype(dtype), target, like=original)
-                if probabilities:
-                    save_volume(
-                        np.moveaxis(probs, 0, -1).astype(np.float32),
-                        out_dir / f"{image.name}_probseg.nii.gz",
-                        like=original,
-                    )
-                if preview:
-                    writer.save_figure(
-                        f"{image.name}_dseg.png",
-                        orthogonal_slices(
-                            original,
-                            values,
-                            labels=True,
-                            title=f"{image.name}: {', '.join(loaded.labels.foreground)}",
-                        ),
-                    )
-                affine, status = original.affine, "written"
-            row: dict[str, Any] = {
-                "participant_id": image.participant,
-                # Absolute: the table is read from another folder than the inputs'.
-                "image": os.path.abspath(image.paths[0]),
-                "mask": os.path.abspath(target),
-                "status": status,
-            }
-            measured = label_volumes(values, affine, loaded.labels)
-            if manifest is not None and image.row is not None:
-                extra = manifest.row_values(image.row, skip=loaded.image_columns)
-                for key, value in extra.items():
-                    if key in row or key == "participant_id":
-                        continue
-                    # A manifest column named like a measured volume is kept, renamed, not overwritten.
-                    row[f"{key}_manifest" if key in measured else key] = value
-            row.update(measured)
-            rows.append(row)
-        except NeurodlError as exc:
-            failures.append(Failure(image.name, str(exc)))
-        finally:
-            if on_image is not None:
-                on_image(image)
+    for outcome in pipelined(images, read, compute, write, workers=workers):
+        if outcome.error is not None:
+            failures.append(Failure(outcome.item.name, str(outcome.error)))
+        else:
+            rows.append(outcome.result)
+        if on_image is not None:
+            on_image(outcome.item)
     return pd.DataFrame(rows), failures
+
+
+def merge_volume_tables(existing: pd.DataFrame, table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The volumes table of a resumed or sharded batch: ``existing`` rows updated by ``table``'s, new rows appended.
+
+    Rows are matched on the ``image`` column (absolute paths), so rerunning a batch, or
+    the shards of one batch one after the other, build one table.
+
+    Raises:
+        OutputError: ``existing`` is not a volumes table, or measures other labels.
+    """
+    volume_columns = [c for c in table.columns if str(c).endswith("_volume_ml")]
+    missing = [c for c in ["image", "mask", *volume_columns] if c not in existing.columns]
+    if missing:
+        raise OutputError(
+            f"{path}: exists but is not a volumes table of this model (no column {', '.join(missing)}).",
+            "Choose another --volumes path, or add --overwrite to replace it.",
+        )
+    updated = existing.set_index("image", drop=False)
+    fresh = table.set_index("image", drop=False)
+    updated = updated[~updated.index.isin(fresh.index)]
+    order = {image: i for i, image in enumerate(existing["image"])}
+    merged = pd.concat([updated, fresh], ignore_index=False)
+    position = [order.get(image, len(order) + i) for i, image in enumerate(merged["image"])]
+    return merged.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
 
 
 def _mm(spacing: tuple[float, ...]) -> str:

@@ -279,7 +279,8 @@ def test_volumes_are_voxel_counts_times_voxel_volume_and_feed_biomarkers(
         voxel_sizes.add(round(voxel_ml * 1000, 3))
         for value, name in LABELS.items():
             expected = np.count_nonzero(values == value) * voxel_ml
-            assert row[f"{name.lower()}_volume_ml"] == pytest.approx(expected, rel=1e-6, abs=1e-9), (
+            # mL to 3 decimals (1 mm^3): within half a unit of the last decimal.
+            assert row[f"{name.lower()}_volume_ml"] == pytest.approx(expected, abs=5e-4 + 1e-9), (
                 row,
                 name,
             )
