@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import hashlib
 import io
 import logging
@@ -401,8 +402,8 @@ def resolve_bids(
 
     if participants_rows:
         imaged = {image.participant for image, _ in rows}
-        with_any = {f.participant for f in files if f.suffix in suffixes}
-        without = [p for p in participants_rows if p not in imaged and ("sub" not in wanted or p in with_any)]
+        chosen = {f"sub-{label}" for label in wanted.get("sub", ())}  # a sub filter leaves the others out
+        without = [p for p in participants_rows if p not in imaged and (not chosen or p in chosen)]
         if without:
             warnings.append(
                 f"{len(without)} participant{'s' if len(without) > 1 else ''} of participants.tsv "
@@ -415,7 +416,7 @@ def resolve_bids(
                 f"in participants.tsv (their columns from it are empty): {_names(unlisted)}."
             )
     for warning in warnings:
-        log.warning("%s: %s", root, warning)
+        warn_once(f"{root}: {warning}")
     return BidsTable(
         root=root,
         text=out.getvalue(),
@@ -424,6 +425,12 @@ def resolve_bids(
         text_columns=tuple([*identity, *suffixes]),
         warnings=tuple(warnings),
     )
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """Log a warning once per process: evaluate reads a dataset twice, and says it once."""
+    log.warning("%s", message)
 
 
 def _value(file: BidsFile, key: str) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -525,7 +524,9 @@ def _left_out(
         f" and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else ""
     )
     message = f"{len(rows)} {what}{'s' if len(rows) > 1 else ''} {why} left out: {shown}."
-    logging.getLogger(__name__).warning("%s: %s", path, message)
+    from neurodl.io.bids import warn_once
+
+    warn_once(f"{path}: {message}")
     warnings.append(message)
 
 
