@@ -50,10 +50,14 @@ def parse_task_options(args: list[str], bool_options: set[str]) -> dict[str, Any
 
 def tune(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task to tune: biomarkers, classify, segment, autoencode or translate.")],
+    task: Annotated[
+        str, typer.Argument(help="Task to tune: biomarkers, classify, segment, autoencode or translate.")
+    ],
     source: Annotated[
         Path,
-        typer.Argument(help="The table or manifest to train on; the task's options follow it.", dir_okay=False),
+        typer.Argument(
+            help="The table or manifest to train on; the task's options follow it.", dir_okay=False
+        ),
     ],
     trials: Annotated[
         int,
@@ -65,7 +69,8 @@ def tune(
         ),
     ] = 20,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Tune directory: trials/, best/, best_params.yaml, trials.csv.")
+        Path,
+        typer.Option("--out", "-o", help="Tune directory: trials/, best/, best_params.yaml, trials.csv."),
     ] = Path("runs/tune"),
     space: Annotated[
         Path | None,

@@ -178,13 +178,15 @@ class TrackingSession:
         else:
             logger.warning(text)
 
-    def guard(self, backend: Backend, action: Any, *args: Any, **kwargs: Any) -> None:
-        """Run a tracker's action; on any error warn once and drop that tracker."""
+    def guard(self, backend: Backend, action: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a tracker's action and return its result; on any error warn once, drop that tracker, return None."""
         try:
-            action(*args, **kwargs)
+            return action(*args, **kwargs)
         except Exception as exc:  # a tracker must never stop training, whatever its library raises
-            self.backends.remove(backend)
+            if backend in self.backends:
+                self.backends.remove(backend)
             self.warn(backend, exc)
+            return None
 
     def _start(self) -> bool:
         if self.run is not None:
@@ -206,10 +208,9 @@ class TrackingSession:
         assert self.run is not None
         callbacks: list[Callback] = []
         for backend in list(self.backends):
-            made: list[Callback | None] = []
-            self.guard(backend, lambda b=backend: made.append(b.fit_callback(self.run, fit_name(description))))
-            if made and made[0] is not None:
-                callbacks.append(_Guarded(self, backend, made[0]))
+            made = self.guard(backend, backend.fit_callback, self.run, fit_name(description))
+            if made is not None:
+                callbacks.append(_Guarded(self, backend, made))
         return callbacks
 
     def finish(self, summary: dict[str, Any] | None, status: str) -> None:

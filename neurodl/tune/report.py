@@ -75,7 +75,8 @@ def build_tune_report(path: str | Path) -> str:
             f"<code>best_params.yaml</code>: <code>neurodl {html.escape(summary['task'])} train ... --config best_params.yaml</code>.</p>"
         )
         rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in best["params"].items()
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in best["params"].items()
         )
         parts.append(f"<table>{rows}</table>")
     parts.append("<h2>Search space</h2><table>")
@@ -100,7 +101,7 @@ def build_tune_report(path: str | Path) -> str:
             body.append(f"<tr{chosen}>{cells}</tr>")
         parts.append(f"<h2>Trials, best first</h2><table><tr>{header}</tr>{''.join(body)}</table>")
     return (
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>neurodl tune: {html.escape(summary['study'])}</title>\n<style>{_CSS}</style>\n</head>\n"
         f"<body>\n{''.join(parts)}\n</body>\n</html>\n"
     )

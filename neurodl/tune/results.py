@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from neurodl.io.atomic import write_text_atomic
-from neurodl.io.rundir import RunDirectory, dumps_json
+from neurodl.io.rundir import RunDirectory
 
 TUNE_FILE = "tune.json"
 TUNE_KIND = "neurodl-tune"

@@ -150,7 +150,9 @@ class SearchSpace:
                     )
                 integer = spec.get("type") == "int" or (
                     spec.get("type") != "float"
-                    and all(isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("low", "high"))
+                    and all(
+                        isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("low", "high")
+                    )
                 )
                 dimensions.append(Dimension(name, low=low, high=high, log=log, step=step, integer=integer))
             else:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from neurodl.config import build
-from neurodl.engine.loop import Callback, FitResult, monitor_mode
+from neurodl.engine.loop import Callback, FitResult
 from neurodl.engine.observers import observing
 from neurodl.errors import TrainingFailed, UsageError
 from neurodl.tracking.extras import require_extra
@@ -50,7 +50,9 @@ class TunableTask:
         return importlib.import_module(self.module).train  # type: ignore[no-any-return]
 
     def monitor(self, options: Any) -> str:
-        return str(options.train.monitor) if options.train.monitor != "auto" else self.default_monitor(options)
+        return (
+            str(options.train.monitor) if options.train.monitor != "auto" else self.default_monitor(options)
+        )
 
 
 TASKS = {
@@ -143,8 +145,6 @@ def storage_url(storage: str, out: Path) -> str:
 def open_study(url: str, name: str, direction: str) -> Any:
     """Create the study, or load it when it exists (several processes may race to create it)."""
     optuna = require_extra("optuna", "neurodl tune")
-    import optuna.storages
-
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     try:
         # Heartbeats let a process mark the trials of a killed one as failed (they do not count).

@@ -59,9 +59,10 @@ def test_mlflow_sqlite_store_holds_params_metrics_per_epoch_artifacts_and_tags(r
     assert row["status"] == "FINISHED"
     assert row["params.lr"] == "0.05" and row["params.hidden"] == "8" and row["params.epochs"] == "6"
     assert row["tags.neurodl.task"] == "biomarkers" and row["tags.neurodl.model"] == "mlp"
-    assert row["tags.neurodl.data_sha256"] == json.loads((run / "config.json").read_text())["options"][
-        "input_sha256"
-    ]
+    assert (
+        row["tags.neurodl.data_sha256"]
+        == json.loads((run / "config.json").read_text())["options"]["input_sha256"]
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert row["metrics.validation.accuracy"] == pytest.approx(metrics["validation"]["accuracy"])
     client = mlflow.tracking.MlflowClient(uri)

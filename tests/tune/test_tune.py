@@ -116,7 +116,9 @@ def test_best_params_reproduce_the_best_trial_with_config_and_the_same_seed(run_
     assert "Trials, best first" in page and f"trial {best['trial']}" in page
 
     again = tmp_path / "again"
-    result = run_cli("biomarkers", "train", table, "--config", out / "best_params.yaml", "--out", again, "--quiet")
+    result = run_cli(
+        "biomarkers", "train", table, "--config", out / "best_params.yaml", "--out", again, "--quiet"
+    )
     assert result.exit_code == 0, result.stderr
     history = pd.read_csv(again / "history.csv")
     assert history["val_loss"].min() == pytest.approx(best["value"], rel=1e-6)
@@ -134,7 +136,17 @@ def test_a_space_file_naming_an_unknown_option_is_refused(run_cli, tmp_path, sea
 def test_unknown_task_option_is_refused_before_any_trial(run_cli, tmp_path, search):
     table, space = search
     result = run_cli(
-        "tune", "biomarkers", table, "--colour", "red", "--trials", "1", "--space", space, "--out", tmp_path / "t"
+        "tune",
+        "biomarkers",
+        table,
+        "--colour",
+        "red",
+        "--trials",
+        "1",
+        "--space",
+        space,
+        "--out",
+        tmp_path / "t",
     )
     assert result.exit_code == 2
     assert "colour" in result.stderr
