@@ -279,3 +279,32 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     for name in ("model.safetensors", "discriminator.safetensors"):
         weights = [load_file(str(run / name)) for run in (whole, interrupted)]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), name
+
+
+def test_ddp_in_a_group_of_one_trains_the_gan_exactly_like_one_process(tmp_path: Path):
+    import torch.distributed as dist
+
+    from neurodl.config import TrainOptions
+    from neurodl.engine import TensorBatches, fit
+
+    images = torch.rand(8, 1, 16, 16) * 2 - 1
+    labels = torch.tensor([0, 1] * 4)
+    options = TrainOptions(epochs=2, batch_size=4, patience=0, device="cpu", seed=1)
+    plain = _tiny_module()
+    fit(plain, TensorBatches(images, labels, batch_size=4, shuffle=True, seed=1), None, options)  # type: ignore[arg-type]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = _tiny_module()
+        fit(
+            wrapped,  # type: ignore[arg-type]
+            TensorBatches(images, labels, batch_size=4, shuffle=True, seed=1),
+            None,
+            TrainOptions(epochs=2, batch_size=4, patience=0, device="cpu", seed=1, distributed=True),
+        )
+    finally:
+        dist.destroy_process_group()
+    assert wrapped._train_generator is wrapped.generator  # unwrapped after the fit
+    for (name, a), b in zip(
+        plain.model.state_dict().items(), wrapped.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
