@@ -44,6 +44,7 @@ def runs_of(uri: str, experiment: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[experiment])
 
 
+@pytest.mark.slow
 def test_mlflow_sqlite_store_holds_params_metrics_per_epoch_artifacts_and_tags(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.tsv")
     run = tmp_path / "runs" / "dx"
@@ -75,6 +76,7 @@ def test_mlflow_sqlite_store_holds_params_metrics_per_epoch_artifacts_and_tags(r
     assert not any(a.startswith("checkpoints") or a.endswith(".safetensors") for a in artifacts)
 
 
+@pytest.mark.slow
 def test_mlflow_folds_of_cv_are_nested_runs_with_their_test_metrics(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.tsv")
     run = tmp_path / "runs" / "cv"
@@ -127,6 +129,33 @@ def test_tensorboard_events_hold_every_epoch_and_the_plots(run_cli, tmp_path):
     assert [e.value for e in val_loss] == pytest.approx(list(history["val_loss"]), rel=1e-6)
     assert "plots/learning_curves" in events.Tags()["images"]
     assert "final/validation.accuracy" in events.Tags()["scalars"]
+
+
+@pytest.mark.slow
+def test_an_image_task_logs_its_held_out_test_metrics_and_tensorboard_events(run_cli, tmp_path):
+    """classify goes through the image tasks' shared train-and-report path."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from neurodl.data.phantom import generate_cohort
+
+    generate_cohort(tmp_path / "cohort", n=12, size=24, seed=3)
+    run = tmp_path / "runs" / "cnn"
+    result = run_cli(
+        "classify", "train", tmp_path / "cohort" / "participants.tsv", "--image", "t1", "--label", "diagnosis",
+        "--test-fraction", "0.25", "--model", "cnn", "--depth", "2", "--width", "4", "--epochs", "2",
+        "--batch-size", "4", "--augment", "none", "--quiet",
+        "--track", "mlflow", "--track", "tensorboard", "--out", run,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    runs = runs_of(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "classify")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert row["metrics.test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert row["tags.neurodl.model"] == "cnn" and row["params.image"] == "t1"
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("val_loss")) == 2
 
 
 def test_tensorboard_logs_a_tasks_preview_images_at_their_epoch(tmp_path):
