@@ -81,20 +81,30 @@ def guide_commands(markdown: str) -> list[GuideCommand]:
     return commands
 
 
-def reduced(argv: list[str]) -> list[str]:
-    """The arguments of a ``train`` command with ``--epochs`` set to the test's setting."""
-    if not (argv[:1] == ["train-ae"] or argv[1:2] == ["train"]):
-        return argv
+def _set(argv: list[str], option: str, value: str) -> list[str]:
+    """``argv`` with ``option`` set to ``value`` (replaced where given, added at the end)."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--epochs":
+        elif arg == option:
             skip = True
-        elif not arg.startswith("--epochs="):
+        elif not arg.startswith(f"{option}="):
             out.append(arg)
-    return [*out, "--epochs", str(REDUCED_EPOCHS)]
+    return [*out, option, value]
+
+
+def reduced(argv: list[str]) -> list[str]:
+    """The arguments of a ``train`` command with ``--epochs`` set to the test's setting.
+
+    A ``tune`` command also runs 2 trials (of 2 epochs each).
+    """
+    if argv[:1] == ["tune"]:
+        return _set(_set(argv, "--epochs", str(REDUCED_EPOCHS)), "--trials", "2")
+    if not (argv[:1] == ["train-ae"] or argv[1:2] == ["train"]):
+        return argv
+    return _set(argv, "--epochs", str(REDUCED_EPOCHS))
 
 
 def test_guide_parses() -> None:
@@ -104,6 +114,7 @@ def test_guide_parses() -> None:
     assert reduced(["biomarkers", "train", "t.tsv", "--epochs", "1000", "-q"])[-3:] == ["-q", "--epochs", "2"]
     assert reduced(["train-ae", "m.tsv"]) == ["train-ae", "m.tsv", "--epochs", "2"]
     assert reduced(["compare", "runs/a"]) == ["compare", "runs/a"]
+    assert reduced(["tune", "biomarkers", "t.tsv", "--trials", "20"])[-2:] == ["--trials", "2"]
 
 
 def test_guide_figures_are_committed() -> None:
