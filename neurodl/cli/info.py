@@ -58,7 +58,7 @@ def info(files: FilesArgument, json_output: JsonFlag = False, quiet: QuietFlag =
 
     summaries: list[ImageSummary] = []
     failures: list[ImageError] = []
-    show_progress = not quiet and len(targets) > 1
+    show_progress = not quiet and len(targets) > 1 and console.is_terminal
     with Progress(console=console, transient=True, disable=not show_progress) as progress:
         task = progress.add_task("Reading", total=len(targets))
         for target in targets:
@@ -72,7 +72,12 @@ def info(files: FilesArgument, json_output: JsonFlag = False, quiet: QuietFlag =
             progress.advance(task)
 
     if summaries and not quiet:
-        console.print(_table(summaries))
+        if console.is_terminal:
+            console.print(_table(summaries))
+        else:
+            # A file or a pipe gets every column whole, tab-separated (no terminal width to fit).
+            console.file.write(_tsv(summaries))
+            console.file.flush()
     for failure in failures:
         console.print(Text("Error: ", style="bold red") + Text(failure.message))
         if failure.fix:
@@ -110,6 +115,25 @@ def _table(summaries: list[ImageSummary]) -> Table:
             Text(f"{s.n_nan}/{s.n_inf}", style="bold red" if bad else ""),
         )
     return table
+
+
+def _tsv(summaries: list[ImageSummary]) -> str:
+    lines = ["file\tshape\tvoxel_mm\torientation\tdtype\tmin\tmax\tmean\tnan\tinf"]
+    for s in summaries:
+        cells = [
+            str(s.path),
+            "x".join(str(n) for n in s.shape),
+            "x".join(f"{v:.4g}" for v in s.voxel_size),
+            s.orientation,
+            s.dtype,
+            _number(s.minimum),
+            _number(s.maximum),
+            _number(s.mean),
+            str(s.n_nan),
+            str(s.n_inf),
+        ]
+        lines.append("\t".join(cells))
+    return "\n".join(lines) + "\n"
 
 
 def _number(value: float | None) -> str:

@@ -138,3 +138,19 @@ def test_inputs_are_unchanged(run_cli, tmp_path):
     before = _digest(files)
     run_cli("info", *files)
     assert _digest(files) == before
+
+
+def test_a_pipe_or_file_gets_every_column_whole(run_cli, tmp_path, monkeypatch):
+    """`neurodl info ... | cat` on a narrow terminal: file names and values are never cut."""
+    monkeypatch.setenv("COLUMNS", "40")
+    folder = tmp_path / "a-rather-long-folder-name-for-the-derivatives"
+    folder.mkdir()
+    paths = [make_nifti(folder / f"sub-{i:02d}_desc-preproc_T1w.nii.gz") for i in range(3)]
+
+    result = run_cli("info", *paths)
+
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].split("\t")[:3] == ["file", "shape", "voxel_mm"]
+    assert [line.split("\t")[0] for line in lines[1:]] == [str(p) for p in paths]
+    assert all(len(line.split("\t")) == 10 and "…" not in line for line in lines)
