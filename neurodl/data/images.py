@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
+from monai.transforms.utils import is_positive
 from nibabel.orientations import io_orientation
 
 from neurodl.data.cache import VolumeStore, parse_budget
@@ -51,6 +53,18 @@ NORMALIZATIONS = ("zscore", "minmax", "percentile")
 # with: a 3D network could not have been trained on it.
 MAX_NETWORK_VOXELS = 2**28
 AUGMENTATIONS = ("none", "light", "strong")
+log = logging.getLogger(__name__)
+# Whole-volume inputs (classify, autoencode, translate) planned from the headers stay within this
+# many voxels a side: a 1 mm head cropped to its bounding box (about 140x180x150 mm) becomes about
+# 1.4 mm voxels and 112x128x112, which a 3D CNN trains on in practical time on a CPU or one GPU.
+WHOLE_VOLUME_SIDE = 128
+# The head: voxels brighter than this share of the image's 99th percentile (scanner noise and air are
+# darker), without isolated specks.
+HEAD_THRESHOLD = 0.1
+# Heads measured (voxels read) to plan the crop: enough to see their spread, few enough to be quick.
+PLANNING_SAMPLE = 6
+# A share of the head cut off by the input's field of view worth telling the user about.
+CUT_WARNING = 0.01
 
 
 def ras_spacing_and_shape(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +227,74 @@ class LoadLabeld(MapTransform):
         return d
 
 
+def head_mask(array: np.ndarray, threshold: float = HEAD_THRESHOLD, *, clean: bool = True) -> np.ndarray:
+    """The head in a (C, X, Y, Z) or (X, Y, Z) array: voxels of the first channel above
+    ``threshold`` x its 99th percentile (from its minimum), without the slices that hold only
+    specks of noise (no more than twice the outermost slices' count)."""
+    values = np.asarray(array[0] if array.ndim == 4 else array, dtype=np.float32)
+    sample = values[::2, ::2, ::2] if values.size > 2**21 else values
+    top = float(np.percentile(sample, 99))
+    low = float(sample.min())
+    mask = values > low + threshold * (top - low)
+    if clean and mask.any():
+        for axis in range(3):
+            counts = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+            # Specks of noise: the count in the outermost slices (air), where the head is not.
+            noise = min(float(np.median(counts[:4])), float(np.median(counts[-4:])))
+            keep = counts > max(2 * noise, 0.002 * float(counts.max()))
+            mask &= keep.reshape([-1 if a == axis else 1 for a in range(3)])
+    return mask
+
+
+class HeadMask:
+    """``select_fn`` of MONAI's CropForeground: the head (see :func:`head_mask`), not every non-zero voxel
+    (scanner noise makes nearly every voxel of a real image non-zero)."""
+
+    def __init__(self, threshold: float = HEAD_THRESHOLD) -> None:
+        self.threshold = threshold
+
+    def __call__(self, image: Any) -> Any:
+        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        mask = head_mask(array, self.threshold)
+        return torch.from_numpy(np.broadcast_to(mask, array.shape).copy())
+
+
+class FieldOfViewCheckd(MapTransform):
+    """Measure, before the crop/pad to ``size``, how much of the head that crop would cut off.
+
+    Changes nothing; records ``head_cut`` (share of head voxels outside the kept centre),
+    ``extent_mm`` and ``kept_mm`` in the image's metadata for :func:`preprocess` to report.
+    """
+
+    def __init__(self, size: Sequence[int], threshold: float) -> None:
+        super().__init__("image")
+        self.size = tuple(int(s) for s in size)
+        self.threshold = threshold
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        image = d["image"]
+        shape = tuple(int(s) for s in image.shape[1:])
+        if all(n <= k for n, k in zip(shape, self.size, strict=True)):
+            return d
+        mask = head_mask(image.detach().cpu().numpy(), self.threshold, clean=False)
+        kept = mask.copy()
+        # ResizeWithPadOrCrop keeps the centre (the lower half of an odd excess is cut first).
+        window = tuple(
+            slice(max(0, (n - k) // 2), max(0, (n - k) // 2) + min(n, k))
+            for n, k in zip(shape, self.size, strict=True)
+        )
+        kept[window] = False
+        total = int(mask.sum())
+        spacing = [float(v) for v in image.pixdim[:3]] if isinstance(image, MetaTensor) else [1.0] * 3
+        image.meta["head_cut"] = float(kept.sum()) / total if total else 0.0
+        image.meta["extent_mm"] = [round(n * sp) for n, sp in zip(shape, spacing, strict=True)]
+        image.meta["kept_mm"] = [
+            round(min(n, k) * sp) for n, k, sp in zip(shape, self.size, spacing, strict=True)
+        ]
+        return d
+
+
 @dataclass(frozen=True)
 class ImagePreprocessing:
     """The deterministic preprocessing of a run, saved in ``preprocessing.json``.
@@ -226,6 +308,10 @@ class ImagePreprocessing:
         resize: crop/pad to ``size`` (classification); otherwise only pad up to ``size``
             (segmentation: whole volumes, however large, for sliding-window inference).
         label_values: label values of a segmentation run, background first.
+        head_threshold: what ``crop_foreground`` keeps: the head (voxels above this share of
+            the 99th percentile, see :func:`head_mask`); 0: every non-zero voxel (runs made
+            before heads were measured).
+        planned: how spacing and size were chosen, in words (empty when they were given).
     """
 
     spacing: tuple[float, float, float]
@@ -235,6 +321,17 @@ class ImagePreprocessing:
     channels: int = 1
     resize: bool = True
     label_values: tuple[int, ...] = ()
+    head_threshold: float = 0.0
+    planned: str = ""
+
+    def describe(self) -> str:
+        """The input the network sees, in words (e.g. ``1.4 mm voxels, 112x128x112, cropped to the head``)."""
+        spacing = self.spacing
+        mm = f"{spacing[0]:g}" if len(set(spacing)) == 1 else "x".join(f"{v:g}" for v in spacing)
+        text = f"{mm} mm voxels, {'x'.join(map(str, self.size))}"
+        if self.crop_foreground:
+            text += ", cropped to the head"
+        return f"{text} ({self.planned})" if self.planned else text
 
     def transforms(self) -> Compose:
         """The MONAI pipeline, from a list of file paths to a normalised tensor.
@@ -278,8 +375,15 @@ class ImagePreprocessing:
             Spacingd(keys=keys, pixdim=self.spacing, mode=modes),
         ]
         if self.crop_foreground:
-            steps.append(CropForegroundd(keys=keys, source_key="image", margin=2, allow_smaller=True))
+            # Runs recorded before heads were measured (head_threshold 0) keep MONAI's "non-zero".
+            select: Callable[[Any], Any] = (
+                HeadMask(self.head_threshold) if self.head_threshold > 0 else is_positive
+            )
+            steps.append(
+                CropForegroundd(keys=keys, source_key="image", select_fn=select, margin=2, allow_smaller=True)
+            )
         if self.resize:
+            steps.append(FieldOfViewCheckd(self.size, self.head_threshold or HEAD_THRESHOLD))
             steps.append(ResizeWithPadOrCropd(keys=keys, spatial_size=self.size))
         else:
             steps.append(SpatialPadd(keys=keys, spatial_size=self.size))
@@ -325,6 +429,8 @@ class ImagePreprocessing:
                 channels=int(payload.get("channels", 1)),
                 resize=bool(payload.get("resize", True)),
                 label_values=values,
+                head_threshold=min(0.9, max(0.0, float(payload.get("head_threshold", 0.0)))),
+                planned=str(payload.get("planned", ""))[:500],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"image preprocessing is damaged ({exc})") from exc
@@ -341,11 +447,15 @@ def plan_preprocessing(
     resize: bool = True,
     label_values: Sequence[int] = (),
 ) -> ImagePreprocessing:
-    """Choose spacing and size from the training images' headers where not given.
+    """Choose spacing and size from the training images where not given.
 
-    Spacing defaults to the median voxel size (per RAS axis); size to the
-    median field of view at that spacing, rounded up to a multiple of 16 so
-    networks that halve the size four times fit.
+    Spacing defaults to the median voxel size (per RAS axis); size to the median
+    field of view at that spacing, rounded up to a multiple of 16 so networks that
+    halve the size four times fit. Whole-volume inputs (``resize``) that would
+    exceed :data:`WHOLE_VOLUME_SIDE` voxels a side (full-size 1 mm heads) are
+    instead cropped to the head, measured on a few training images, and resampled
+    to the spacing that brings the largest head within that side. Explicit
+    ``spacing``/``size`` always win.
     """
     if normalize not in NORMALIZATIONS:
         raise UsageError(f"--normalize '{normalize}' is not one of: {', '.join(NORMALIZATIONS)}.")
@@ -354,6 +464,7 @@ def plan_preprocessing(
         s, e = header_grid(path)
         spacings.append(s)
         extents.append(s * e)
+    planned = ""
     if spacing:
         target = np.asarray([float(spacing[0])] * 3 if len(spacing) == 1 else [float(s) for s in spacing])
         if target.shape != (3,) or (target <= 0).any():
@@ -369,6 +480,21 @@ def plan_preprocessing(
     else:
         fov = np.median(np.asarray(extents), axis=0)
         shape = [int(16 * math.ceil(f / t / 16)) for f, t in zip(fov, target, strict=True)]
+        if resize and not spacing and max(shape) > WHOLE_VOLUME_SIDE and paths:
+            heads = head_extents(paths)
+            head = np.max(heads, axis=0)
+            coarsest = float(math.ceil(10 * float(head.max()) / WHOLE_VOLUME_SIDE) / 10)
+            target = np.maximum(target, coarsest)
+            shape = [
+                min(WHOLE_VOLUME_SIDE, int(16 * math.ceil(h / t / 16)))
+                for h, t in zip(head, target, strict=True)
+            ]
+            crop_foreground = True
+            planned = (
+                f"planned: {'x'.join(str(round(f)) for f in fov)} mm images, heads of at most "
+                f"{'x'.join(str(round(h)) for h in head)} mm in {len(heads)} measured, "
+                f"at most {WHOLE_VOLUME_SIDE} voxels a side; --spacing/--size choose otherwise"
+            )
     return ImagePreprocessing(
         spacing=(float(target[0]), float(target[1]), float(target[2])),
         size=(shape[0], shape[1], shape[2]),
@@ -377,7 +503,30 @@ def plan_preprocessing(
         channels=channels,
         resize=resize,
         label_values=tuple(int(v) for v in label_values),
+        head_threshold=HEAD_THRESHOLD if crop_foreground else 0.0,
+        planned=planned,
     )
+
+
+def head_extents(paths: Sequence[Path], sample: int = PLANNING_SAMPLE) -> np.ndarray:
+    """The head's bounding box (mm along R, A, S, with the 2-voxel crop margin) in up to
+    ``sample`` of ``paths``, spread over the list: (n, 3)."""
+    picks = sorted({int(i) for i in np.linspace(0, len(paths) - 1, num=min(sample, len(paths)))})
+    boxes = []
+    for index in picks:
+        volume = load_volume(paths[index], require_finite=True)
+        # Every other voxel of a large image: the box to a voxel or two, in an eighth of the time.
+        step = 2 if min(volume.shape[:3]) >= 96 else 1
+        mask = head_mask(np.asarray(volume.data)[::step, ::step, ::step])
+        if not mask.any():
+            continue
+        found = np.nonzero(mask)
+        counts = [step * int(found[a].max() - found[a].min() + 1) + 4 for a in range(3)]
+        ras_spacing, ras_counts = ras_spacing_and_shape(volume.affine, counts)
+        boxes.append(ras_spacing * ras_counts)
+    if not boxes:
+        return np.asarray([header_grid(paths[0])[0] * header_grid(paths[0])[1]])
+    return np.asarray(boxes)
 
 
 def augmentation(level: str, *, label: bool = False) -> Compose | None:
@@ -433,8 +582,35 @@ def run_pipeline(pipeline: Compose, data: dict[str, Any], where: str = "") -> di
 
 
 def preprocess(preprocessing: ImagePreprocessing, paths: Sequence[Path], *, where: str = "") -> MetaTensor:
-    """Load and preprocess one image (its channel files), keeping what is needed to invert it."""
-    return run_pipeline(preprocessing.transforms(), {"image": [str(p) for p in paths]}, where)["image"]
+    """Load and preprocess one image (its channel files), keeping what is needed to invert it.
+
+    An image whose head does not fit the run's input (a larger field of view than the
+    training images', at the run's spacing) is still brought to that input, the way the
+    training images were; what is cut off is said in a warning.
+    """
+    image = run_pipeline(preprocessing.transforms(), {"image": [str(p) for p in paths]}, where)["image"]
+    cut = float(image.meta.get("head_cut", 0.0)) if isinstance(image, MetaTensor) else 0.0
+    if cut > CUT_WARNING:
+        extent = "x".join(map(str, image.meta.get("extent_mm", [])))
+        kept = "x".join(map(str, image.meta.get("kept_mm", [])))
+        values = preprocessing.spacing
+        spacing = f"{values[0]:g}" if len(set(values)) == 1 else "x".join(f"{v:g}" for v in values)
+        what = "the head in this image" if preprocessing.crop_foreground else "this image"
+        log.warning(
+            "%s%s: at the model's %s mm voxels %s spans %s mm, but the model's input is the "
+            "central %s mm (%s voxels, the field of view it was trained on): %.0f%% of the head, outside "
+            "that centre, was ignored. Use images like the training ones (same field of view), or train "
+            "with a larger --size or a coarser --spacing.",
+            paths[0] if paths else "image",
+            f" ({where})" if where else "",
+            spacing,
+            what,
+            extent,
+            kept,
+            "x".join(map(str, preprocessing.size)),
+            100 * cut,
+        )
+    return image
 
 
 def invert_to_input(
