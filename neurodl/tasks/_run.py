@@ -229,6 +229,9 @@ def progress(console: Any, quiet: bool, description: str) -> Iterator[list[Callb
 
 def warm_cache(dataset: Any, console: Any, quiet: bool) -> None:
     """Decode and preprocess every image once, before training (a bad file stops the run here)."""
+    planned = getattr(getattr(dataset, "preprocessing", None), "describe", None)
+    if planned is not None and not quiet and console is not None and distributed.is_main():
+        console.print(f"Input: {planned()}")
     if quiet or console is None or not distributed.is_main():
         dataset.warm()
         return
