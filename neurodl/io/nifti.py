@@ -357,16 +357,32 @@ def save_volume(
     header_affine = sform if sform is not None else qform
     if header_affine is not None and np.allclose(header_affine, like.affine, atol=1e-4):
         # The header describes this grid: keep its qform/sform pair and codes as they were.
-        image.set_qform(like.affine if qform is None else qform, int(qcode) or 1)
-        image.set_sform(like.affine if sform is None else sform, int(scode) or 1)
+        _set_forms(
+            image.header,
+            like.affine if qform is None else qform,
+            like.affine if sform is None else sform,
+            int(qcode),
+            int(scode),
+        )
     else:
         # The affine changed since the header was read (e.g. after to_ras): the header's
         # qform/sform describe another grid, so write the affine itself into both.
-        image.set_qform(like.affine, int(qcode) or 1)
-        image.set_sform(like.affine, int(scode) or 1)
+        _set_forms(image.header, like.affine, like.affine, int(qcode), int(scode))
     with atomic_output(path) as tmp:
         nib.save(image, str(tmp))
     return path
+
+
+def _set_forms(header: Any, qform: np.ndarray, sform: np.ndarray, qcode: int, scode: int) -> None:
+    """Write qform and sform keeping the input's codes (a qform code 0 stays 0, see docs/data.md).
+
+    Only a header whose codes are both 0 and whose fallback affine (voxel sizes alone)
+    differs from the grid gets sform code 1, or readers would lose the affine.
+    """
+    header.set_qform(qform, qcode)
+    header.set_sform(sform, scode)
+    if qcode == 0 and scode == 0 and not np.allclose(header.get_base_affine(), sform, atol=1e-4):
+        header.set_sform(sform, 1)
 
 
 def _storable(data: np.ndarray, dtype: np.dtype | None, path: Path) -> np.ndarray:
@@ -421,8 +437,7 @@ def to_ras(volume: Volume) -> Volume:
     # Keep the header consistent with the new axes, so saving with like=this volume is correct.
     _, qcode = header.get_qform(coded=True)
     _, scode = header.get_sform(coded=True)
-    header.set_qform(affine, int(qcode) or 1)
-    header.set_sform(affine, int(scode) or 1)
+    _set_forms(header, affine, affine, int(qcode), int(scode))
     return Volume(data=np.ascontiguousarray(data), affine=affine, header=header, path=volume.path)
 
 

@@ -130,6 +130,27 @@ def test_volume_saved_after_to_ras_overlays_the_input(tmp_path):
     np.testing.assert_array_equal(back.data, ras.data)
 
 
+@pytest.mark.parametrize(("qcode", "scode"), [(0, 2), (1, 0), (2, 4), (0, 0)])
+def test_outputs_keep_the_inputs_qform_and_sform_codes(tmp_path, qcode, scode):
+    """docs/data.md: outputs carry the codes of their input (a qform code 0 stays 0)."""
+    image = nib.Nifti1Image(_data(np.int16), las_anisotropic_affine())
+    image.set_qform(las_anisotropic_affine(), qcode)
+    image.set_sform(las_anisotropic_affine(), scode)
+    source = tmp_path / "in.nii.gz"
+    nib.save(image, str(source))
+    volume = load_volume(source, dtype=None)
+
+    direct = nib.load(str(save_volume(volume.data, tmp_path / "out.nii.gz", like=volume)))
+    ras = to_ras(volume)
+    via_ras = nib.load(str(save_volume(ras.data, tmp_path / "ras.nii.gz", like=ras)))
+
+    assert (int(direct.header["qform_code"]), int(direct.header["sform_code"])) == (qcode, scode)
+    np.testing.assert_allclose(direct.affine, volume.affine, atol=1e-5)
+    if (qcode, scode) != (0, 0):
+        assert (int(via_ras.header["qform_code"]), int(via_ras.header["sform_code"])) == (qcode, scode)
+    np.testing.assert_allclose(via_ras.affine, ras.affine, atol=1e-5)
+
+
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     target = make_nifti(tmp_path / "out.nii.gz", shape=(6, 6, 6))
     before = target.read_bytes()
