@@ -151,3 +151,43 @@ def test_unknown_task_option_is_refused_before_any_trial(run_cli, tmp_path, sear
     assert result.exit_code == 2
     assert "colour" in result.stderr
     assert not (tmp_path / "t" / "trials").exists()
+
+
+def test_a_trial_worse_than_the_median_at_an_epoch_is_pruned():
+    """The pruning callback reports each epoch's monitor to a real Optuna study (the first fit only)."""
+    from neurodl.tune.study import _TrialObserver
+
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    for value in (0.2, 0.3):
+        trial = study.ask()
+        [callback] = _TrialObserver(trial, "val_loss").fit_callbacks("training")
+        for epoch in (1, 2, 3):
+            callback.on_epoch_end({"epoch": epoch, "val_loss": value})
+        study.tell(trial, value)
+    [good] = _TrialObserver(study.ask(), "val_loss").fit_callbacks("training")
+    for epoch in (1, 2, 3):
+        good.on_epoch_end({"epoch": epoch, "val_loss": 0.21})  # better than the median: goes on
+    observer = _TrialObserver(study.ask(), "val_loss")
+    [first] = observer.fit_callbacks("fold 1/3")
+    with pytest.raises(optuna.TrialPruned):
+        first.on_epoch_end({"epoch": 1, "val_loss": 0.9})
+    [second] = observer.fit_callbacks("fold 2/3")
+    second.on_epoch_end({"epoch": 1, "val_loss": 0.9})  # later folds are not pruned on
+    assert observer.fit_callbacks("final model (all rows)") == []
+
+
+def test_space_entries_are_checked():
+    from neurodl.errors import UsageError
+    from neurodl.tune.space import SearchSpace
+
+    space = SearchSpace.parse(
+        {"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "width": {"low": 8, "high": 32}}
+    )
+    assert [(d.name, d.integer, d.log) for d in space.dimensions] == [
+        ("lr", False, True),
+        ("width", True, False),
+    ]
+    with pytest.raises(UsageError, match="above 0 on a log scale"):
+        SearchSpace.parse({"lr": {"low": 0, "high": 1, "log": True}}, "space.yaml")
+    with pytest.raises(UsageError, match="space.yaml: 'dropout'"):
+        SearchSpace.parse({"dropout": {"min": 0, "max": 0.5}}, "space.yaml")
