@@ -164,3 +164,27 @@ Workers = Annotated[
     int,
     typer.Option("--workers", help="Data-loading processes (0: in the main process).", rich_help_panel=_I),
 ]
+
+_T = "Tracking"
+
+Track = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track",
+        help="Also log the run to mlflow and/or tensorboard (repeat for both); pip install 'neurodl\\[mlflow]' / 'neurodl\\[tensorboard]'.",
+        rich_help_panel=_T,
+    ),
+]
+TrackUri = Annotated[
+    str,
+    typer.Option(
+        "--track-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI: a lab's server (http://host:5000) or a store (sqlite:///path/mlflow.db); default: sqlite:///DIR/mlflow.db beside the run directory.",
+        rich_help_panel=_T,
+    ),
+]
+Experiment = Annotated[
+    str,
+    typer.Option("--experiment", help="MLflow experiment name (default: the task).", rich_help_panel=_T),
+]

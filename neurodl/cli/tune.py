@@ -76,7 +76,7 @@ def tune(
         Path | None,
         typer.Option(
             "--space",
-            help="YAML/JSON search space laid over the task's default (lr: {low: 1.0e-4, high: 0.1, log: true}, optimizer: [sgd, adam]).",
+            help="YAML/JSON search space laid over the task's default (lr: {low: 1.0e-4, high: 0.1, log: true}, optimizer: \\[sgd, adam]).",
             dir_okay=False,
             rich_help_panel=_S,
         ),

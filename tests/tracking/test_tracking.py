@@ -209,3 +209,28 @@ def test_unknown_tracker_is_refused(run_cli, tmp_path):
     result = run_cli("biomarkers", "train", table, *FAST, "--track", "wandb", "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert "mlflow, tensorboard" in result.stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_0_logs(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from neurodl.data.phantom import generate_cohort
+    from neurodl_testing.engine import torchrun
+
+    generate_cohort(tmp_path / "cohort", n=10, size=24, seed=5)
+    run = tmp_path / "runs" / "cnn"
+    done = torchrun(
+        "-m", "neurodl", "classify", "train", tmp_path / "cohort" / "participants.tsv", "--image", "t1",
+        "--model", "cnn", "--depth", "2", "--width", "4", "--size", "16", "--spacing", "1.5", "--epochs", "2",
+        "--batch-size", "2", "--augment", "none", "--quiet", "--distributed",
+        "--track", "mlflow", "--track", "tensorboard", "--out", run,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = runs_of(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "classify")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_loss")] == [1, 2]
