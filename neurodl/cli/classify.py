@@ -168,6 +168,9 @@ def train(
     deterministic: T.Deterministic = _D.train.deterministic,
     device: T.Device = _D.train.device,
     precision: T.Precision = _D.train.precision,
+    track: T.Track = None,
+    track_uri: T.TrackUri = "",
+    experiment: T.Experiment = "",
     distributed: T.Distributed = _D.train.distributed,
     compile: T.Compile = _D.train.compile,
     channels_last: T.ChannelsLast = _D.train.channels_last,
@@ -220,6 +223,7 @@ def train(
             "spacing": parse_floats,
             "size": parse_ints,
             "batch_size": parse_batch_size,
+            "track": split_list,
         },
     )
     train_and_report(
