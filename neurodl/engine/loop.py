@@ -14,7 +14,13 @@ import torch
 from neurodl.config import TrainOptions, lower_is_better
 from neurodl.engine import distributed
 from neurodl.engine.optim import build_optimizer, build_scheduler
-from neurodl.engine.runtime import autocast, deterministic_algorithms, resolve_device, seed_everything
+from neurodl.engine.runtime import (
+    autocast,
+    check_precision,
+    deterministic_algorithms,
+    resolve_device,
+    seed_everything,
+)
 from neurodl.errors import Interrupted, TrainingFailed, UsageError
 from neurodl.io.state import load_state, save_state
 
@@ -274,6 +280,7 @@ def fit(
         Interrupted: Ctrl-C; the last completed epoch's checkpoint is kept.
     """
     device = resolve_device(options.device)
+    check_precision(device, options.precision)
     if options.distributed:
         if not distributed.active():
             raise UsageError(

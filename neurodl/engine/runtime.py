@@ -40,6 +40,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse ``bf16`` on a CPU: a GPU fast path that on CPUs is slower and was seen to diverge.
+
+    Under CPU autocast the convolutions run in bf16 but softmax and the Dice sums of the
+    loss stay in bf16 too (CPU autocast keeps only a few ops in fp32), and a CPU without
+    native bf16 (no AVX512-BF16/AMX) runs 3D convolutions through slow fallback kernels:
+    3-7x slower than fp32 on the 2-core EPYC these were measured on, and a segment
+    benchmark stopped with a NaN loss at epoch 2 (docs/benchmarks.md).
+    """
+    if precision == "bf16" and device.type == "cpu":
+        raise UsageError(
+            "--precision bf16 is for GPUs: on a CPU it trains slower than fp32 (3-7x here) and can diverge (NaN loss), since the loss's softmax and Dice sums run in bf16.",
+            "Use --precision fp32 (the default) on a CPU, or train on a GPU (--device cuda).",
+        )
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
     """Mixed-precision context for the forward pass (a no-op for fp32 or on CPU with fp16)."""
     if precision == "fp32":

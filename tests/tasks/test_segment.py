@@ -495,3 +495,14 @@ def test_outputs_never_overwrite_inputs(run_cli, trained: Path, cohort: Path, tm
 def test_no_command_modified_or_added_files_in_the_cohort(cohort: Path, cohort_before: dict[str, str]):
     """Runs last in this module: everything above read the cohort, none may have written to it."""
     assert snapshot(cohort.parent) == cohort_before
+
+
+def test_bf16_on_cpu_is_refused_with_the_reason(run_cli, cohort: Path, tmp_path: Path):
+    """bf16 autocast on a CPU diverged (NaN at epoch 2) and is slower than fp32: exit 2, never a NaN run."""
+    result = run_cli(
+        "segment", "train", cohort, "--image", "t1", "--mask", "dseg", "--out", tmp_path / "run",
+        *TINY, "--precision", "bf16", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--precision bf16 is for GPUs" in result.stderr and "--precision fp32" in result.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
