@@ -35,6 +35,7 @@ from neurodl.data.images import (
 from neurodl.data.inputs import InputImage, resolve_inputs
 from neurodl.data.splits import split_by_participant
 from neurodl.engine import FitResult, fit
+from neurodl.engine.memory import require_step_fits
 from neurodl.errors import DataError, ImageError, NeurodlError, OutputError, RunDirectoryError, UsageError
 from neurodl.io.manifest import load_manifest, require_columns
 from neurodl.io.nifti import load_volume, save_volume
@@ -269,6 +270,13 @@ def train(
         resize=True,
     )
     check_model(options, preprocessing.size)
+    require_step_fits(  # before any image is decoded or any weight allocated
+        lambda: build_model(model_spec(options, channels, preprocessing.size)),
+        (channels, *preprocessing.size[: options.dims]),
+        options.train,
+        batch_size=options.train.batch_size or len(rows),
+        model_name=options.model,
+    )
     base = VolumeDataset(
         items,
         np.zeros(len(items)),
