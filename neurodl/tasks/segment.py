@@ -10,8 +10,10 @@ input in any viewer.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import warnings as warnings_module
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -777,6 +779,12 @@ def _mm(spacing: tuple[float, ...]) -> str:
     return "x".join(f"{s:g}" for s in spacing) + " mm"
 
 
+def _mean_of_present(values: np.ndarray) -> float:
+    """Mean of the known (not NaN) values; NaN (shown n/a), without numpy's warning, when there are none."""
+    known = values[~np.isnan(values)]
+    return float(known.mean()) if known.size else math.nan
+
+
 def evaluate(
     loaded: LoadedSegmenter,
     manifest_path: Path,
@@ -808,6 +816,7 @@ def evaluate(
     n = len(loaded.labels.values)
     lookup = {v: i for i, v in enumerate(loaded.labels.values)}
     rows, failures = [], []
+    absent: dict[str, list[str]] = {}  # label name -> images whose truth lacks it
     for image in images:
         try:
             mask_path = (
@@ -844,17 +853,25 @@ def evaluate(
             predicted = torch.from_numpy(np.vectorize(lookup.get)(values))[None, None]
             truth = torch.from_numpy(np.vectorize(lookup.get)(truth_values))[None, None]
             dice = dice_scores(predicted, truth, n)[0].numpy()
-            hd95 = compute_hausdorff_distance(
-                one_hot(predicted, n),
-                one_hot(truth, n),
-                include_background=False,
-                percentile=95,
-                spacing=list(original.spacing),
-            )[0].numpy()
+            present = set(np.unique(truth.numpy()).tolist())
+            with warnings_module.catch_warnings():
+                # A label absent from the truth has no distance (MONAI warns, then gives inf/nan):
+                # said once for all images below, and written as n/a.
+                warnings_module.simplefilter("ignore")
+                hd95 = compute_hausdorff_distance(
+                    one_hot(predicted, n),
+                    one_hot(truth, n),
+                    include_background=False,
+                    percentile=95,
+                    spacing=list(original.spacing),
+                )[0].numpy()
             row: dict[str, Any] = {"participant_id": image.participant, "image": str(image.paths[0])}
             for k, name in enumerate(loaded.labels.foreground):
-                row[f"dice_{name}"] = float(dice[k])
-                row[f"hd95_{name}_mm"] = float(hd95[k])
+                missing = k + 1 not in present
+                if missing:
+                    absent.setdefault(name, []).append(image.participant or image.name)
+                row[f"dice_{name}"] = math.nan if missing else float(dice[k])
+                row[f"hd95_{name}_mm"] = math.nan if missing else float(hd95[k])
             rows.append(row)
         except NeurodlError as exc:
             failures.append(Failure(image.name, str(exc)))
@@ -869,10 +886,18 @@ def evaluate(
     per_image = pd.DataFrame(rows)
     metrics: dict[str, Any] = {"images": len(per_image)}
     dice_columns = [c for c in per_image.columns if c.startswith("dice_")]
-    metrics["dice"] = float(np.nanmean(per_image[dice_columns].to_numpy()))
+    metrics["dice"] = _mean_of_present(per_image[dice_columns].to_numpy(dtype=float))
     for c in per_image.columns:
         if c.startswith(("dice_", "hd95_")):
-            metrics[c] = float(np.nanmean(per_image[c].to_numpy(dtype=float)))
+            metrics[c] = _mean_of_present(per_image[c].to_numpy(dtype=float))
+    if absent:
+        described = "; ".join(
+            f"{name} from {len(who)} of {len(per_image)} images ({', '.join(map(str, who[:3]))}{', ...' if len(who) > 3 else ''})"
+            for name, who in absent.items()
+        )
+        warnings.append(
+            f"labels absent from the truth masks: {described}; their Dice and HD95 are n/a there (left out of the means)."
+        )
     if report_dir is not None and not failures:  # a report that leaves inputs out would mislead
         writer = RunDirectory(report_dir, TASK)
         writer.write_csv("per_image.csv", per_image)

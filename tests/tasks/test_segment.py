@@ -506,3 +506,30 @@ def test_bf16_on_cpu_is_refused_with_the_reason(run_cli, cohort: Path, tmp_path:
     assert result.exit_code == 2, result.output
     assert "--precision bf16 is for GPUs" in result.stderr and "--precision fp32" in result.stderr
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_evaluate_names_labels_absent_from_the_truth_in_one_line(run_cli, trained: Path, tmp_path: Path):
+    """Masks without GM: one line names the label and images, no MONAI/numpy warnings, n/a in the table."""
+    frame = pd.read_csv(trained / "test_manifest.tsv", sep="\t")
+    for i, path in enumerate(frame["dseg"]):
+        image = nib.load(path)
+        data = np.asarray(image.dataobj).copy()
+        data[data == 2] = 0
+        frame.loc[i, "dseg"] = str(tmp_path / f"nogm-{i}.nii.gz")
+        nib.save(nib.Nifti1Image(data, image.affine, image.header), frame.loc[i, "dseg"])
+    manifest = tmp_path / "no_gm.tsv"
+    frame.to_csv(manifest, sep="\t", index=False)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_cli("segment", "evaluate", "--model", trained, manifest, "--json")
+
+    assert result.exit_code == 0, result.output
+    shown = [w for w in caught if issubclass(w.category, UserWarning | RuntimeWarning)]
+    assert not shown, [str(w.message) for w in shown]
+    lines = [line for line in result.stderr.splitlines() if "absent from the truth" in line]
+    assert len(lines) == 1 and "GM from 3 of 3 images" in flat(result.stderr)
+    assert "UserWarning" not in result.stderr and "Mean of empty slice" not in result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["dice_GM"] is None or np.isnan(metrics["dice_GM"])
+    assert 0 < metrics["dice_WM"] <= 1 and 0 <= metrics["dice"] <= 1
