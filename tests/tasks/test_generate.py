@@ -308,3 +308,40 @@ def test_ddp_in_a_group_of_one_trains_the_gan_exactly_like_one_process(tmp_path:
         plain.model.state_dict().items(), wrapped.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_classifier_reports_distances_and_accuracy_per_condition(
+    run_cli, trained: Path, cohort: Path, tmp_path: Path
+):
+    cnn = tmp_path / "cnn"
+    tiny_cnn = (
+        "--size",
+        "16",
+        "--spacing",
+        "1.5",
+        "--width",
+        "4",
+        "--depth",
+        "2",
+        "--epochs",
+        "2",
+        "--quiet",
+    )
+    assert (
+        run_cli("classify", "train", cohort, "--label", "diagnosis", *tiny_cnn, "--out", cnn).exit_code == 0
+    )
+    result = run_cli(
+        "generate", "evaluate", "--model", trained, cohort, "--allow-overlap", "--classifier", cnn, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    rows = {row["metric"]: row for row in metrics["table"]}
+    assert set(rows) == {"ms_ssim", "mmd", "frechet", "accuracy_AD", "accuracy_CN"}
+    assert all(np.isfinite(row[k]) for row in rows.values() for k in ("samples", "real"))
+    assert rows["frechet"]["samples"] >= 0 and rows["frechet"]["real"] >= 0
+    assert "compare only with values computed with the same feature network" in metrics["note"]
+    foreign = run_cli(
+        "generate", "evaluate", "--model", trained, cohort, "--allow-overlap", "--features", trained
+    )
+    assert foreign.exit_code == 2 and "features come from a classify or autoencode run" in foreign.stderr
