@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurodl.errors import DataError
+from neurodl.errors import DataError, UsageError
 
 # --gan-loss name -> MONAI PatchAdversarialLoss criterion. vanilla is the lecture's minimax loss
 # (binary cross-entropy; the generator maximises log D(G(z))), lsgan least squares, hinge the margin loss.
@@ -135,3 +135,15 @@ class AdversarialPair:
         finally:
             for parameter in self.discriminator.parameters():
                 parameter.requires_grad_(True)
+
+
+def check_networks(generator: tuple[str, str], discriminator: tuple[str, str]) -> None:
+    """Refuse an unknown ``--model`` (generator) or ``--discriminator``, each ``(registry task, name)``, before any work."""
+    from neurodl.models import list_models  # imports torch: only when a GAN is trained
+
+    for (task, name), flag in ((generator, "--model"), (discriminator, "--discriminator")):
+        known = [entry.name for entry in list_models(task)]
+        if name not in known:
+            raise UsageError(
+                f"Unknown {flag} '{name}'.", f"Known: {', '.join(known)} (see `neurodl models {task}`)."
+            )

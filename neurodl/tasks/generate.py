@@ -33,8 +33,8 @@ from neurodl.engine import Callback, fit
 from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
 from neurodl.io.manifest import load_manifest, require_columns
 from neurodl.io.rundir import RunDirectory
-from neurodl.models import create_model, list_models
-from neurodl.tasks._gan import AdversarialPair, TargetScale
+from neurodl.models import create_model
+from neurodl.tasks._gan import AdversarialPair, TargetScale, check_networks
 from neurodl.tasks._run import (
     cache_folder,
     progress,
@@ -168,19 +168,6 @@ def build_discriminator(spec: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-def check_models(options: GenerateOptions) -> None:
-    """Refuse unknown generator or discriminator names before any work."""
-    for task, name, flag in (
-        (TASK, options.model, "--model"),
-        ("gan_discriminator", options.discriminator, "--discriminator"),
-    ):
-        known = [entry.name for entry in list_models(task)]
-        if name not in known:
-            raise UsageError(
-                f"Unknown {flag} '{name}'.", f"Known: {', '.join(known)} (see `neurodl models {task}`)."
-            )
-
-
 def condition_codes(frame: pd.DataFrame, column: str, source: Path) -> list[str]:
     """The condition of every row as text; an empty cell or too many values is a clear error."""
     values = frame[column]
@@ -254,7 +241,7 @@ def train(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train a GAN on the images of a manifest (conditional on ``options.condition``); write the run ``out``."""
-    check_models(options)
+    check_networks((TASK, options.model), ("gan_discriminator", options.discriminator))
     if len(options.images.image) != 1:
         raise UsageError(
             f"generate learns one image column, not {len(options.images.image)} ({', '.join(options.images.image)}).",

@@ -44,8 +44,8 @@ from neurodl.errors import DataError, ImageError, NeurodlError, OutputError, Run
 from neurodl.io.manifest import load_manifest, require_columns
 from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
-from neurodl.models import create_model, list_models
-from neurodl.tasks._gan import AdversarialPair, TargetScale
+from neurodl.models import create_model
+from neurodl.tasks._gan import AdversarialPair, TargetScale, check_networks
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import (
     cache_folder,
@@ -341,19 +341,6 @@ def build_discriminator(spec: dict[str, Any]) -> torch.nn.Module:
     )
 
 
-def check_models(options: TranslateOptions) -> None:
-    """Refuse unknown generator or discriminator names before any work."""
-    for task, name, flag in (
-        (TASK, options.model, "--model"),
-        ("discriminator", options.discriminator, "--discriminator"),
-    ):
-        known = [entry.name for entry in list_models(task)]
-        if name not in known:
-            raise UsageError(
-                f"Unknown {flag} '{name}'.", f"Known: {', '.join(known)} (see `neurodl models {task}`)."
-            )
-
-
 def plan_roi(options: TranslateOptions, size: Sequence[int]) -> list[int]:
     """The training patch (and inference window): the whole slice in 2D, ``--patch`` (or 32) in 3D.
 
@@ -455,7 +442,7 @@ def train(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train a pix2pix model from source to target images of a manifest; write the run directory ``out``."""
-    check_models(options)
+    check_networks((TASK, options.model), ("discriminator", options.discriminator))
     run, manifest_path, saved = start_run(
         out, task=TASK, source=manifest_path, options=to_dict(options), resume=resume, overwrite=overwrite
     )
