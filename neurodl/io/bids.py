@@ -367,7 +367,8 @@ def resolve_bids(
     # Pair further suffixes by participant, session and run (an exact entity match wins); an
     # image without its partner keeps its row with an empty cell, so the rows do not depend on
     # which suffixes were asked for (evaluate reads a dataset twice: with and without masks).
-    rows = [(image, [_partner(image, by_suffix[s]) for s in suffixes[1:]]) for image in primary]
+    visits = [_by_visit(by_suffix[s]) for s in suffixes[1:]]
+    rows = [(image, [_partner(image, visit) for visit in visits]) for image in primary]
 
     participants_rows, participant_columns = _participants_table(root)
     sessions, session_columns = _sessions_tables(root, {image.participant for image, _ in rows})
@@ -441,8 +442,18 @@ def _filter_text(filters: dict[str, set[str]]) -> list[str]:
     return [f"{key}={','.join(sorted(values))}" for key, values in filters.items()]
 
 
-def _partner(image: BidsFile, candidates: Sequence[BidsFile]) -> BidsFile | None:
-    same = [f for f in candidates if f.participant == image.participant and f.visit == image.visit]
+def _by_visit(files: Sequence[BidsFile]) -> dict[tuple[str, str | None, str | None], list[BidsFile]]:
+    """Files by (participant, session, run): pairing a cohort is a look-up, not a search."""
+    index: dict[tuple[str, str | None, str | None], list[BidsFile]] = defaultdict(list)
+    for file in files:
+        index[(file.participant, *file.visit)].append(file)
+    return index
+
+
+def _partner(
+    image: BidsFile, visits: dict[tuple[str, str | None, str | None], list[BidsFile]]
+) -> BidsFile | None:
+    same = visits.get((image.participant, *image.visit), [])
     if len(same) == 1:
         return same[0]
     exact = [f for f in same if f.key == image.key]
@@ -515,7 +526,7 @@ def images_in_folder(
     found = {f.suffix for f in files}
     if not all(s in found for s in suffixes):
         return None
-    others = [[f for f in files if f.suffix == s] for s in suffixes[1:]]
+    others = [_by_visit([f for f in files if f.suffix == s]) for s in suffixes[1:]]
     result: list[tuple[str, tuple[Path, ...]]] = []
     lacking: list[str] = []
     for image in (f for f in files if f.suffix == suffixes[0]):

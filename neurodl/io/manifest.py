@@ -398,9 +398,13 @@ def load_manifest(
         )
 
     issues: list[ManifestIssue] = []
+    # Whole columns as lists: a cell look-up through pandas costs more than the file check.
+    cells = {
+        column: frame[column].tolist() for column in (*columns, *([label_column] if label_column else []))
+    }
     image_files = tuple(
         tuple(
-            _resolve_cell(frame.at[row, column], row, column, root, issues, what="image path")
+            _resolve_cell(cells[column][row], row, column, root, issues, what="image path")
             for column in columns
         )
         for row in range(len(frame))
@@ -412,12 +416,12 @@ def load_manifest(
         label_is_image = looks_like_nifti_column(frame[label_column])
         if label_is_image:
             label_files = tuple(
-                _resolve_cell(frame.at[row, label_column], row, label_column, root, issues, "mask")
+                _resolve_cell(cells[label_column][row], row, label_column, root, issues, "mask")
                 for row in range(len(frame))
             )
         else:
             for row in range(len(frame)):
-                if _is_empty(frame.at[row, label_column]):
+                if _is_empty(cells[label_column][row]):
                     issues.append(ManifestIssue(row, label_column, "the label is empty."))
 
     participant_ids, source = _participants(frame, participant_column, columns[0], issues)
