@@ -171,7 +171,7 @@ def parse_filters(texts: Iterable[str]) -> dict[str, set[str]]:
             )
         for value in parts:
             value = value.removeprefix(f"{key}-")
-            filters[key].add(_run_number(value) if key == "run" else value)
+            filters[key].add(str(int(value)) if key == "run" and value.isdigit() else value)
     return dict(filters)
 
 
@@ -356,10 +356,10 @@ def resolve_bids(
             key: sorted({v for f in files if f.suffix == suffixes[0] for v in [_value(f, key)] if v})
             for key in wanted
         }
-        values = "; ".join(f"{key}: {', '.join(v) or 'none'}" for key, v in seen.items())
+        present = "; ".join(f"{key}: {', '.join(v) or 'none'}" for key, v in seen.items())
         raise ManifestError(
             f"{root}: no {suffixes[0]} image matches --bids-filter {' '.join(_filter_text(wanted))} "
-            f"(values found: {values}).",
+            f"(values found: {present}).",
             "Use a value that is there, or drop the filter.",
         )
     warnings: list[str] = []
