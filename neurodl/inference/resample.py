@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from monai.data import MetaTensor
 
 # The preprocessing steps this module inverts; anything else (crop to the head,
@@ -40,9 +39,13 @@ class AxisMap:
     """
 
     source: int
-    low: torch.Tensor
-    high: torch.Tensor
-    weight: torch.Tensor
+    low: np.ndarray
+    high: np.ndarray
+    weight: np.ndarray
+
+    def part(self, start: int, stop: int) -> AxisMap:
+        """The map of input voxels ``start:stop`` of this axis."""
+        return AxisMap(self.source, self.low[start:stop], self.high[start:stop], self.weight[start:stop])
 
 
 def separable_maps(
@@ -59,15 +62,14 @@ def separable_maps(
     if not operations or any(op.get("class") not in _SEPARABLE for op in operations):
         return None
     pads = [(0, 0)] * 3
-    if operations[-1].get("class") == "SpatialPad":
+    pad_steps = [i for i, op in enumerate(operations) if op.get("class") == "SpatialPad"]
+    if pad_steps:
+        if pad_steps != [len(operations) - 1]:
+            return None  # a pad before the resampling: not what neurodl records
         padded = operations[-1].get("extra_info", {}).get("padded")
         if padded is None or len(padded) != 4:
             return None
         pads = [(int(b), int(a)) for b, a in padded[1:]]
-    if sum(op.get("class") == "SpatialPad" for op in operations) > (
-        operations[-1].get("class") == "SpatialPad"
-    ):
-        return None
     grid = np.asarray(preprocessed.affine, dtype=np.float64)
     voxel_to_voxel = np.linalg.solve(grid, np.asarray(input_affine, dtype=np.float64))
     shape = preprocessed.shape[1:]
@@ -85,102 +87,96 @@ def separable_maps(
             return None
         # MONAI's inverse crops the pad, then samples with "border" padding: clamp to the cropped grid.
         where = np.clip(scale * np.arange(input_shape[axis]) + voxel_to_voxel[source, 3], low_edge, high_edge)
-        low = np.minimum(np.floor(where), max(low_edge, high_edge - 1)).astype(np.int64)
+        low = np.minimum(np.floor(where), max(low_edge, high_edge - 1)).astype(np.intp)
         high = np.minimum(low + 1, high_edge)
-        maps.append(
-            AxisMap(
-                source,
-                torch.from_numpy(low),
-                torch.from_numpy(high),
-                torch.from_numpy((where - low).astype(np.float32)),
-            )
-        )
+        maps.append(AxisMap(source, low, high, (where - low).astype(np.float32)))
     return maps
 
 
-def _interpolate_axis(values: torch.Tensor, dim: int, axis: AxisMap) -> torch.Tensor:
-    device = values.device
-    low = values.index_select(dim, axis.low.to(device))
-    high = values.index_select(dim, axis.high.to(device))
-    shape = [1] * values.ndim
-    shape[dim] = -1
-    return torch.lerp(low, high, axis.weight.to(device).view(shape))
+def _in_source_order(maps: list[AxisMap]) -> list[AxisMap]:
+    return sorted(maps, key=lambda m: m.source)
 
 
-def _input_order(maps: list[AxisMap]) -> list[int]:
-    """Permutation from an array in preprocessed axis order to the input's axis order."""
-    return [m.source for m in maps]
+def _to_input_order(array: np.ndarray, maps: list[AxisMap], channels: bool) -> np.ndarray:
+    """An array in preprocessed axis order -> the input's axis order."""
+    order = [m.source for m in maps]
+    return np.transpose(array, [0, *(o + 1 for o in order)] if channels else order)
 
 
-def resample_maps(values: torch.Tensor, maps: list[AxisMap]) -> torch.Tensor:
-    """(C, X, Y, Z) maps on the preprocessed grid -> (C, I, J, K) on the input's grid (trilinear)."""
-    by_source = {m.source: m for m in maps}
+def _interpolate(values: np.ndarray, maps_by_source: list[AxisMap]) -> np.ndarray:
+    """Separable trilinear interpolation of (C, X, Y, Z) float32 values, in preprocessed axis order."""
     out = values
-    for source in range(3):
-        out = _interpolate_axis(out, source + 1, by_source[source])
-    return out.permute(0, *(s + 1 for s in _input_order(maps)))
-
-
-def _gather_nearest(values: torch.Tensor, maps: list[AxisMap]) -> torch.Tensor:
-    """(X, Y, Z) -> the value at each input voxel's ``low`` corner, in preprocessed axis order."""
-    by_source = {m.source: m for m in maps}
-    out = values
-    for source in range(3):
-        out = out.index_select(source, by_source[source].low.to(values.device))
+    for source, axis in enumerate(maps_by_source):
+        low = np.take(out, axis.low, axis=source + 1)
+        high = np.take(out, axis.high, axis=source + 1)
+        shape = [1] * out.ndim
+        shape[source + 1] = -1
+        high -= low
+        high *= axis.weight.reshape(shape)
+        low += high
+        out = low
     return out
 
 
-def labels_on_input_grid(probabilities: torch.Tensor, maps: list[AxisMap]) -> torch.Tensor:
-    """Argmax class index (int64, input's grid) of the trilinearly inverted (K, X, Y, Z) probabilities.
+def resample_maps(values: np.ndarray, maps: list[AxisMap]) -> np.ndarray:
+    """(C, X, Y, Z) maps on the preprocessed grid -> (C, I, J, K) float32 on the input's grid (trilinear)."""
+    out = _interpolate(np.asarray(values, dtype=np.float32), _in_source_order(maps))
+    return np.ascontiguousarray(_to_input_order(out, maps, channels=True))
+
+
+def _take3(values: np.ndarray, maps_by_source: list[AxisMap]) -> np.ndarray:
+    """The value at each input voxel's ``low`` corner, in preprocessed axis order."""
+    out = values
+    for source, axis in enumerate(maps_by_source):
+        out = np.take(out, axis.low, axis=source)
+    return out
+
+
+def argmax_channels(values: np.ndarray) -> np.ndarray:
+    """``values.argmax(axis=0)`` as uint8, by comparing whole channels (several times faster for few classes)."""
+    best = values[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for k in range(1, values.shape[0]):
+        better = values[k] > best  # strict: the first of equal maxima wins, as in argmax
+        np.copyto(best, values[k], where=better)
+        index[better] = k
+    return index
+
+
+def labels_on_input_grid(probabilities: np.ndarray, maps: list[AxisMap]) -> np.ndarray:
+    """Argmax class index (uint8, input's grid) of the trilinearly inverted (K, X, Y, Z) probabilities.
 
     Copies the label where the 2x2x2 preprocessed voxels around an input voxel agree
-    (their convex combination cannot change the argmax) and interpolates elsewhere.
+    (a convex combination of probabilities that share their argmax keeps it) and
+    interpolates the probabilities only inside the box that holds the other voxels.
     """
-    labels = probabilities.argmax(dim=0)
-    # A cell (x, y, z) holds voxels x..x+1, y..y+1, z..z+1; the last index repeats at the far edge.
-    padded = torch.nn.functional.pad(labels[None, None].float(), (0, 1, 0, 1, 0, 1), mode="replicate")[0, 0]
-    padded = padded.to(labels.dtype)
-    uniform = torch.ones_like(labels, dtype=torch.bool)
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if probabilities.shape[0] > 255:
+        return _to_input_order(
+            _interpolate(probabilities, _in_source_order(maps)).argmax(axis=0), maps, False
+        )
+    labels = argmax_channels(probabilities)
+    # Cell (x, y, z) holds voxels x..x+1, y..y+1, z..z+1; the far edge repeats its last voxel.
+    padded = np.pad(labels, ((0, 1), (0, 1), (0, 1)), mode="edge")
     x, y, z = labels.shape
+    uniform = np.ones(labels.shape, dtype=bool)
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
                 if dx or dy or dz:
                     uniform &= padded[dx : dx + x, dy : dy + y, dz : dz + z] == labels
-    # Where a high corner equals the low one (the far edge) the cell test above still holds:
-    # the pad repeated that voxel.
-    result = _gather_nearest(labels, maps)
-    mixed = ~_gather_nearest(uniform, maps)
-    if bool(mixed.any()):
-        positions = mixed.nonzero(as_tuple=True)
-        by_source = {m.source: m for m in maps}
-        total = torch.zeros(
-            (probabilities.shape[0], positions[0].numel()),
-            dtype=probabilities.dtype,
-            device=probabilities.device,
-        )
-        corner_index = []
-        for source in range(3):
-            axis = by_source[source]
-            where = positions[source]
-            corner_index.append(
-                (
-                    axis.low.to(where.device)[where],
-                    axis.high.to(where.device)[where],
-                    axis.weight.to(where.device)[where],
-                )
-            )
-        for dx in (0, 1):
-            for dy in (0, 1):
-                for dz in (0, 1):
-                    ix = corner_index[0][dx]
-                    iy = corner_index[1][dy]
-                    iz = corner_index[2][dz]
-                    w = (
-                        (corner_index[0][2] if dx else 1 - corner_index[0][2])
-                        * (corner_index[1][2] if dy else 1 - corner_index[1][2])
-                        * (corner_index[2][2] if dz else 1 - corner_index[2][2])
-                    )
-                    total += probabilities[:, ix, iy, iz] * w
-        result[positions] = total.argmax(dim=0)
-    return result.permute(*_input_order(maps))
+    by_source = _in_source_order(maps)
+    result = _take3(labels, by_source)
+    mixed = ~_take3(uniform, by_source)
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mixed.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not hit.size:
+            return np.ascontiguousarray(_to_input_order(result, maps, channels=False))
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    inside = tuple(slice(a, b) for a, b in box)
+    interpolated = argmax_channels(
+        _interpolate(probabilities, [m.part(a, b) for m, (a, b) in zip(by_source, box, strict=True)])
+    )
+    np.copyto(result[inside], interpolated, where=mixed[inside])
+    return np.ascontiguousarray(_to_input_order(result, maps, channels=False))

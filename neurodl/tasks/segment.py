@@ -689,9 +689,10 @@ def predict(
             maps = separable_maps(read_.x, like.affine, like.shape)
             in_input = None
             if maps is not None:
-                index = labels_on_input_grid(probs, maps).cpu().numpy()
+                on_grid = probs.float().cpu().numpy()
+                index = labels_on_input_grid(on_grid, maps)
                 if probabilities:
-                    in_input = resample_maps(probs, maps).cpu().numpy()
+                    in_input = resample_maps(on_grid, maps)
             else:  # preprocessing with a crop to the head: MONAI's general inverse
                 in_input = invert_to_input(probs, read_.x, loaded.preprocessing)
                 index = in_input.argmax(axis=0)
