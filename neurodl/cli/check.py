@@ -99,7 +99,13 @@ def check(
 
     console = err_console()
     loaded = load_manifest(
-        manifest, image or None, label, participant, require_files=False, bids_filter=bids_filter or ()
+        manifest,
+        image or None,
+        label,
+        participant,
+        require_files=False,
+        bids_filter=bids_filter or (),
+        drop_unpaired=True,  # a BIDS image without its T2w (or mask) is left out, as training does
     )
     for warning in loaded.warnings:  # what a BIDS dataset's resolution left out
         console.print(Text("Warning: ", style="bold yellow") + Text(warning))

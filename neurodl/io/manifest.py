@@ -137,17 +137,35 @@ def require_columns(
     path: str | Path,
     *,
     what: str = "column",
-    fix: str = "Name an existing column with the matching option (e.g. --target, --image, --label).",
+    fix: str | None = None,
 ) -> None:
-    """Raise one error naming every missing column and listing the available ones."""
+    """Raise one error naming every missing column and listing the available ones.
+
+    The fix suggests the nearest column name (case first: ``Diagnosis`` -> ``diagnosis``).
+    """
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         names = ", ".join(f"'{c}'" for c in missing)
         raise ManifestError(
             f"{path}: no {what}{'s' if len(missing) > 1 else ''} {names}. "
             f"Available columns: {', '.join(map(str, frame.columns))}.",
-            fix,
+            fix or _column_fix(missing, [str(c) for c in frame.columns]),
         )
+
+
+def _column_fix(missing: list[str], available: list[str]) -> str:
+    import difflib
+
+    guesses = []
+    for name in missing:
+        same_case = [c for c in available if c.lower() == name.lower()]
+        close = same_case or difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+        if close:
+            guesses.append(f"'{close[0]}' for '{name}'")
+    hint = "Give one of the available columns to the option that named it"
+    if guesses:
+        return f"Did you mean {', '.join(guesses)}? (column names are case-sensitive) {hint}."
+    return f"{hint}."
 
 
 def format_rows(rows: Sequence[int], limit: int = 10) -> str:
@@ -316,6 +334,7 @@ def load_manifest(
     require_files: bool = True,
     bids_filter: Sequence[str] = (),
     bids_images: Sequence[str] = (),
+    drop_unpaired: bool | None = None,
 ) -> Manifest:
     """Read a CSV/TSV manifest, or resolve a BIDS dataset root, and resolve its image paths.
 
@@ -343,6 +362,8 @@ def load_manifest(
             in ``Manifest.issues`` instead (for ``neurodl check``, which reports everything).
         bids_filter: ``ENTITY=VALUE`` items that select a BIDS dataset's images (``acq=mprage``).
         bids_images: further suffixes a BIDS dataset's rows need as columns (translate's target).
+        drop_unpaired: leave out a BIDS dataset's images that lack a partner of another suffix
+            (default: with ``require_files``, as training does; ``neurodl check`` asks for it too).
 
     Raises:
         InputFileError: the manifest is missing or not a table.
@@ -366,7 +387,7 @@ def load_manifest(
         root = Path(os.path.abspath(path))
         image_columns = image_columns or list(table.image_columns)
         warnings += table.warnings
-        if require_files:
+        if require_files if drop_unpaired is None else drop_unpaired:
             frame = _drop_unpaired(frame, table.image_columns, path, warnings)
         if label_column is not None and label_column not in table.image_columns:
             frame = _drop_unlabelled(frame, label_column, path, warnings)
@@ -398,13 +419,16 @@ def load_manifest(
         )
 
     issues: list[ManifestIssue] = []
+    bids = path.is_dir()
+    what_image = "image of this participant, session and run" if bids else "image path"
+    what_mask = "mask of this participant, session and run" if bids else "mask"
     # Whole columns as lists: a cell look-up through pandas costs more than the file check.
     cells = {
         column: frame[column].tolist() for column in (*columns, *([label_column] if label_column else []))
     }
     image_files = tuple(
         tuple(
-            _resolve_cell(cells[column][row], row, column, root, issues, what="image path")
+            _resolve_cell(cells[column][row], row, column, root, issues, what=what_image)
             for column in columns
         )
         for row in range(len(frame))
@@ -416,7 +440,7 @@ def load_manifest(
         label_is_image = looks_like_nifti_column(frame[label_column])
         if label_is_image:
             label_files = tuple(
-                _resolve_cell(cells[label_column][row], row, label_column, root, issues, "mask")
+                _resolve_cell(cells[label_column][row], row, label_column, root, issues, what_mask)
                 for row in range(len(frame))
             )
         else:
@@ -572,7 +596,10 @@ def _resolve_cell(
     value: Any, row: int, column: str, root: Path, issues: list[ManifestIssue], what: str
 ) -> Path | None:
     if _is_empty(value):
-        issues.append(ManifestIssue(row, column, f"the {what} is empty."))
+        message = (
+            f"no {what} (no file with this suffix)." if "participant" in what else f"the {what} is empty."
+        )
+        issues.append(ManifestIssue(row, column, message))
         return None
     written = str(value).strip()
     candidate = Path(written).expanduser()

@@ -58,6 +58,12 @@ def test_check_a_bids_root_names_what_it_leaves_out(run_cli, dataset):
     assert "sub-07" in result.stderr  # images without a participants.tsv row
     assert "12 rows" in result.stderr
 
+    # Two channels: sub-10 has no T2w, so it is left out (named), as training leaves it out.
+    paired = run_cli("check", dataset, "--image", "T1w", "--image", "T2w")
+    assert paired.exit_code == 0, paired.output
+    assert "without a T2w image" in paired.stderr and "sub-10" in paired.stderr
+    assert "12 rows" in paired.stderr
+
 
 def test_check_with_a_filter_and_the_errors_a_user_can_act_on(run_cli, dataset, tmp_path):
     result = run_cli("check", dataset, "--image", "T1w", "--bids-filter", "ses=02")
