@@ -10,6 +10,7 @@ as 1) follow from sums over the whole array, and the result is written with
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ class NormalizeNonzerod(MapTransform):
     def __init__(self, keys: KeysCollection) -> None:
         super().__init__(keys)
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = normalize_nonzero(d[key])
