@@ -11,6 +11,11 @@ from rich.table import Table
 _SKIP = ("confusion_matrix", "rows", "images", "best_epoch")
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 map``, ``2 maps``, ``0 maps`` (``plural`` for irregular nouns)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def format_metric(value: Any, std: Any = None) -> str:
     """``0.912 ± 0.031``, or ``n/a`` for a missing or undefined value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -22,7 +22,7 @@ from neurodl.cli._options import (
     QuietFlag,
     ShardOption,
 )
-from neurodl.cli._render import metrics_table
+from neurodl.cli._render import counted, metrics_table
 from neurodl.config import AutoencodeOptions
 
 app = typer.Typer(
@@ -248,7 +248,7 @@ def encode(
             with atomic_output(output) as tmp:
                 table.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
             if not quiet:
-                console.print(f"{len(table)} latent codes ({loaded.latent_dim} features) written to {output}")
+                console.print(f"{counted(len(table), 'latent code')} ({loaded.latent_dim} features) written to {output}")
     report_failures(console, failures, len(table) + len(failures))
 
 
@@ -297,7 +297,7 @@ def reconstruct(
     written = int((table["status"] == "written").sum()) if len(table) else 0
     kept = len(table) - written
     console.print(
-        f"{written} reconstructions written to {out}"
+        f"{counted(written, 'reconstruction')} written to {out}"
         + (f"; {kept} existing kept (--overwrite to redo)" if kept else "")
     )
     report_failures(console, failures, len(table) + len(failures))
@@ -393,7 +393,7 @@ def sample(
     if json_output:
         print_json(table.to_dict(orient="records"))
     if not quiet:
-        err_console().print(f"{len(table)} samples written to {out} (samples.csv, samples.png)")
+        err_console().print(f"{counted(len(table), 'sample')} written to {out} (samples.csv, samples.png)")
 
 
 @app.command("interpolate")

@@ -12,7 +12,7 @@ from neurodl.cli._batch import check_output_file
 from neurodl.cli._config import parse_batch_size, parse_hidden, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._options import ConfigOption, JsonFlag, ModelDirOption, OverwriteFlag, QuietFlag
-from neurodl.cli._render import metrics_table, render_train_summary
+from neurodl.cli._render import counted, metrics_table, render_train_summary
 from neurodl.cli.report import report_after_training
 from neurodl.config import BiomarkersOptions
 
@@ -226,7 +226,7 @@ def predict(
         return
     with atomic_output(output) as tmp:
         predictions.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
-    err_console().print(f"{len(predictions)} predictions written to {output}")
+    err_console().print(f"{counted(len(predictions), 'prediction')} written to {output}")
 
 
 @app.command("evaluate")

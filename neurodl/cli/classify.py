@@ -22,7 +22,7 @@ from neurodl.cli._options import (
     QuietFlag,
     ShardOption,
 )
-from neurodl.cli._render import metrics_table
+from neurodl.cli._render import counted, metrics_table
 from neurodl.config import ClassifyOptions
 
 app = typer.Typer(
@@ -275,7 +275,7 @@ def predict(
     elif len(predictions):  # no empty table when every input failed: a retry would find it in the way
         with atomic_output(output) as tmp:
             predictions.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
-        console.print(f"{len(predictions)} predictions written to {output}")
+        console.print(f"{counted(len(predictions), 'prediction')} written to {output}")
     report_failures(console, failures, len(predictions) + len(failures))
 
 
@@ -382,7 +382,7 @@ def interpret(
         print_json(written)
     skipped = sum(1 for w in written if w.get("skipped"))
     console.print(
-        f"{len(written) - skipped} maps written to {out}"
+        f"{counted(len(written) - skipped, 'map')} written to {out}"
         + (f"; {skipped} existing kept (--overwrite to redo)" if skipped else "")
     )
     report_failures(console, failures, len(written) + len(failures))

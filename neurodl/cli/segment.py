@@ -23,7 +23,7 @@ from neurodl.cli._options import (
     QuietFlag,
     ShardOption,
 )
-from neurodl.cli._render import metrics_table
+from neurodl.cli._render import counted, metrics_table
 from neurodl.config import SegmentOptions
 
 app = typer.Typer(
@@ -305,7 +305,7 @@ def predict(
     written = int((table["status"] == "written").sum()) if len(table) else 0
     kept = len(table) - written
     console.print(
-        f"{written} masks written to {out}"
+        f"{counted(written, 'mask')} written to {out}"
         + (f"; {kept} existing kept (--overwrite to redo)" if kept else "")
         + (f"; volumes in {volumes}" if volumes is not None else "")
     )

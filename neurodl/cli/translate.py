@@ -293,7 +293,7 @@ def predict(
     kept = len(table) - written
     if not quiet:
         console.print(
-            f"{written} synthetic {loaded.target_column} images written to {out}"
+            f"{written} synthetic {loaded.target_column} {'image' if written == 1 else 'images'} written to {out}"
             + (f"; {kept} existing kept (--overwrite to redo)" if kept else "")
         )
     report_failures(console, failures, len(table) + len(failures))

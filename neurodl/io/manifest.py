@@ -161,11 +161,10 @@ def _column_fix(missing: list[str], available: list[str]) -> str:
         same_case = [c for c in available if c.lower() == name.lower()]
         close = same_case or difflib.get_close_matches(name, available, n=1, cutoff=0.6)
         if close:
-            guesses.append(f"'{close[0]}' for '{name}'")
-    hint = "Give one of the available columns to the option that named it"
+            guesses.append(f"'{close[0]}' (not '{name}')")
     if guesses:
-        return f"Did you mean {', '.join(guesses)}? (column names are case-sensitive) {hint}."
-    return f"{hint}."
+        return f"Did you mean {', '.join(guesses)}? Column names are case-sensitive."
+    return "Give the option that named it one of the available columns."
 
 
 def format_rows(rows: Sequence[int], limit: int = 10) -> str:

@@ -26,6 +26,11 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def _a(word: str) -> str:
+    """The article before a task name: an 'autoencode' run, a 'segment' run."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -176,7 +181,7 @@ class RunDirectory:
         found = str(config["task"])
         if task is not None and found != task:
             raise RunDirectoryError(
-                f"{path}: is a '{found}' run, not a '{task}' run.",
+                f"{path}: is {_a(found)} '{found}' run, not {_a(task)} '{task}' run.",
                 f"Use `neurodl {found} ...` with this run, or give a run directory made by `neurodl {task} train`.",
             )
         return cls(path, found, config)

@@ -501,7 +501,7 @@ def _files(summary: RunSummary) -> str:
             continue
         if path.is_dir():
             count = sum(1 for p in path.rglob("*") if p.is_file())
-            rows.append([f"{path.name}/", f"{count} files"])
+            rows.append([f"{path.name}/", f"{count} file" if count == 1 else f"{count} files"])
         else:
             rows.append([path.name, _size(path.stat().st_size)])
     return "\n".join(["<h2>Files</h2>", _table(["file", "size"], rows)]) if rows else ""

@@ -533,3 +533,10 @@ def test_evaluate_names_labels_absent_from_the_truth_in_one_line(run_cli, traine
     metrics = json.loads(result.stdout)
     assert metrics["dice_GM"] is None or np.isnan(metrics["dice_GM"])
     assert 0 < metrics["dice_WM"] <= 1 and 0 <= metrics["dice"] <= 1
+
+
+def test_predict_of_one_image_says_1_mask(run_cli, trained: Path, cohort: Path, tmp_path: Path):
+    image = sorted(cohort.parent.rglob("*_T1w.nii.gz"))[0]
+    result = run_cli("segment", "predict", "--model", trained, image, "-o", tmp_path / "masks")
+    assert result.exit_code == 0, result.output
+    assert "1 mask written" in result.stderr and "1 masks" not in result.stderr
