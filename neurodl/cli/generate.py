@@ -47,7 +47,7 @@ def train(
     manifest: Annotated[
         Path | None,
         typer.Argument(
-            help="Manifest (CSV/TSV): one row per image. Not needed with --resume.", dir_okay=False
+            help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume."
         ),
     ] = None,
     image: Annotated[
@@ -63,6 +63,7 @@ def train(
         ),
     ] = _D.condition,
     participant: T.Participant = _D.images.participant,
+    bids_filter: T.BidsFilter = None,
     spacing: T.Spacing = "",
     size: Annotated[
         str,
@@ -232,8 +233,7 @@ def evaluate(
     manifest: Annotated[
         Path,
         typer.Argument(
-            help="Manifest of real held-out images (the model's image column, and its condition column).",
-            dir_okay=False,
+            help="Manifest of real held-out images (the model's image column, and its condition column), or a BIDS dataset root.",
         ),
     ],
     features: Annotated[

@@ -252,7 +252,9 @@ def train(
     )
     options = from_dict(GenerateOptions, saved)
     images = options.images
-    manifest = load_manifest(manifest_path, list(images.image), None, images.participant)
+    manifest = load_manifest(
+        manifest_path, list(images.image), None, images.participant, bids_filter=images.bids_filter
+    )
     groups = np.asarray(manifest.participant_ids, dtype=str)
     seed = options.train.seed
     conditions: list[str] = [""] * len(manifest)
