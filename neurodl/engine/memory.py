@@ -11,6 +11,7 @@ and the backward pass's own buffers of the same sizes).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ _OPTIMIZER_STATE = {"sgd": 1, "adam": 2, "adamw": 2, "adadelta": 2, "adagrad": 1
 # (oneDNN) keep reordered copies of their inputs: measured peaks of 3D CNNs on the CPU were
 # 1.0-1.5x the sum of the forward outputs (cnn, densenet121, resnet18).
 _BACKWARD_FACTOR = 1.5
+log = logging.getLogger(__name__)
 # What the process holds before the first step (PyTorch, MONAI, a batch being prepared).
 _RUNTIME = 600 * 2**20
 
@@ -48,28 +50,35 @@ class StepMemory:
 
 
 def _forward_bytes(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> int:
-    """Bytes of every new tensor (not a view) the forward pass of ``model`` creates, on ``meta``."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    """Bytes of every new tensor (not a view, not an input changed in place) the forward pass of
+    ``model`` creates, on ``meta``.
 
-    class Count(TorchDispatchMode):
+    A torch-function mode, not a dispatch mode: entering the latter imports TorchDynamo
+    (seconds, and more than a training run needs).
+    """
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    # Normalisations keep their input's shape; their meta kernels go through decompositions that
+    # import TorchDynamo (seconds), so the mode answers for them.
+    same_shape = {F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm}
+
+    class Count(TorchFunctionMode):
         total = 0
 
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            out = func(*args, **(kwargs or {}))
-            schema = getattr(func, "_schema", None)
-            aliases = schema is not None and any(r.alias_info is not None for r in schema.returns)
-            if not aliases:
-                for tensor in out if isinstance(out, list | tuple) else (out,):
-                    if isinstance(tensor, torch.Tensor):
-                        Count.total += tensor.numel() * tensor.element_size()
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in same_shape:
+                out = torch.empty_like(args[0])
+            else:
+                out = func(*args, **(kwargs or {}))
+            seen = {id(a) for a in args if isinstance(a, torch.Tensor)}
+            for tensor in out if isinstance(out, list | tuple) else (out,):
+                if isinstance(tensor, torch.Tensor) and tensor._base is None and id(tensor) not in seen:
+                    Count.total += tensor.numel() * tensor.element_size()
             return out
 
     with Count():
-        output = model(*inputs)
-        if isinstance(output, dict):
-            output = next(iter(output.values()))
-        if isinstance(output, list | tuple):
-            output = output[0]
+        model(*inputs)
     return Count.total
 
 
@@ -125,8 +134,10 @@ def require_step_fits(
     inputs: int = 1,
     model_name: str = "the model",
     reserved: int = 0,
-) -> StepMemory:
+) -> StepMemory | None:
     """Refuse, before anything is allocated, a step that cannot fit the training device.
+
+    Returns the estimate, or None when the network cannot run on the meta device.
 
     ``reserved`` bytes (e.g. a cache of preprocessed images) are counted as taken.
 
@@ -136,7 +147,11 @@ def require_step_fits(
     """
     from neurodl.engine.runtime import resolve_device
 
-    estimate = estimate_step(build, input_shape, options, batch_size=batch_size, inputs=inputs)
+    try:
+        estimate = estimate_step(build, input_shape, options, batch_size=batch_size, inputs=inputs)
+    except Exception as exc:  # an operation without a meta kernel: the estimate guides, it never blocks
+        log.debug("no memory estimate for %s (%s)", model_name, exc, exc_info=True)
+        return None
     device = resolve_device(options.device)
     if device.type == "mps":
         return estimate  # unified memory with no free-memory query: nothing to compare with
