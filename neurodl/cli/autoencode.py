@@ -47,7 +47,10 @@ def train(
     image: Annotated[
         list[str] | None,
         typer.Option(
-            "--image", "-i", help="Image column(s); several = several input channels.", rich_help_panel=_I
+            "--image",
+            "-i",
+            help="Image column(s); several = several input channels (default: t1).",
+            rich_help_panel=_I,
         ),
     ] = None,
     participant: T.Participant = _D.images.participant,
@@ -248,7 +251,9 @@ def encode(
             with atomic_output(output) as tmp:
                 table.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
             if not quiet:
-                console.print(f"{counted(len(table), 'latent code')} ({loaded.latent_dim} features) written to {output}")
+                console.print(
+                    f"{counted(len(table), 'latent code')} ({loaded.latent_dim} features) written to {output}"
+                )
     report_failures(console, failures, len(table) + len(failures))
 
 

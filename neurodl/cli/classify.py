@@ -47,7 +47,10 @@ def train(
     image: Annotated[
         list[str] | None,
         typer.Option(
-            "--image", "-i", help="Image column(s); several = several input channels.", rich_help_panel=_I
+            "--image",
+            "-i",
+            help="Image column(s); several = several input channels (default: t1).",
+            rich_help_panel=_I,
         ),
     ] = None,
     label: Annotated[

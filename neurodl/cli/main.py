@@ -13,6 +13,7 @@ from rich.text import Text
 
 from neurodl import __version__
 from neurodl.cli import (
+    _help,
     autoencode,
     biomarkers,
     check,
@@ -98,13 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
     console = err_console()
     try:
-        result = typer.main.get_command(app).main(args=args, prog_name="neurodl", standalone_mode=False)
+        _help.apply()
+        command = _help.tidy(typer.main.get_command(app))
+        result = command.main(args=args, prog_name="neurodl", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
         console.print("Interrupted.")
         return ExitStatus.INTERRUPTED
     except typer.TyperException as exc:  # bad option or argument: Typer's own message
+        if getattr(exc, "possibilities", None):
+            exc.possibilities = _help.without_help(exc.possibilities)  # type: ignore[attr-defined]
         show = getattr(exc, "show", None)
         if show is not None:
             show(file=sys.stderr)

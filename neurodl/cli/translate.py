@@ -49,7 +49,7 @@ def train(
         typer.Option(
             "--source",
             "-s",
-            help="Source image column(s); several = several input channels.",
+            help="Source image column(s); several = several input channels (default: t1).",
             rich_help_panel=_I,
         ),
     ] = None,
