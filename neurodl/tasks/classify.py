@@ -706,15 +706,32 @@ def _explain(loaded: LoadedClassifier, x: torch.Tensor, method: str, class_index
         cam = GradCAM(nn_module=model, target_layers=model.gradcam_layer)
         return cam(x=batch, class_idx=class_index).detach()[0]
     if method == "saliency":
+def occlusion_settings(shape: tuple[int, ...]) -> tuple[tuple[int, ...], float, int]:
+    """Occlusion's mask size, overlap and batch for an input of ``shape`` (voxels).
+
+    A box of a quarter of each side, moved by half its size, hides every region in
+    7 positions per axis whatever the input size: 343 forward passes (a sixth of the
+    side with MONAI's 60 % overlap took 3,375 at 48^3, 57 s on a 2-core CPU).
+    Occluded copies go through the network 16 at a time.
+    """
+    mask = tuple(max(2, -(-side // 4)) for side in shape)
+    return mask, 0.5, 16
+
+
         batch = batch.clone().requires_grad_(True)
         model.zero_grad()
         model(batch)[0, class_index].backward()
         return batch.grad.detach().abs().amax(dim=1)  # type: ignore[union-attr]
     from monai.visualize import OcclusionSensitivity
 
-    size = max(2, min(batch.shape[2:]) // 6)
+    mask_size, overlap, n_batch = occlusion_settings(tuple(batch.shape[2:]))
     occlusion = OcclusionSensitivity(
-        nn_module=model, mask_size=size, n_batch=8, verbose=False, activate=False
+        nn_module=model,
+        mask_size=mask_size,
+        overlap=overlap,
+        n_batch=n_batch,
+        verbose=False,
+        activate=False,
     )
     with torch.no_grad():
         reference = model(batch)[0, class_index]
