@@ -287,7 +287,9 @@ def evaluate(
     model: ModelDirOption,
     manifest: Annotated[
         Path,
-        typer.Argument(help="Manifest with the model's image columns and the label column, or a BIDS dataset root."),
+        typer.Argument(
+            help="Manifest with the model's image columns and the label column, or a BIDS dataset root."
+        ),
     ],
     label: Annotated[
         str | None,
@@ -306,6 +308,7 @@ def evaluate(
         bool,
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
+    bids_filter: T.BidsFilter = None,
     color_by: Annotated[
         str,
         typer.Option(
@@ -331,6 +334,7 @@ def evaluate(
             manifest,
             label_column=label,
             allow_overlap=allow_overlap,
+            bids_filter=bids_filter or (),
             report_dir=out,
             overwrite=overwrite,
             color_by=color_by,

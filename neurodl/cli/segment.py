@@ -320,7 +320,9 @@ def evaluate(
     model: ModelDirOption,
     manifest: Annotated[
         Path,
-        typer.Argument(help="Manifest with the model's image columns and a mask column, or a BIDS dataset root."),
+        typer.Argument(
+            help="Manifest with the model's image columns and a mask column, or a BIDS dataset root."
+        ),
     ],
     mask: Annotated[
         str | None, typer.Option("--mask", help="Mask column (default: the one the model was trained on).")
@@ -333,6 +335,7 @@ def evaluate(
         bool,
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
+    bids_filter: T.BidsFilter = None,
     tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
     overwrite: OverwriteFlag = False,
     device: DeviceOption = "auto",
@@ -353,6 +356,7 @@ def evaluate(
             manifest,
             mask_column=mask,
             allow_overlap=allow_overlap,
+            bids_filter=bids_filter or (),
             report_dir=out,
             overwrite=overwrite,
             tta=tta,

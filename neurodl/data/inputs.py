@@ -90,6 +90,7 @@ def resolve_inputs(
     participant_column: str = "participant_id",
     label_column: str | None = None,
     shard: str | None = None,
+    bids_filter: Sequence[str] = (),
 ) -> tuple[list[InputImage], Manifest | None]:
     """Turn the command's INPUTS into images.
 
@@ -119,7 +120,12 @@ def resolve_inputs(
                 "Run once per manifest, or give image files only.",
             )
         manifest = load_manifest(
-            tables[0], list(image_columns), label_column, participant_column, require_files=False
+            tables[0],
+            list(image_columns),
+            label_column,
+            participant_column,
+            require_files=False,
+            bids_filter=bids_filter,
         )
         names = _unique(
             [

@@ -631,11 +631,17 @@ def evaluate(
     report_dir: Path | None = None,
     overwrite: bool = False,
     on_image: Any = None,
+    bids_filter: Sequence[str] = (),
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """MSE, MAE, PSNR and SSIM per image in the preprocessed (normalised) space, optionally inside a mask."""
     check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     manifest = load_manifest(
-        manifest_path, loaded.image_columns, mask_column, loaded.participant_column, require_files=False
+        manifest_path,
+        loaded.image_columns,
+        mask_column,
+        loaded.participant_column,
+        require_files=False,
+        bids_filter=bids_filter,
     )
     if mask_column:
         require_columns(manifest.frame, [mask_column], manifest_path)
@@ -646,7 +652,10 @@ def evaluate(
             )
     warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
     images, _ = resolve_inputs(
-        [manifest_path], image_columns=loaded.image_columns, participant_column=loaded.participant_column
+        [manifest_path],
+        image_columns=loaded.image_columns,
+        participant_column=loaded.participant_column,
+        bids_filter=bids_filter,
     )
     rows, failures = [], []
     for image in images:

@@ -604,6 +604,7 @@ def predict(
     label_column: str | None = None,
     shard: str | None = None,
     on_image: Any = None,
+    bids_filter: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, list[Failure], list[InputImage]]:
     """Probabilities (or values) for every input image; images that fail are reported, not fatal.
 
@@ -617,6 +618,7 @@ def predict(
         participant_column=loaded.participant_column,
         label_column=label_column,
         shard=shard,
+        bids_filter=bids_filter,
     )
     rows, kept, failures = [], [], []
     for image in images:
@@ -656,6 +658,7 @@ def evaluate(
     overwrite: bool = False,
     color_by: str = "",
     on_image: Any = None,
+    bids_filter: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[Failure], list[str]]:
     """Predict a manifest and score it against its label column (default: the trained label).
 
@@ -667,11 +670,18 @@ def evaluate(
     check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     label = label_column or loaded.target.column
     manifest = load_manifest(
-        manifest_path, loaded.image_columns, label, loaded.participant_column, require_files=False
+        manifest_path,
+        loaded.image_columns,
+        label,
+        loaded.participant_column,
+        require_files=False,
+        bids_filter=bids_filter,
     )
     require_columns(manifest.frame, [label, *([color_by] if color_by else [])], manifest_path)
     warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
-    frame, failures, kept = predict(loaded, [manifest_path], label_column=label, on_image=on_image)
+    frame, failures, kept = predict(
+        loaded, [manifest_path], label_column=label, on_image=on_image, bids_filter=bids_filter
+    )
     if not len(frame):
         reasons = "; ".join(f"{f.name}: {f.message}" for f in failures[:3])
         raise DataError(

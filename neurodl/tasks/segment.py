@@ -796,6 +796,7 @@ def evaluate(
     overwrite: bool = False,
     tta: bool = False,
     on_image: Any = None,
+    bids_filter: Sequence[str] = (),
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """Dice and 95th-percentile Hausdorff distance (mm) per label and image, in each input's own grid."""
     from monai.metrics import compute_hausdorff_distance
@@ -804,7 +805,12 @@ def evaluate(
     check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     column = mask_column or loaded.mask_column
     manifest = load_manifest(
-        manifest_path, loaded.image_columns, column, loaded.participant_column, require_files=False
+        manifest_path,
+        loaded.image_columns,
+        column,
+        loaded.participant_column,
+        require_files=False,
+        bids_filter=bids_filter,
     )
     require_columns(manifest.frame, [column], manifest_path)
     warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
@@ -813,6 +819,7 @@ def evaluate(
         image_columns=loaded.image_columns,
         participant_column=loaded.participant_column,
         label_column=column,
+        bids_filter=bids_filter,
     )
     n = len(loaded.labels.values)
     lookup = {v: i for i, v in enumerate(loaded.labels.values)}

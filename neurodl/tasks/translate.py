@@ -874,6 +874,7 @@ def evaluate(
     report_dir: Path | None = None,
     overwrite: bool = False,
     on_image: Any = None,
+    bids_filter: Sequence[str] = (),
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """MAE, PSNR and SSIM per image of the synthetic vs the real target, in the source's grid and the target's units.
 
@@ -887,6 +888,7 @@ def evaluate(
         loaded.participant_column,
         require_files=False,
         bids_images=[loaded.target_column],
+        bids_filter=bids_filter,
     )
     require_columns(
         manifest.frame,
@@ -903,7 +905,10 @@ def evaluate(
             )
     warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
     images, _ = resolve_inputs(
-        [manifest_path], image_columns=loaded.image_columns, participant_column=loaded.participant_column
+        [manifest_path],
+        image_columns=loaded.image_columns,
+        participant_column=loaded.participant_column,
+        bids_filter=bids_filter,
     )
     rows, failures = [], []
     for image in images:

@@ -130,6 +130,14 @@ def test_classify_from_the_root_and_from_its_manifest_is_the_same_run(run_cli, d
     )
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.stdout)["images"] == 12
+    # --bids-filter picks the held-out participants (all their sessions and runs) out of the root.
+    held_out = ",".join(p.removeprefix("sub-") for p in splits["test"])
+    tested = run_cli(
+        "classify", "evaluate", "--model", root_run, dataset, "--bids-filter", f"sub={held_out}", "--json"
+    )
+    assert tested.exit_code == 0, tested.output
+    test_rows = pd.read_csv(root_run / "test_manifest.tsv", sep="\t")
+    assert json.loads(tested.stdout)["images"] == len(test_rows)
 
 
 @pytest.mark.slow
@@ -184,3 +192,17 @@ def test_segment_autoencode_and_translate_train_on_the_root(run_cli, dataset, tm
     # sub-10 has no T2w to compare with: named as failed, the other 12 images scored.
     assert evaluated.exit_code == 2, evaluated.output
     assert "sub-10" in evaluated.stderr and json.loads(evaluated.stdout)["images"] == 12
+    first_sessions = run_cli(
+        "translate",
+        "evaluate",
+        "--model",
+        tr,
+        dataset,
+        "--allow-overlap",
+        "--bids-filter",
+        "ses=01",
+        "--json",
+        "--quiet",
+    )
+    assert first_sessions.exit_code == 0, first_sessions.output
+    assert json.loads(first_sessions.stdout)["images"] == 2  # sub-01 and sub-03's ses-01
