@@ -199,6 +199,15 @@ def _headline(summary: RunSummary) -> str:
     return f'<div class="cards">{cards}</div><p class="muted">{_e(note)}.</p>'
 
 
+def _resolved_option(name: str, value: Any, resolved: dict[str, Any]) -> str:
+    """An option as typed; an empty spacing/size shows what the run chose from its training images."""
+    chosen = resolved.get(name) if name in ("spacing", "size") and not value else None
+    if chosen:
+        unit = " mm" if name == "spacing" else ""
+        return f"{'x'.join(f'{float(c):g}' for c in chosen)}{unit} (from the training images)"
+    return option_text(name, value)
+
+
 def _configuration(summary: RunSummary) -> str:
     options = dict(summary.config.get("options") or {})
     if not options:
@@ -210,10 +219,15 @@ def _configuration(summary: RunSummary) -> str:
     if digest:
         rows.append(("input SHA-256", str(digest)))
     blocks = [f"<div><h3>Task and model</h3>{_key_values(rows)}</div>"]
+    resolved = (
+        ((summary.preprocessing or {}).get("images") or {}) if isinstance(summary.preprocessing, dict) else {}
+    )
     for name, values in groups:
         blocks.append(
             f"<div><h3>{_e(_GROUPS.get(name, name))}</h3>"
-            + _key_values((k, option_text(k, v)) for k, v in values.items())
+            + _key_values(
+                (k, _resolved_option(k, v, resolved if name == "images" else {})) for k, v in values.items()
+            )
             + "</div>"
         )
     return (
@@ -444,7 +458,15 @@ def _input_preview(summary: RunSummary) -> str:
         if label and str(row[label]).lower().endswith((".nii", ".nii.gz")):
             label = ""  # an image target (translate): its path says nothing in a title
         title = f"{who} ({columns[0]})" + (f", {label} = {row[label]}" if label else "")
-        data = _figure_png(orthogonal_slices(image, overlay, title=title, labels=overlay is not None))
+        named = ((summary.preprocessing or {}).get("labels") or {}) if overlay is not None else {}
+        names = (
+            dict(zip((int(v) for v in named["values"]), (str(n) for n in named["names"]), strict=False))
+            if isinstance(named, dict) and "values" in named and "names" in named
+            else None
+        )
+        data = _figure_png(
+            orthogonal_slices(image, overlay, title=title, labels=overlay is not None, label_names=names)
+        )
     except (NeurodlError, OSError, ValueError) as exc:
         log.debug("input preview not drawn: %s", exc)
         return ""

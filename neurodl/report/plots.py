@@ -21,7 +21,8 @@ def learning_curves(history: Sequence[dict[str, float]], *, title: str = "") -> 
     ``history`` may hold several runs (a ``fold`` key): one line each.
     """
     folds = sorted({int(r.get("fold", 0)) for r in history})
-    metric_keys = [k for k in (history[0] if history else {}) if k.startswith("val_") and k != "val_loss"][:2]
+    # Every validation metric (a segmentation's Dice of each label), not only the first two.
+    metric_keys = [k for k in (history[0] if history else {}) if k.startswith("val_") and k != "val_loss"][:8]
     fig, axes = plt.subplots(
         1, 1 + bool(metric_keys), figsize=(5.5 * (1 + bool(metric_keys)), 4), squeeze=False
     )
@@ -44,6 +45,10 @@ def learning_curves(history: Sequence[dict[str, float]], *, title: str = "") -> 
         if metric_keys:
             for key in metric_keys:
                 axes[0, 1].plot(epochs, [r[key] for r in rows], alpha=alpha, label=f"{key[4:]}{tag}")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("Loss")

@@ -21,6 +21,7 @@ def orthogonal_slices(
     title: str = "",
     labels: bool = False,
     centre: tuple[int, int, int] | None = None,
+    label_names: dict[int, str] | None = None,
 ) -> Any:
     """Sagittal, coronal and axial slices (displayed in RAS, anatomy upright).
 
@@ -30,6 +31,8 @@ def orthogonal_slices(
         title: figure title.
         labels: draw ``overlay`` as discrete labels.
         centre: voxel (in RAS order) the slices go through; default the overlay's maximum or the centre.
+        label_names: names of the label values, for the colour legend of a label image
+            (default: the values themselves).
     """
     base = _ras(np.asarray(image.data, dtype=np.float32), image)
     top = _ras(np.asarray(overlay, dtype=np.float32), image) if overlay is not None else None
@@ -89,10 +92,29 @@ def orthogonal_slices(
                 )
         ax.set_title(name)
         ax.axis("off")
+    legend = top is not None and labels and _label_legend(fig, top, label_names or {})
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Room at the bottom for the label legend.
+    fig.tight_layout(rect=(0, 0.08, 1, 1) if legend else None)
     return fig
+
+
+def _label_legend(fig: Any, labels: np.ndarray, names: dict[int, str]) -> bool:
+    """One colour patch per label value present (the colours of the overlay's tab10 map)."""
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    colours = plt.get_cmap("tab10")
+    scale = Normalize(vmin=0, vmax=9)
+    present = [int(v) for v in np.unique(labels[np.isfinite(labels)]) if v != 0]
+    if not present:
+        return False
+    handles = [
+        Patch(facecolor=colours(scale(v)), alpha=0.7, label=str(names.get(v, f"label {v}"))) for v in present
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
+    return True
 
 
 def comparison_slices(

@@ -718,6 +718,7 @@ def predict(
                         values,
                         labels=True,
                         title=f"{image.name}: {', '.join(loaded.labels.foreground)}",
+                        label_names=dict(zip(loaded.labels.values, loaded.labels.names, strict=True)),
                     ),
                 )
             affine, status = like.affine, "written"
