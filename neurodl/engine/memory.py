@@ -29,9 +29,10 @@ _OPTIMIZER_STATE = {"sgd": 1, "adam": 2, "adamw": 2, "adadelta": 2, "adagrad": 1
 # (oneDNN) keep reordered copies of their inputs: measured peaks of 3D CNNs on the CPU were
 # 1.0-1.5x the sum of the forward outputs (cnn, densenet121, resnet18).
 _BACKWARD_FACTOR = 1.5
-log = logging.getLogger(__name__)
 # What the process holds before the first step (PyTorch, MONAI, a batch being prepared).
 _RUNTIME = 600 * 2**20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ def _forward_bytes(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> in
     """Bytes of every new tensor (not a view, not an input changed in place) the forward pass of
     ``model`` creates, on ``meta``.
 
-    A torch-function mode, not a dispatch mode: entering the latter imports TorchDynamo
-    (seconds, and more than a training run needs).
+    A torch-function mode sees what modules compute and what a ``forward`` does with plain
+    functions (``torch.cat`` of DenseNet's dense blocks, ``F.relu``).
     """
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
