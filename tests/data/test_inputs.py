@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from neurodl_testing import make_nifti
 
 from neurodl.data.inputs import parse_shard, resolve_inputs, take_shard
 from neurodl.errors import UsageError
+from neurodl_testing import make_nifti
 
 N = 9
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import las_anisotropic_affine, make_nifti
 
 from neurodl.data.images import ImagePreprocessing, invert_to_input, preprocess
 from neurodl.inference.resample import argmax_channels, labels_on_input_grid, resample_maps, separable_maps
+from neurodl_testing import las_anisotropic_affine, make_nifti
 
 
 def smooth_probabilities(shape: tuple[int, ...], classes: int = 4, seed: int = 0) -> np.ndarray:
@@ -25,10 +25,16 @@ def smooth_probabilities(shape: tuple[int, ...], classes: int = 4, seed: int = 0
     [
         (las_anisotropic_affine(), (30, 40, 20), 1.5),  # LAS, 1 x 1.5 x 3 mm, padded to the size
         (np.diag([1.0, 1.0, 1.0, 1.0]), (41, 37, 33), 1.5),  # RAS, 1 mm, no pad
-        (np.array([[0, 0, 1.2, 5], [-1, 0, 0, 7], [0, 1, 0, -3], [0, 0, 0, 1.0]]), (25, 30, 28), 2.0),  # axes swapped
+        (
+            np.array([[0, 0, 1.2, 5], [-1, 0, 0, 7], [0, 1, 0, -3], [0, 0, 0, 1.0]]),
+            (25, 30, 28),
+            2.0,
+        ),  # axes swapped
     ],
 )
-def test_fast_inverse_equals_monai_inverse(tmp_path: Path, affine: np.ndarray, shape: tuple[int, ...], spacing):
+def test_fast_inverse_equals_monai_inverse(
+    tmp_path: Path, affine: np.ndarray, shape: tuple[int, ...], spacing
+):
     path = make_nifti(tmp_path / "in.nii.gz", affine=affine, shape=shape)
     preprocessing = ImagePreprocessing(spacing=(spacing,) * 3, size=(24, 24, 24), resize=False)
     x = preprocess(preprocessing, [path])
