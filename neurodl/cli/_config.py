@@ -92,7 +92,11 @@ def resolve_options(
         if (source := ctx.get_parameter_source(name)) is not None and source.name != "DEFAULT"
     }
     if resume:
-        return _resumed_options(cls, ctx, typed, config_file=config_file, converters=converters)
+        # How to run (RUNTIME_OPTIONS) comes from this command line, typed or not.
+        runtime = {n: v for n, v in values.items() if n in RUNTIME_OPTIONS}
+        return _resumed_options(
+            cls, ctx, {**runtime, **typed}, config_file=config_file, converters=converters
+        )
     merged: dict[str, Any] = load_config_file(config_file) if config_file else {}
     merged.update(typed)
     for name, convert in converters.items():
