@@ -141,6 +141,9 @@ def _plots(writer: RunDirectory, study: Any, rows: list[dict[str, Any]], monitor
     pruned = [r for r in rows if r["state"] == "pruned"]
     if pruned:
         ax.plot([], [], " ", label=f"{len(pruned)} pruned (not shown)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(monitor)
     ax.set_title("Optimisation history")
