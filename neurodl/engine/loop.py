@@ -311,7 +311,11 @@ def fit(
     # One optimiser per network: the task's own groups (it steps them itself), else the whole model.
     steps_itself = hasattr(task, "optimizer_groups")
     groups = task.optimizer_groups() if steps_itself else {"model": (model.parameters(), None)}
-    optimizers = {name: build_optimizer(params, options, lr) for name, (params, lr) in groups.items()}
+    # A group may add optimiser settings: (parameters, lr, {"betas": (0.5, 0.999)}) for a GAN's Adam.
+    optimizers = {
+        name: build_optimizer(params, options, lr, **(settings[0] if settings else {}))
+        for name, (params, lr, *settings) in groups.items()
+    }
     optimizer = next(iter(optimizers.values()))  # its learning rate is the one recorded per epoch
     schedulers = {name: build_scheduler(opt, options, mode) for name, opt in optimizers.items()}
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16" and device.type == "cuda")

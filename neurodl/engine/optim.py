@@ -12,18 +12,27 @@ from neurodl.errors import UsageError
 
 
 def build_optimizer(
-    params: Iterable[Any], options: TrainOptions, lr: float | None = None
+    params: Iterable[Any],
+    options: TrainOptions,
+    lr: float | None = None,
+    *,
+    betas: tuple[float, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimiser named by ``options.optimizer`` (sgd, adam, adamw, adadelta, adagrad, rmsprop)."""
+    """The optimiser named by ``options.optimizer`` (sgd, adam, adamw, adadelta, adagrad, rmsprop).
+
+    ``betas``: Adam's and AdamW's moment decays, for a task that needs others than
+    (0.9, 0.999) (a GAN: 0.5, so that the momentum follows the moving opponent).
+    """
     lr = options.lr if lr is None else lr
+    moments = betas or (0.9, 0.999)  # torch's default
     wd = options.weight_decay
     name = options.optimizer
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=options.momentum, weight_decay=wd)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=moments)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=moments)
     if name == "adadelta":
         return torch.optim.Adadelta(params, lr=lr, weight_decay=wd)
     if name == "adagrad":

@@ -109,10 +109,14 @@ class AdversarialPair:
     def discriminator(self) -> torch.nn.Module:
         return self.model["discriminator"]
 
-    def optimizer_groups(self) -> dict[str, tuple[Any, float]]:
+    # Adam's moment decays for both networks (None: the engine's default, 0.9 and 0.999).
+    betas: tuple[float, float] | None = None
+
+    def optimizer_groups(self) -> dict[str, tuple[Any, ...]]:
+        settings = ({"betas": self.betas},) if self.betas is not None else ()
         return {
-            "discriminator": (list(self.discriminator.parameters()), self.lr_d),
-            "generator": (list(self.generator.parameters()), self.lr),
+            "discriminator": (list(self.discriminator.parameters()), self.lr_d, *settings),
+            "generator": (list(self.generator.parameters()), self.lr, *settings),
         }
 
     def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:

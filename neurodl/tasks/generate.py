@@ -60,6 +60,9 @@ class NoiseGAN(AdversarialPair):
     """
 
     default_monitor = "train_loss"
+    # DCGAN's Adam (beta1 0.5): on two classes of discs the default 0.9 learnt the sizes per class
+    # in 1 of 3 seeds after 600 steps, 0.5 in 2 of 3 after 200.
+    betas = (0.5, 0.999)
 
     def __init__(
         self,

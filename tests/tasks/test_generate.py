@@ -100,7 +100,10 @@ def test_every_registered_generator_and_discriminator_runs_forward_and_backward(
 @pytest.mark.parametrize("gan_loss", ["vanilla", "hinge"])
 def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(gan_loss: str):
     module = _tiny_module(gan_loss)
-    optimizers = {n: torch.optim.Adam(p, lr=lr) for n, (p, lr) in module.optimizer_groups().items()}
+    optimizers = {
+        n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
+        for n, (p, lr, _) in module.optimizer_groups().items()
+    }
     stepper = Stepper(optimizers, torch.amp.GradScaler("cpu", enabled=False), grad_clip=0.0)
 
     def weights(net: torch.nn.Module) -> list[torch.Tensor]:
@@ -345,3 +348,41 @@ def test_evaluate_with_a_classifier_reports_distances_and_accuracy_per_condition
         "generate", "evaluate", "--model", trained, cohort, "--allow-overlap", "--features", trained
     )
     assert foreign.exit_code == 2 and "features come from a classify or autoencode run" in foreign.stderr
+
+
+@pytest.mark.slow
+def test_a_conditional_gan_learns_what_each_condition_looks_like():
+    """Two conditions of discs (radius 3 or 6): after 300 steps each condition's samples have its size."""
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+
+    def discs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, 2, (n,))
+        radius = torch.where(labels == 0, 3.0, 6.0) + torch.rand(n)
+        centre = 7.5 + torch.randn(2, n) * 0.7
+        distance = (
+            (xx[None] - centre[0, :, None, None]) ** 2 + (yy[None] - centre[1, :, None, None]) ** 2
+        ).sqrt()
+        return torch.where(distance < radius[:, None, None], 1.0, -1.0)[:, None], labels
+
+    torch.manual_seed(0)
+    module = NoiseGAN(
+        create_model("generate", "dcgan", spatial_dims=2, size=[16, 16], latent_dim=16, classes=2, width=8),
+        create_model("gan_discriminator", "projection", spatial_dims=2, classes=2, width=8),
+        gan_loss="hinge",
+        lr=5e-4,
+        lr_d=5e-4,
+        latent_dim=16,
+    )
+    optimizers = {
+        n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
+        for n, (p, lr, _) in module.optimizer_groups().items()
+    }
+    stepper = Stepper(optimizers, torch.amp.GradScaler("cpu", enabled=False), grad_clip=0.0)
+    for _ in range(300):
+        module.training_step(discs(16), stepper)
+    module.generator.eval()
+    with torch.no_grad():
+        made = module.generator(torch.randn(200, 16), torch.tensor([0] * 100 + [1] * 100))
+    area = (made > 0).float().flatten(1).sum(1)
+    small, large = float(area[:100].mean()), float(area[100:].mean())
+    assert 20 < small < 70 and 100 < large < 170, (small, large)  # real discs: ~38 and ~133 voxels
