@@ -91,6 +91,7 @@ def train(
     ] = _D.images.augment,
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
+    cache_budget: T.CacheBudget = _D.images.cache_budget,
     workers: T.Workers = _D.images.workers,
     model: Annotated[
         str,
@@ -105,7 +106,6 @@ def train(
         int, typer.Option("--depth", help="cnn: number of conv->ReLU->pool blocks.", rich_help_panel=_M)
     ] = _D.depth,
     width: Annotated[
-    cache_budget: T.CacheBudget = _D.images.cache_budget,
         int,
         typer.Option(
             "--width", help="cnn: filters in the first block (doubling each block).", rich_help_panel=_M

@@ -706,16 +706,6 @@ def evaluate(
     return metrics, failures, warnings
 
 
-def _explain(loaded: LoadedClassifier, x: torch.Tensor, method: str, class_index: int) -> torch.Tensor:
-    """A (1, X, Y, Z) map of how much each voxel drives the chosen output, in the preprocessed space."""
-    model = loaded.module.model
-    batch = x.as_tensor()[None].to(loaded.device) if hasattr(x, "as_tensor") else x[None].to(loaded.device)
-    if method == "gradcam":
-        from monai.visualize import GradCAM
-
-        cam = GradCAM(nn_module=model, target_layers=model.gradcam_layer)
-        return cam(x=batch, class_idx=class_index).detach()[0]
-    if method == "saliency":
 def occlusion_settings(shape: tuple[int, ...]) -> tuple[tuple[int, ...], float, int]:
     """Occlusion's mask size, overlap and batch for an input of ``shape`` (voxels).
 
@@ -728,6 +718,16 @@ def occlusion_settings(shape: tuple[int, ...]) -> tuple[tuple[int, ...], float, 
     return mask, 0.5, 16
 
 
+def _explain(loaded: LoadedClassifier, x: torch.Tensor, method: str, class_index: int) -> torch.Tensor:
+    """A (1, X, Y, Z) map of how much each voxel drives the chosen output, in the preprocessed space."""
+    model = loaded.module.model
+    batch = x.as_tensor()[None].to(loaded.device) if hasattr(x, "as_tensor") else x[None].to(loaded.device)
+    if method == "gradcam":
+        from monai.visualize import GradCAM
+
+        cam = GradCAM(nn_module=model, target_layers=model.gradcam_layer)
+        return cam(x=batch, class_idx=class_index).detach()[0]
+    if method == "saliency":
         batch = batch.clone().requires_grad_(True)
         model.zero_grad()
         model(batch)[0, class_index].backward()

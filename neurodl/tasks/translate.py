@@ -507,6 +507,7 @@ def train(
         resample=options.resample_target,
         cache=images.cache,
         cache_dir=cache_folder(run, images),
+        cache_budget=images.cache_budget,
         describe=lambda i: f"{manifest_path.name} row {i + 1}",
     )
     warm_cache(volumes, console, quiet)
@@ -514,7 +515,6 @@ def train(
 
     def fit_fn(
         train_rows: np.ndarray, val_rows: np.ndarray | None, name: str, description: str, epochs: int | None
-        cache_budget=images.cache_budget,
     ) -> Fitted:
         del epochs  # no cross-validation for GANs: one split, selected on validation MAE
         scale = TargetScale.fit([volumes.pair(int(r))[1] for r in train_rows], seed)
