@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -146,16 +147,27 @@ def open_study(url: str, name: str, direction: str) -> Any:
     """Create the study, or load it when it exists (several processes may race to create it)."""
     optuna = require_extra("optuna", "neurodl tune")
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        # Heartbeats let a process mark the trials of a killed one as failed (they do not count).
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120
-        )
-    except Exception as exc:  # SQLAlchemy raises many types; all mean "cannot open this storage"
-        raise UsageError(
-            f"--storage {url}: cannot be opened ({type(exc).__name__}: {exc}).",
-            "Give a writable SQLite path or an Optuna RDB URL (postgresql://user@host/db).",
-        ) from exc
+    storage = None
+    for attempt in range(6):
+        try:
+            # Heartbeats let a process mark the trials of a killed one as failed (they do not count).
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120
+            )
+            break
+        except Exception as exc:  # SQLAlchemy raises many types; all mean "cannot open this storage"
+            # Workers of a job array start together: all but one lose the race to create the tables.
+            if (
+                attempt < 5
+                and "://" in url
+                and any(race in str(exc) for race in ("UNIQUE", "already exists", "locked"))
+            ):
+                time.sleep(0.5 + random.random() * 2)
+                continue
+            raise UsageError(
+                f"--storage {url}: cannot be opened ({type(exc).__name__}: {exc}).",
+                "Give a writable SQLite path or an Optuna RDB URL (postgresql://user@host/db).",
+            ) from exc
     sampler = optuna.samplers.TPESampler(n_startup_trials=5, constant_liar=True)
     study = optuna.create_study(
         storage=storage, study_name=name, direction=direction, load_if_exists=True, sampler=sampler
