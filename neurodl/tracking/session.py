@@ -196,7 +196,14 @@ class TrackingSession:
         if not self.enabled or not distributed.is_main() or not (self.run_dir / "config.json").exists():
             self.enabled = False
             return False
-        self.run = RunInfo.read(self.run_dir, self.task)
+        try:
+            self.run = RunInfo.read(self.run_dir, self.task)
+        except (OSError, ValueError) as exc:  # a damaged config.json: the run goes on untracked
+            for backend in list(self.backends):
+                self.backends.remove(backend)
+                self.warn(backend, exc)
+            self.enabled = False
+            return False
         for backend in list(self.backends):
             self.guard(backend, backend.start, self.run)
         return True

@@ -191,3 +191,20 @@ def test_space_entries_are_checked():
         SearchSpace.parse({"lr": {"low": 0, "high": 1, "log": True}}, "space.yaml")
     with pytest.raises(UsageError, match="space.yaml: 'dropout'"):
         SearchSpace.parse({"dropout": {"min": 0, "max": 0.5}}, "space.yaml")
+
+
+@pytest.mark.slow
+def test_workers_starting_together_on_a_new_storage_all_open_it(tmp_path):
+    """A job array's tasks start at once: all but one lose the race to create the storage's tables."""
+    code = (
+        "import sys\nfrom neurodl.tune.study import open_study\nopen_study(sys.argv[1], 'dx', 'minimize')\n"
+    )
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["dx"]
