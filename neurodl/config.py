@@ -387,15 +387,15 @@ class GenerateOptions:
 
     ``condition`` is the label column the generator is conditioned on (empty: an
     unconditional GAN); ``dims`` 3 trains on whole volumes resized to ``images.size``,
-    2 on the ``slices`` central axial slices of each. ``gan_loss`` vanilla is the
-    minimax loss; hinge (the default) is stabler. ``lr_d`` 0 means ``train.lr``.
+    2 on the ``slices`` central axial slices of each. ``gan_loss`` vanilla (the default)
+    is the minimax loss with the generator's non-saturating form. ``lr_d`` 0 means ``train.lr``.
     """
 
     condition: str = ""
     model: str = "dcgan"
     discriminator: str = "projection"
     dims: int = 3
-    gan_loss: str = "hinge"
+    gan_loss: str = "vanilla"
     latent_dim: int = 64
     width: int = 16
     lr_d: float = 0.0

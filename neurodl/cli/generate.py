@@ -93,7 +93,7 @@ def train(
         str,
         typer.Option(
             "--gan-loss",
-            help="Adversarial loss: vanilla (the minimax loss), hinge (stabler, the default) or lsgan.",
+            help="Adversarial loss: vanilla (the minimax loss, the default), hinge or lsgan.",
             rich_help_panel=_M,
         ),
     ] = _D.gan_loss,

@@ -2,7 +2,8 @@
 
 A generator maps a noise vector (and, for a conditional model, a class index) to an
 image of ``size`` (2D slices or 3D volumes, each side a multiple of ``SIZE_MULTIPLE``)
-in the range -1..1. A discriminator maps an image (and the class index) to one logit
+in the range -1..1, and has ``start_at(level)`` (its output starts near the training
+images' mean). A discriminator maps an image (and the class index) to one logit
 per image. Conditioning: one generator for every class, the class entering as a
 learned embedding concatenated to the noise; the discriminator is a projection
 discriminator (Miyato & Koyama 2018): ``linear(h) + <embed(y), h>`` of its pooled features.
@@ -62,6 +63,19 @@ class ConditionalGenerator(nn.Module):
             # with it, and eval mode (sampling) behaves as in training.
             norm=("instance", {"affine": True}),
         )
+
+    def start_at(self, level: float) -> None:
+        """Make the output start near ``level`` (-1..1), the training images' mean, through its last bias.
+
+        Brain images are mostly background: without this the generator starts near 0, far from
+        the data, the discriminator wins on brightness alone within a few steps, and the
+        generator does not recover (measured on the sample data: output mean 0.2 against
+        the images' -0.74 after 80 steps; with it, the brain's shape is learnt).
+        """
+        last = [m for m in self.net.conv.modules() if isinstance(m, nn.modules.conv._ConvNd)][-1]
+        assert last.bias is not None
+        with torch.no_grad():
+            last.bias.fill_(float(torch.atanh(torch.tensor(level).clamp(-0.95, 0.95))))
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:

@@ -319,6 +319,9 @@ def train(
         lr_d=options.lr_d,
         latent_dim=options.latent_dim,
     )
+    # The output starts at the training images' mean level (mostly background), not at 0.
+    level = float(torch.stack([scale.normalize(volumes.pair(int(r))[1]).mean() for r in rows]).mean())
+    module.generator.start_at(level)  # type: ignore[operator]
     dataset = GanImages(
         volumes,
         rows.tolist(),
