@@ -45,11 +45,19 @@ ShardOption = Annotated[
         callback=_check_shard,
     ),
 ]
+def _check_workers(value: int) -> int:
+    if value < 0:
+        from neurodl.errors import UsageError
+
+        raise UsageError(f"--workers must be 0 or more, not {value}.", "Use e.g. --workers 2 (0: no threads).")
+    return value
+
+
 PredictWorkers = Annotated[
     int,
     typer.Option(
         "--workers",
-        min=0,
+        callback=_check_workers,
         help="Threads reading and preprocessing the next images while the model computes (the previous "
         "output is written behind it); 0: one image after the other. Outputs are the same either way.",
     ),
