@@ -276,7 +276,8 @@ def test_a_run_from_another_task_is_refused(
 ):
     other = "classify" if task == "biomarkers" else "biomarkers"
     result = run_cli(*predict_args(task, runs[other], cohort, tmp_path / "out"))
-    assert_refused(result, f"is a '{other}' run, not a '{task}' run")
+    article = "an" if task[0] in "aeiou" else "a"  # "not an 'autoencode' run"
+    assert_refused(result, f"is a '{other}' run, not {article} '{task}' run")
 
 
 @pytest.mark.parametrize("name", ["../outside.json", "/etc/passwd", "checkpoints/../../outside.json"])
