@@ -45,7 +45,6 @@ def train_and_report(
     from neurodl.cli._console import err_console, print_json
     from neurodl.cli._render import render_train_summary
     from neurodl.cli.report import report_after_training
-
     from neurodl.tracking import tracked  # the tracking libraries only with --track
 
     console = err_console()
