@@ -25,3 +25,10 @@ def test_a_bad_shard_exits_2_naming_the_fix(run_cli, tmp_path: Path, command: tu
     assert f"--shard '{shard}'" in result.stderr
     assert "I/N" in result.stderr or "between 1 and N" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_negative_workers_exit_2(run_cli, tmp_path: Path):
+    result = run_cli(
+        "segment", "predict", "--model", tmp_path / "no-run", tmp_path / "a.nii.gz", "--workers", "-1"
+    )
+    assert result.exit_code == 2 and "--workers must be 0 or more" in result.stderr
