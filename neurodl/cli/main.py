@@ -74,9 +74,7 @@ app.add_typer(translate.app, name="translate")
 app.add_typer(generate.app, name="generate")
 app.command("report")(report.report)
 app.command("compare")(report.compare)
-app.command(
-    "tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)(tune.tune)
+app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(tune.tune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
