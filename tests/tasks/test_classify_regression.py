@@ -58,6 +58,19 @@ def test_age_trains_a_regressor_not_a_many_class_classifier(brain_age: Path, coh
     assert prep["label"]["center"] != pytest.approx(ages.mean())
 
 
+def test_compare_sorts_regression_runs_by_mae_lowest_first(run_cli, brain_age: Path, tmp_path: Path) -> None:
+    import shutil
+
+    worse = tmp_path / "worse"
+    shutil.copytree(brain_age, worse)
+    metrics = read_json(worse / "metrics.json")
+    metrics["test"]["mae"] += 5.0
+    (worse / "metrics.json").write_text(json.dumps(metrics))
+    result = run_cli("compare", worse, brain_age, "--metric", "mae", "--json")
+    assert result.exit_code == 0, result.output
+    assert [run["label"] for run in json.loads(result.stdout)["runs"]] == ["brain-age", "worse"]
+
+
 def test_early_stopping_and_reports_agree_that_a_lower_mae_is_better(brain_age: Path) -> None:
     from neurodl.config import lower_is_better
     from neurodl.engine.loop import monitor_mode
