@@ -263,7 +263,13 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--work", type=Path, default=Path("/tmp/neurodl-real-size"))
-    parser.add_argument("--skip-monai", action="store_true")
+    parser.add_argument(
+        "--monai-n",
+        type=int,
+        nargs="*",
+        default=None,
+        help="cohort sizes the MONAI loop runs on (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_size.json")
     args = parser.parse_args()
     results: dict[str, Any] = {
@@ -283,7 +289,7 @@ def main() -> None:
             if step == "neurodl":
                 print(f"N={n}: neurodl classify train ...", file=sys.stderr, flush=True)
                 entry["neurodl"] = run_neurodl(cohorts[n], work, [])
-            elif not args.skip_monai:
+            elif args.monai_n is None or n in args.monai_n:
                 size = entry.get("neurodl", {}).get("size") or _planned_size(cohorts[n])
                 print(f"N={n}: MONAI tutorial loop at {size} ...", file=sys.stderr, flush=True)
                 entry["monai_densenet121"] = run_monai(cohorts[n], work, size, 0.2, 0)
