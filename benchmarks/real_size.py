@@ -167,8 +167,16 @@ def run_monai(manifest: Path, work: Path, size: list[int], val_fraction: float, 
     return result
 
 
-def monai_loop(manifest: Path, size: tuple[int, ...], val_fraction: float, seed: int, out: Path) -> None:
-    """The training loop of MONAI's densenet_training_dict.py tutorial, 1 epoch, at ``size``."""
+def monai_loop(
+    manifest: Path,
+    size: tuple[int, ...],
+    val_fraction: float,
+    seed: int,
+    out: Path,
+    network: str = "densenet121",
+) -> None:
+    """The training loop of MONAI's densenet_training_dict.py tutorial, 1 epoch, at ``size``
+    (``network``: the tutorial's DenseNet121, or neurodl's default ``cnn`` for the same net)."""
     import numpy as np
     import torch
     from monai.data import DataLoader, Dataset
@@ -195,7 +203,13 @@ def monai_loop(manifest: Path, size: tuple[int, ...], val_fraction: float, seed:
     train_tf = Compose([*base, RandRotate90d(keys=["img"], prob=0.8, spatial_axes=[0, 2])])
     loader = DataLoader(Dataset(train, train_tf), batch_size=4, shuffle=True, num_workers=2)
     val_loader = DataLoader(Dataset(val, Compose(base)), batch_size=4, num_workers=2)
-    model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=len(classes))
+    if network == "densenet121":
+        model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=len(classes))
+    else:
+        sys.path.insert(0, str(ROOT))
+        from neurodl.models import create_model
+
+        model = create_model("classify", network, in_channels=1, out_features=len(classes), depth=4, width=16)
     loss_fn = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
     tic = time.perf_counter()
@@ -250,10 +264,9 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_monai_loop":
-        _, _, manifest, size, val_fraction, seed, out = sys.argv
-        monai_loop(
-            Path(manifest), tuple(int(s) for s in size.split(",")), float(val_fraction), int(seed), Path(out)
-        )
+        manifest, size, val_fraction, seed, out, *network = sys.argv[2:]
+        sizes = tuple(int(s) for s in size.split(","))
+        monai_loop(Path(manifest), sizes, float(val_fraction), int(seed), Path(out), *network)
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
