@@ -45,8 +45,15 @@ def main() -> None:
         print(f"{name:<36} {seconds:9.3f} {seconds / baseline:9.1f}x")
     out = Path(__file__).parent / "results" / "cli_startup.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(), "processor": platform.processor()}
-    out.write_text(json.dumps({"runs": args.runs, "machine": machine, "median_seconds": results}, indent=2) + "\n")
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor(),
+    }
+    out.write_text(
+        json.dumps({"runs": args.runs, "machine": machine, "median_seconds": results}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

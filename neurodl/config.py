@@ -380,7 +380,6 @@ class TranslateOptions:
             )
 
 
-
 @dataclass(frozen=True)
 class GenerateOptions:
     """Options of ``neurodl generate train`` (a GAN that makes new images from noise).

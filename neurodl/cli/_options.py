@@ -45,11 +45,15 @@ ShardOption = Annotated[
         callback=_check_shard,
     ),
 ]
+
+
 def _check_workers(value: int) -> int:
     if value < 0:
         from neurodl.errors import UsageError
 
-        raise UsageError(f"--workers must be 0 or more, not {value}.", "Use e.g. --workers 2 (0: no threads).")
+        raise UsageError(
+            f"--workers must be 0 or more, not {value}.", "Use e.g. --workers 2 (0: no threads)."
+        )
     return value
 
 

@@ -71,8 +71,8 @@ def train(
     ] = _D.images.augment,
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
-    workers: T.Workers = _D.images.workers,
     cache_budget: T.CacheBudget = _D.images.cache_budget,
+    workers: T.Workers = _D.images.workers,
     model: Annotated[
         str,
         typer.Option(

@@ -87,8 +87,8 @@ def train(
     crop_foreground: T.CropForeground = False,
     cache: T.Cache = _D.images.cache,
     cache_dir: T.CacheDir = _D.images.cache_dir,
-    workers: T.Workers = _D.images.workers,
     cache_budget: T.CacheBudget = _D.images.cache_budget,
+    workers: T.Workers = _D.images.workers,
     model: Annotated[
         str,
         typer.Option("--model", "-m", help="Generator: unet or attention_unet.", rich_help_panel=_M),

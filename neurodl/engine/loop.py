@@ -309,8 +309,9 @@ def fit(
         monitor = "train_loss"
     mode = monitor_mode(monitor)
     # One optimiser per network: the task's own groups (it steps them itself), else the whole model.
-    steps_itself = hasattr(task, "optimizer_groups")
-    groups = task.optimizer_groups() if steps_itself else {"model": (model.parameters(), None)}
+    own_groups = getattr(task, "optimizer_groups", None)
+    steps_itself = own_groups is not None
+    groups = own_groups() if own_groups is not None else {"model": (model.parameters(), None)}
     # A group may add optimiser settings: (parameters, lr, {"betas": (0.5, 0.999)}) for a GAN's Adam.
     optimizers = {
         name: build_optimizer(params, options, lr, **(settings[0] if settings else {}))

@@ -417,7 +417,7 @@ def train(
     from neurodl.report import plots
 
     splits = {
-        "group_column": data.group_column,
+        "participant_column": data.group_column,  # the same key as the image tasks' splits.json
         **outcome.splits,
         "training_participants": sorted(set(data.groups.tolist())),
     }

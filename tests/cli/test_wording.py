@@ -15,7 +15,9 @@ SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "participants.tsv
 
 
 def test_a_run_of_another_task_takes_the_right_article(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"neurodl_format": 1, "task": "autoencode", "options": {}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"neurodl_format": 1, "task": "autoencode", "options": {}})
+    )
     with pytest.raises(RunDirectoryError, match="is an 'autoencode' run, not a 'classify' run"):
         RunDirectory.open(tmp_path, task="classify")
 
