@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from neurodl.cli.main import main
-from neurodl_testing import CliResult, las_anisotropic_affine, make_nifti  # noqa: F401 (transition)
+from neurodl_testing import CliResult
 
 
 @pytest.fixture
