@@ -495,6 +495,15 @@ class ImageSummary:
         }
 
 
+def finite_values(data: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``data``'s finite values (all of it when there is no NaN or infinity), and its NaN and infinity counts."""
+    if data.dtype.kind not in "fc":
+        return data, 0, 0
+    n_nan = int(np.count_nonzero(np.isnan(data)))
+    n_inf = int(np.count_nonzero(np.isinf(data)))
+    return (data[np.isfinite(data)] if n_nan or n_inf else data), n_nan, n_inf
+
+
 def summarize_image(path: str | Path) -> ImageSummary:
     """Read a NIfTI file (2D to 5D) and summarise its header and intensities.
 
@@ -506,14 +515,7 @@ def summarize_image(path: str | Path) -> ImageSummary:
         'LAS'
     """
     volume = load_volume(path, dtype=None, require_3d=False)
-    data = volume.data
-    n_nan = n_inf = 0
-    finite = data
-    if data.dtype.kind in "fc":
-        n_nan = int(np.count_nonzero(np.isnan(data)))
-        n_inf = int(np.count_nonzero(np.isinf(data)))
-        if n_nan or n_inf:
-            finite = data[np.isfinite(data)]
+    finite, n_nan, n_inf = finite_values(volume.data)
     has_values = finite.size > 0
     header = volume.header
     return ImageSummary(

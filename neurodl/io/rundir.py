@@ -203,6 +203,16 @@ class RunDirectory:
             )
         return candidate
 
+    def existing_file(self, name: str) -> Path:
+        """``file(name)``, which must exist: a missing one means the run did not finish."""
+        path = self.file(name)
+        if not path.exists():
+            raise RunDirectoryError(
+                f"{self.path}: {name} is missing.",
+                "The run is incomplete (did training finish?); train again or --resume it.",
+            )
+        return path
+
     def remove_partial_writes(self) -> list[Path]:
         """Delete temporary files left by a process killed mid-write (before resuming a run)."""
         return remove_partial_writes(self.path)
@@ -216,12 +226,7 @@ class RunDirectory:
         return write_text_atomic(self.file(name), dumps_json(payload))
 
     def read_json(self, name: str) -> Any:
-        path = self.file(name)
-        if not path.exists():
-            raise RunDirectoryError(
-                f"{self.path}: {name} is missing.",
-                "The run is incomplete (did training finish?); train again or --resume it.",
-            )
+        path = self.existing_file(name)
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -272,12 +277,7 @@ class RunDirectory:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        path = self.file(name)
-        if not path.exists():
-            raise RunDirectoryError(
-                f"{self.path}: {name} is missing.",
-                "The run is incomplete (did training finish?); train again or --resume it.",
-            )
+        path = self.existing_file(name)
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -290,12 +290,7 @@ class RunDirectory:
         """Name and shape of every tensor in a safetensors file, read from its header alone."""
         from safetensors import SafetensorError, safe_open
 
-        path = self.file(name)
-        if not path.exists():
-            raise RunDirectoryError(
-                f"{self.path}: {name} is missing.",
-                "The run is incomplete (did training finish?); train again or --resume it.",
-            )
+        path = self.existing_file(name)
         try:
             with safe_open(str(path), framework="pt") as handle:
                 return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
