@@ -30,6 +30,9 @@ from neurodl_testing.robustness import (
     stray_files,
 )
 
+# The catalogue runs every case through every command: CI runs it all, `pytest -m 'not slow'` skips it.
+pytestmark = pytest.mark.slow
+
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 # What reads an image, and how the bad image reaches it: "file" (the image itself is an

@@ -12,6 +12,9 @@ from safetensors.torch import load_file
 
 from neurodl_testing.robustness import TRAIN_ARGS
 
+# The catalogue runs every case through every command: CI runs it all, `pytest -m 'not slow'` skips it.
+pytestmark = pytest.mark.slow
+
 
 def _metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())

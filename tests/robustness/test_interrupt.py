@@ -21,6 +21,9 @@ from neurodl.io.rundir import RunDirectory
 from neurodl.io.state import load_state, save_state
 from neurodl_testing.robustness import TRAIN_ARGS, digest, snapshot, stray_files
 
+# The catalogue runs every case through every command: CI runs it all, `pytest -m 'not slow'` skips it.
+pytestmark = pytest.mark.slow
+
 EPOCHS = 300
 # Full-batch epochs on 8 rows: each a few milliseconds; 300 of them outlast the signal sent after
 # the first checkpoint even on an idle machine (40 did not, once).

@@ -12,6 +12,9 @@ import pytest
 
 from neurodl_testing.robustness import TRAIN_ARGS, digest, snapshot, stray_files
 
+# The catalogue runs every case through every command: CI runs it all, `pytest -m 'not slow'` skips it.
+pytestmark = pytest.mark.slow
+
 
 def absolute_manifest(cohort: Path, path: Path) -> Path:
     """The cohort's manifest at ``path``, its image paths made absolute."""

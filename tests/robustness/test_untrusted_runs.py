@@ -17,6 +17,9 @@ from neurodl.errors import RunDirectoryError
 from neurodl.io.rundir import RunDirectory
 from neurodl_testing.robustness import snapshot, stray_files
 
+# The catalogue runs every case through every command: CI runs it all, `pytest -m 'not slow'` skips it.
+pytestmark = pytest.mark.slow
+
 TASKS = ["biomarkers", "classify", "segment", "autoencode", "translate"]
 
 

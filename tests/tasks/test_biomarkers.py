@@ -84,6 +84,7 @@ def test_logistic_regression_separates_separable_data(run_cli, tmp_path):
     assert digest(table) == before
 
 
+@pytest.mark.slow
 def test_linear_regression_by_gradient_descent_recovers_the_line(run_cli, tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 10, 60)

@@ -85,6 +85,7 @@ def test_two_processes_share_one_study_and_a_rerun_continues_it(tmp_path, search
     assert {t.number for t in done} < {t.number for t in again}
 
 
+@pytest.mark.slow
 def test_best_params_reproduce_the_best_trial_with_config_and_the_same_seed(run_cli, tmp_path, search):
     table, space = search
     out = tmp_path / "tune"
