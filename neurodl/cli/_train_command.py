@@ -1,11 +1,12 @@
 """A task's ``train`` command, built from its options dataclass.
 
 Each flag (names, help, panel, how its text is parsed) is declared once, beside its
-field in :mod:`neurodl.config`; a task's own fields come first, the fields of its
-nested option sets (``images``, ``train``) in their place. This module turns them
-into the Typer parameters of the command, adds the ones every ``train`` has (the
-manifest or table, ``--out``, ``--config``, ``--resume``, ``--overwrite``,
-``--quiet``, ``--json``) and hands the resolved options to the task's body.
+field in :mod:`neurodl.config`, the fields of nested option sets (``images``,
+``train``) included. This module turns them into the Typer parameters of the
+command (Typer reads a signature, so the command gets one built here), adds the ones
+every ``train`` has (the manifest or table, ``--out``, ``--config``, ``--resume``,
+``--overwrite``, ``--quiet``, ``--json``) and hands the resolved options to the
+task's body: no parameter list to keep in step with the dataclass.
 
 Example:
     >>> @train_command(app, ClassifyOptions, source_help="Manifest (CSV/TSV) ...")
@@ -46,6 +47,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "hidden": parse_hidden,
     "batch_size": parse_batch_size,
 }
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,16 @@ class TrainRun:
 
 
 @dataclass(frozen=True)
-class _Field:
+class FieldFlag:
+    """One field of a task's options as a flag of its ``train`` command."""
+
     name: str
     kind: Any
     default: Any
     flag: Flag
 
 
-def option_flags(cls: type) -> list[_Field]:
+def option_flags(cls: type) -> list[FieldFlag]:
     """The flags of ``cls``'s command, in ``--help`` order, with the task's defaults.
 
     Nested option sets are flattened in place; ``cls.flag_changes`` renames, rewords or
@@ -76,14 +80,16 @@ def option_flags(cls: type) -> list[_Field]:
     """
     defaults = cls()
     hints = typing.get_type_hints(cls)
-    fields: list[_Field] = []
+    fields: list[FieldFlag] = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(value):
             nested = typing.get_type_hints(type(value))
-            fields += [_field(g, nested[g.name], getattr(value, g.name)) for g in dataclasses.fields(value)]
+            fields += [
+                _field_flag(g, nested[g.name], getattr(value, g.name)) for g in dataclasses.fields(value)
+            ]
         else:
-            fields.append(_field(f, hints[f.name], value))
+            fields.append(_field_flag(f, hints[f.name], value))
     changes = getattr(cls, "flag_changes", {})
     unknown = set(changes) - {f.name for f in fields}
     if unknown:
@@ -102,39 +108,63 @@ def option_flags(cls: type) -> list[_Field]:
     return sorted(fields, key=lambda f: PANELS.index(f.flag.panel))
 
 
-def _field(f: dataclasses.Field[Any], kind: Any, default: Any) -> _Field:
+def _field_flag(f: dataclasses.Field[Any], kind: Any, default: Any) -> FieldFlag:
     flag = f.metadata.get("flag")
     if not isinstance(flag, Flag):
         raise TypeError(f"option '{f.name}' declares no flag: give it one with neurodl.config.option()")
-    return _Field(f.name, kind, default, flag)
+    return FieldFlag(f.name, kind, default, flag)
 
 
-def option_type(field: _Field, *, panel: bool = True) -> Any:
-    """``Annotated[type, typer.Option(...)]`` of one flag (without its help panel if not ``panel``)."""
+def _parameter(field: FieldFlag) -> inspect.Parameter:
+    """The Typer parameter of one flag: its type, ``typer.Option`` and default as Typer shows it."""
     flag = field.flag
     if flag.repeat:
         kind: Any = list[str] | None
+        default = None  # Typer gives None when the flag is not typed; the option's default applies
     elif flag.parse or typing.get_origin(field.kind) is tuple:
-        kind = str  # parsed from its text by _PARSERS
+        kind = str  # typed as text (96,96,64 or all), turned into the value by _PARSERS
+        value = field.default
+        default = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
     else:
-        kind = field.kind
-    info = typer.Option(
+        kind, default = field.kind, field.default
+    option = typer.Option(
         *flag.names,
         help=flag.help,
-        rich_help_panel=(flag.panel or None) if panel else None,
+        rich_help_panel=flag.panel or None,
         metavar=flag.metavar or None,
         envvar=flag.envvar or None,
     )
-    return Annotated[kind, info]
+    return inspect.Parameter(field.name, _KEYWORD, annotation=Annotated[kind, option], default=default)
 
 
-def _shown_default(field: _Field) -> Any:
-    """The default as Typer shows and passes it: a repeated flag starts empty, a list is typed as ``a,b``."""
-    if field.flag.repeat:
-        return None
-    if isinstance(field.default, tuple):
-        return ",".join(map(str, field.default))
-    return str(field.default) if field.flag.parse else field.default
+def _run_parameters(source: str, task: str) -> list[inspect.Parameter]:
+    """What every ``train`` has after the task's flags: where to write, --config, --resume and how to report."""
+    resume = f"Continue the interrupted run in --out (its saved options and {source} are used)."
+    return [
+        inspect.Parameter(
+            "out",
+            _KEYWORD,
+            annotation=Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+            default=Path(f"runs/{task}"),
+        ),
+        inspect.Parameter("config", _KEYWORD, annotation=ConfigOption, default=None),
+        inspect.Parameter(
+            "resume",
+            _KEYWORD,
+            annotation=Annotated[bool, typer.Option("--resume", help=resume)],
+            default=False,
+        ),
+        inspect.Parameter(
+            "overwrite",
+            _KEYWORD,
+            annotation=Annotated[
+                bool, typer.Option("--overwrite", help="Replace an existing run directory.")
+            ],
+            default=False,
+        ),
+        inspect.Parameter("quiet", _KEYWORD, annotation=QuietFlag, default=False),
+        inspect.Parameter("json_output", _KEYWORD, annotation=JsonFlag, default=False),
+    ]
 
 
 def train_command(
@@ -150,35 +180,6 @@ def train_command(
     def register(body: Callable[[Path | None, T, TrainRun], None]) -> Callable[..., None]:
         fields = option_flags(cls)
         parsers = {f.name: _PARSERS[f.flag.parse] for f in fields if f.flag.parse}
-        task = body.__module__.rsplit(".", 1)[-1]
-        common = {
-            source: (
-                Annotated[Path | None, typer.Argument(help=source_help, dir_okay=not table)],
-                None,
-            ),
-            **{f.name: (option_type(f), _shown_default(f)) for f in fields},
-            "out": (
-                Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
-                Path(f"runs/{task}"),
-            ),
-            "config": (ConfigOption, None),
-            "resume": (
-                Annotated[
-                    bool,
-                    typer.Option(
-                        "--resume",
-                        help=f"Continue the interrupted run in --out (its saved options and {source} are used).",
-                    ),
-                ],
-                False,
-            ),
-            "overwrite": (
-                Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")],
-                False,
-            ),
-            "quiet": (QuietFlag, False),
-            "json_output": (JsonFlag, False),
-        }
 
         def command(ctx: typer.Context, **values: Any) -> None:
             source_path = values.pop(source)
@@ -195,12 +196,12 @@ def train_command(
             )
             body(source_path, options, run)
 
+        argument = typer.Argument(help=source_help, dir_okay=not table)
         parameters = [
-            inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-        ]
-        parameters += [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
-            for name, (kind, default) in common.items()
+            inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+            inspect.Parameter(source, _KEYWORD, annotation=Annotated[Path | None, argument], default=None),
+            *(_parameter(f) for f in fields),
+            *_run_parameters(source, task=body.__module__.rsplit(".", 1)[-1]),
         ]
         # Typer reads a command's parameters from its signature (typer.utils.get_params_from_function).
         command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
