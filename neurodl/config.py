@@ -250,7 +250,7 @@ class BiomarkersOptions:
     )
     # Tables are small: a few steps per epoch, so a larger step and more epochs than for images.
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=0.01, epochs=300, patience=30))
-    # One process on small tensors: the multi-process and GPU fast paths are no flags of this command.
+    # One process on small tensors: no flags for several processes or the GPU fast paths.
     flag_changes: ClassVar[FlagChanges] = {"distributed": None, "compile": None, "channels_last": None}
 
     def __post_init__(self) -> None:
@@ -765,8 +765,8 @@ class GenerateOptions:
     train: TrainOptions = field(
         default_factory=lambda: TrainOptions(lr=2e-4, epochs=100, batch_size=8, patience=0)
     )
-    # One image column; the options a GAN does without (no validation loss to stop on or to schedule by)
-    # and the fast paths it has not been tried with are no flags of this command.
+    # One image column, and no flags for early stopping, schedules, momentum, the GPU fast paths or
+    # tracking (generate train has never had them; --config can still set them).
     flag_changes: ClassVar[FlagChanges] = {
         "image": {"help": "Column of the images to learn.", "repeat": False},
         "size": {
