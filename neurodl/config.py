@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from neurodl.errors import UsageError
 
@@ -39,6 +39,44 @@ def lower_is_better(metric: str) -> bool:
     return any(k in lowered for k in _LOWER_IS_BETTER)
 
 
+# The panels of a ``train --help``, in the order shown (a flag without one is in the first, "Options").
+IMAGES = "Images and preprocessing"
+MODEL = "Model"
+TRAINING = "Training"
+TRACKING = "Tracking"
+PANELS = ("", IMAGES, MODEL, TRAINING, TRACKING)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a field of an option set is typed on the command line: plain data, read by ``neurodl.cli``.
+
+    ``parse`` names how the typed text becomes the value: ``items`` (comma-separated names),
+    ``ints``, ``floats``, ``hidden`` (layer sizes, or none), ``batch_size`` (a number, or all);
+    empty: the field's own type. ``repeat``: the flag may be given several times. ``after``:
+    listed in ``--help`` after that field's flag rather than in field order.
+    """
+
+    names: tuple[str, ...]
+    help: str
+    panel: str = ""
+    parse: str = ""
+    repeat: bool = False
+    metavar: str = ""
+    envvar: str = ""
+    after: str = ""
+
+
+# How a task's command shows fields of its nested option sets where that differs from their own
+# flag: the Flag attributes that change, or None for no flag (the field can still be set in --config).
+FlagChanges = dict[str, dict[str, Any] | None]
+
+
+def option(default: Any, *names: str, help: str, **shown: Any) -> Any:
+    """A field with its default and its flag: ``lr: float = option(1e-3, "--lr", help="Step size.")``."""
+    return field(default=default, metadata={"flag": Flag(names, help, **shown)})
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """Options of the training engine, shared by every task.
@@ -50,28 +88,91 @@ class TrainOptions:
     memory layout) are GPU fast paths, off unless asked for.
     """
 
-    epochs: int = 200
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    scheduler: str = "none"
-    grad_clip: float = 0.0
-    patience: int = 20
-    min_delta: float = 0.0
-    monitor: str = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    precision: str = "fp32"
-    distributed: bool = False
-    compile: bool = False
-    channels_last: bool = False
+    epochs: int = option(200, "--epochs", help="Maximum number of epochs.", panel=TRAINING)
+    batch_size: int = option(
+        32,
+        "--batch-size",
+        help="Rows per step; 1 = stochastic, 'all' = full-batch gradient descent.",
+        panel=TRAINING,
+        parse="batch_size",
+    )
+    optimizer: str = option(
+        "adam", "--optimizer", help="sgd, adam, adamw, adadelta, adagrad or rmsprop.", panel=TRAINING
+    )
+    lr: float = option(1e-3, "--lr", help="Learning rate (step size of gradient descent).", panel=TRAINING)
+    momentum: float = option(0.0, "--momentum", help="Momentum (sgd, rmsprop).", panel=TRAINING)
+    weight_decay: float = option(0.0, "--weight-decay", help="L2 penalty on the weights.", panel=TRAINING)
+    scheduler: str = option(
+        "none", "--scheduler", help="Learning-rate schedule: none, plateau or cosine.", panel=TRAINING
+    )
+    grad_clip: float = option(
+        0.0, "--grad-clip", help="Clip the gradient norm to this value (0: off).", panel=TRAINING
+    )
+    patience: int = option(
+        20,
+        "--patience",
+        help="Early stopping: epochs without improvement before stopping (0: off; the best validation epoch's weights are kept either way).",
+        panel=TRAINING,
+    )
+    min_delta: float = option(
+        0.0,
+        "--min-delta",
+        help="Early stopping: smallest change that counts as an improvement.",
+        panel=TRAINING,
+    )
+    monitor: str = option(
+        "auto",
+        "--monitor",
+        help="Validation metric for early stopping and model selection (auto: val_loss).",
+        panel=TRAINING,
+    )
+    seed: int = option(
+        0, "--seed", help="Random seed (splits, initialisation, shuffling, dropout).", panel=TRAINING
+    )
+    deterministic: bool = option(
+        False, "--deterministic", help="Use deterministic kernels (slower on GPU).", panel=TRAINING
+    )
+    device: str = option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.", panel=TRAINING)
+    precision: str = option(
+        "fp32", "--precision", help="fp32, bf16 or fp16 (mixed precision on GPU).", panel=TRAINING
+    )
+    distributed: bool = option(
+        False,
+        "--distributed",
+        help="Train in several processes (DDP), launched by torchrun: torchrun --nproc-per-node N -m neurodl ... --distributed. --batch-size is per process.",
+        panel=TRAINING,
+    )
+    compile: bool = option(
+        False,
+        "--compile",
+        help="torch.compile the network (GPU fast path; compiling takes a while first).",
+        panel=TRAINING,
+    )
+    channels_last: bool = option(
+        False,
+        "--channels-last",
+        help="Channels-last 3D memory layout (GPU fast path for 3D convolutions).",
+        panel=TRAINING,
+    )
     # Experiment tracking (neurodl.tracking): where the run is also logged, not what is trained.
-    track: tuple[str, ...] = ()
-    track_uri: str = ""
-    experiment: str = ""
+    track: tuple[str, ...] = option(
+        (),
+        "--track",
+        help="Also log the run to mlflow and/or tensorboard (repeat for both); pip install 'neurodl\\[mlflow]' / 'neurodl\\[tensorboard]'.",
+        panel=TRACKING,
+        parse="items",
+        repeat=True,
+    )
+    track_uri: str = option(
+        "",
+        "--track-uri",
+        help="MLflow tracking URI: a lab's server (http://host:5000) or a store (sqlite:///path/mlflow.db); default: sqlite:///DIR/mlflow.db beside the run directory.",
+        panel=TRACKING,
+        envvar="MLFLOW_TRACKING_URI",
+    )
+    experiment: str = option(
+        "", "--experiment", help="MLflow experiment name (default: the task).", panel=TRACKING
+    )
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -94,21 +195,63 @@ class TrainOptions:
 class BiomarkersOptions:
     """Options of ``neurodl biomarkers train``."""
 
-    target: str = "diagnosis"
-    features: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    task: str = "auto"
-    hidden: tuple[int, ...] = (64, 32)
-    activation: str = "relu"
-    dropout: float = 0.0
-    impute: str = "none"
-    class_weight: str = "none"
-    cv: int = 0
-    group: str = "auto"
-    val_fraction: float = 0.2
-    positive: str = ""
+    target: str = option("diagnosis", "--target", "-t", help="Column to predict (e.g. diagnosis, severity).")
+    features: tuple[str, ...] = option(
+        (),
+        "--features",
+        "-f",
+        help="Feature columns, comma-separated or repeated (default: every numeric column except ids and the target).",
+        parse="items",
+        repeat=True,
+    )
+    exclude: tuple[str, ...] = option(
+        (), "--exclude", help="Columns never used as features.", parse="items", repeat=True
+    )
+    task: str = option(
+        "auto",
+        "--task",
+        help="auto, classification or regression (auto: strings or few integer levels = classification).",
+    )
+    hidden: tuple[int, ...] = option(
+        (64, 32),
+        "--hidden",
+        help="Hidden layer sizes, e.g. 64,32; 'none' = logistic (classification) or linear (regression) regression.",
+        panel=MODEL,
+        parse="hidden",
+    )
+    activation: str = option("relu", "--activation", help="relu, tanh or sigmoid.", panel=MODEL)
+    dropout: float = option(
+        0.0, "--dropout", help="Dropout probability after each hidden layer.", panel=MODEL
+    )
+    impute: str = option(
+        "none",
+        "--impute",
+        help="Fill missing feature values: none (error), median or mean (fitted on training rows).",
+    )
+    class_weight: str = option(
+        "none", "--class-weight", help="none or balanced (weigh rare classes up).", panel=MODEL
+    )
+    cv: int = option(
+        0, "--cv", help="K-fold cross-validation grouped by participant (0: one train/validation split)."
+    )
+    group: str = option(
+        "auto",
+        "--group",
+        help="Participant column for grouped splits (auto: participant_id when present; none: each row).",
+    )
+    val_fraction: float = option(
+        0.2, "--val-fraction", help="Share of participants held out for validation / early stopping."
+    )
+    positive: str = option(
+        "",
+        "--positive",
+        help="Positive class of a binary target (default: the one that is not CN/HC/control/0).",
+        after="task",
+    )
     # Tables are small: a few steps per epoch, so a larger step and more epochs than for images.
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=0.01, epochs=300, patience=30))
+    # One process on small tensors: no flags for several processes or the GPU fast paths.
+    flag_changes: ClassVar[FlagChanges] = {"distributed": None, "compile": None, "channels_last": None}
 
     def __post_init__(self) -> None:
         _choice("task", self.task, ("auto", "classification", "regression"))
@@ -142,18 +285,77 @@ class ImageOptions:
     skips decoding; ``none`` decodes every epoch.
     """
 
-    image: tuple[str, ...] = ("t1",)
-    participant: str = "participant_id"
-    spacing: tuple[float, ...] = ()
-    size: tuple[int, ...] = ()
-    normalize: str = "zscore"
-    crop_foreground: bool = False
-    augment: str = "light"
-    cache: str = "auto"
-    cache_dir: str = ""
-    cache_budget: str = ""
-    workers: int = 0
-    bids_filter: tuple[str, ...] = ()
+    image: tuple[str, ...] = option(
+        ("t1",),
+        "--image",
+        "-i",
+        help="Image column(s); several = several input channels (default: t1).",
+        panel=IMAGES,
+        parse="items",
+        repeat=True,
+    )
+    participant: str = option(
+        "participant_id",
+        "--participant",
+        help="Participant column: sessions of one participant stay on one side of every split.",
+        panel=IMAGES,
+    )
+    spacing: tuple[float, ...] = option(
+        (),
+        "--spacing",
+        help="Voxel size in mm after resampling: one or three numbers (default: the training images' median).",
+        panel=IMAGES,
+        parse="floats",
+    )
+    size: tuple[int, ...] = option(
+        (),
+        "--size",
+        help="Array size after crop/pad: one or three integers (default: median field of view, multiple of 16).",
+        panel=IMAGES,
+        parse="ints",
+    )
+    normalize: str = option(
+        "zscore", "--normalize", help="zscore (brain voxels), minmax or percentile (1-99%).", panel=IMAGES
+    )
+    crop_foreground: bool = option(
+        False, "--crop-foreground", help="Crop to the head's bounding box first.", panel=IMAGES
+    )
+    augment: str = option(
+        "light",
+        "--augment",
+        help="Training augmentation: none, light (flips, small affine, noise) or strong (+ bias field, contrast).",
+        panel=IMAGES,
+    )
+    cache: str = option(
+        "auto",
+        "--cache",
+        help="auto: decode and preprocess each image once, keep it in RAM while the cohort fits --cache-budget and on disk (--cache-dir) beyond; memory: all in RAM; disk: all as files in --cache-dir, reused by later runs; none: every epoch.",
+        panel=IMAGES,
+    )
+    cache_dir: str = option(
+        "",
+        "--cache-dir",
+        help="Folder for --cache disk, and for --cache auto beyond its budget (default: cache/ in the run directory); share it between runs.",
+        panel=IMAGES,
+    )
+    cache_budget: str = option(
+        "",
+        "--cache-budget",
+        help="RAM --cache auto may fill with preprocessed images: an amount (4GiB, 512MB; 0: all on disk) or a share of the available memory (25%). Default: 25% of the available memory, at most 512 MiB.",
+        panel=IMAGES,
+    )
+    workers: int = option(
+        0, "--workers", help="Data-loading processes (0: in the main process).", panel=IMAGES
+    )
+    bids_filter: tuple[str, ...] = option(
+        (),
+        "--bids-filter",
+        help="With a BIDS dataset root: keep the images whose entity has this value (acq=mprage, ses=01); repeat for several.",
+        panel=IMAGES,
+        repeat=True,
+        metavar="ENTITY=VALUE",
+        after="participant",
+    )
 
     def __post_init__(self) -> None:
         from neurodl.io.bids import parse_filters  # light: validates ENTITY=VALUE items
@@ -190,6 +392,14 @@ class ImageOptions:
             raise UsageError(f"--workers must be >= 0, not {self.workers}.")
 
 
+# Help shared by the image tasks' splits.
+_CV = "K-fold cross-validation by participant (0: one train/validation split)."
+_VAL_FRACTION = "Share of participants for validation / early stopping."
+_TEST_FRACTION = (
+    "Share of participants held out entirely, scored at the end and written to test_manifest.tsv."
+)
+
+
 @dataclass(frozen=True)
 class ClassifyOptions:
     """Options of ``neurodl classify train``.
@@ -200,19 +410,52 @@ class ClassifyOptions:
     ``color_by`` names a column whose groups colour the regression plots (e.g. diagnosis).
     """
 
-    label: str = "diagnosis"
-    task: str = "auto"
-    loss: str = "mse"
-    color_by: str = ""
-    model: str = "cnn"
-    depth: int = 4
-    width: int = 16
-    dropout: float = 0.2
-    class_weight: str = "none"
-    positive: str = ""
-    cv: int = 0
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    label: str = option(
+        "diagnosis",
+        "--label",
+        "-l",
+        help="Column to predict: classes (e.g. diagnosis) or a number (e.g. age: image regression, see --task).",
+    )
+    task: str = option(
+        "auto",
+        "--task",
+        help="auto: strings, or integers with at most 5 levels, are classes; other numbers are regressed. classification or regression to choose.",
+    )
+    loss: str = option(
+        "mse",
+        "--loss",
+        help="Regression: mse, l1 or huber, on the target standardised on the training rows (classes use cross-entropy).",
+        panel=MODEL,
+        after="class_weight",
+    )
+    color_by: str = option(
+        "",
+        "--color-by",
+        help="Regression: colour predicted-vs-true by this column and plot the residuals per group (e.g. diagnosis).",
+    )
+    model: str = option(
+        "cnn",
+        "--model",
+        "-m",
+        help="Network from `neurodl models classify`: cnn, densenet121, resnet18, resnet50.",
+        panel=MODEL,
+    )
+    depth: int = option(4, "--depth", help="cnn: number of conv->ReLU->pool blocks.", panel=MODEL)
+    width: int = option(
+        16, "--width", help="cnn: filters in the first block (doubling each block).", panel=MODEL
+    )
+    dropout: float = option(
+        0.2, "--dropout", help="Dropout before the last layer (cnn, densenet121).", panel=MODEL
+    )
+    class_weight: str = option("none", "--class-weight", help="Classes: none or balanced.", panel=MODEL)
+    positive: str = option(
+        "",
+        "--positive",
+        help="Positive class of a binary label (default: the one that is not CN/HC/control/0).",
+    )
+    cv: int = option(0, "--cv", help=_CV)
+    val_fraction: float = option(0.2, "--val-fraction", help=_VAL_FRACTION)
+    test_fraction: float = option(0.0, "--test-fraction", help=_TEST_FRACTION)
     images: ImageOptions = field(default_factory=ImageOptions)
     # Imaging cohorts are small: small batches (more steps per epoch) and a patient early stop.
     train: TrainOptions = field(
@@ -239,21 +482,48 @@ class ClassifyOptions:
 class SegmentOptions:
     """Options of ``neurodl segment train``."""
 
-    mask: str = "dseg"
-    labels: str = ""
-    model: str = "unet"
-    patch: tuple[int, ...] = (48, 48, 48)
-    samples_per_image: int = 2
-    loss: str = "dicece"
-    dropout: float = 0.0
-    overlap: float = 0.25
-    cv: int = 0
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    mask: str = option("dseg", "--mask", help="Column of label maps (integer NIfTI on the image's grid).")
+    labels: str = option(
+        "",
+        "--labels",
+        help="Label names: '1=CSF,2=GM,3=WM' or a JSON/TSV table (default: dseg.tsv beside the manifest).",
+    )
+    model: str = option(
+        "unet",
+        "--model",
+        "-m",
+        help="Network from `neurodl models segment`: unet, segresnet, attention_unet, swin_unetr.",
+        panel=MODEL,
+    )
+    patch: tuple[int, ...] = option(
+        (48, 48, 48),
+        "--patch",
+        help="Training patch (and sliding window) size: one or three integers, e.g. 96 on a GPU.",
+        panel=MODEL,
+        parse="ints",
+    )
+    samples_per_image: int = option(
+        2,
+        "--samples-per-image",
+        help="Patches drawn from each image per epoch (half centred on foreground).",
+        panel=MODEL,
+    )
+    loss: str = option("dicece", "--loss", help="dicece (Dice + cross-entropy), dice or ce.", panel=MODEL)
+    dropout: float = option(0.0, "--dropout", help="Dropout in the network.", panel=MODEL)
+    overlap: float = option(
+        0.25, "--overlap", help="Sliding-window overlap for validation and prediction.", panel=MODEL
+    )
+    cv: int = option(0, "--cv", help=_CV)
+    val_fraction: float = option(0.2, "--val-fraction", help=_VAL_FRACTION)
+    test_fraction: float = option(0.0, "--test-fraction", help=_TEST_FRACTION)
     images: ImageOptions = field(default_factory=ImageOptions)
     train: TrainOptions = field(
         default_factory=lambda: TrainOptions(lr=2e-3, epochs=60, batch_size=2, patience=15)
     )
+    flag_changes: ClassVar[FlagChanges] = {
+        "size": None,
+        "augment": {"help": "none, light or strong (spatial transforms move the mask too)."},
+    }
 
     def __post_init__(self) -> None:
         _choice("loss", self.loss, ("dice", "dicece", "ce"))
@@ -287,21 +557,40 @@ class AutoencodeOptions:
     against the reconstruction error (averaged over voxels).
     """
 
-    model: str = "ae"
-    dims: int = 3
-    latent_dim: int = 32
-    width: int = 16
-    loss: str = "mse"
-    beta: float = 0.001
-    slices: int = 8
-    color_by: str = "diagnosis"
-    cv: int = 0
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    model: str = option(
+        "ae", "--model", "-m", help="ae (autoencoder) or vae (variational autoencoder).", panel=MODEL
+    )
+    dims: int = option(
+        3, "--dims", help="3: whole volumes; 2: the central axial slices of each volume.", panel=MODEL
+    )
+    latent_dim: int = option(32, "--latent-dim", help="Size of the code (latent vector).", panel=MODEL)
+    width: int = option(
+        16, "--width", help="Filters of the first level (doubled at each level).", panel=MODEL
+    )
+    loss: str = option("mse", "--loss", help="Reconstruction loss: mse or l1.", panel=MODEL)
+    beta: float = option(
+        0.001,
+        "--beta",
+        help="VAE: weight of the KL divergence against the reconstruction loss.",
+        panel=MODEL,
+    )
+    slices: int = option(8, "--slices", help="--dims 2: central axial slices per volume.", panel=MODEL)
+    color_by: str = option(
+        "diagnosis", "--color-by", help="Manifest column colouring latent_space.png (if present)."
+    )
+    cv: int = option(0, "--cv", help=_CV)
+    val_fraction: float = option(0.2, "--val-fraction", help=_VAL_FRACTION)
+    test_fraction: float = option(0.0, "--test-fraction", help=_TEST_FRACTION)
     images: ImageOptions = field(default_factory=lambda: ImageOptions(size=(32,), augment="none"))
     train: TrainOptions = field(
         default_factory=lambda: TrainOptions(lr=1e-3, epochs=100, batch_size=4, patience=20)
     )
+    flag_changes: ClassVar[FlagChanges] = {
+        "size": {
+            "help": "Array size after resampling (crop/pad): one or three multiples of 8; '' = the training images' field of view."
+        },
+        "augment": {"help": "none, light or strong."},
+    }
 
     def __post_init__(self) -> None:
         _choice("loss", self.loss, ("mse", "l1"))
@@ -324,6 +613,7 @@ class AutoencodeOptions:
 
 
 GAN_LOSSES = ("lsgan", "vanilla", "hinge")
+_LR_D = "Discriminator learning rate (0: the same as --lr)."
 
 
 @dataclass(frozen=True)
@@ -339,25 +629,75 @@ class TranslateOptions:
     (2D; 0: every slice holding head).
     """
 
-    target: str = "t2"
-    model: str = "unet"
-    discriminator: str = "patchgan"
-    dims: int = 2
-    gan_loss: str = "lsgan"
-    lambda_l1: float = 100.0
-    lr_d: float = 0.0
-    width: int = 32
-    patch: tuple[int, ...] = ()
-    slices: int = 0
-    resample_target: bool = False
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    target: str = option(
+        "t2", "--target", "-t", help="Column of the images to synthesise.", panel=IMAGES, after="image"
+    )
+    model: str = option("unet", "--model", "-m", help="Generator: unet or attention_unet.", panel=MODEL)
+    discriminator: str = option(
+        "patchgan", "--discriminator", help="Discriminator: patchgan or patchgan_small.", panel=MODEL
+    )
+    dims: int = option(
+        2,
+        "--dims",
+        help="2: axial slices (fast, the default); 3: 3D patches (sliding windows at prediction).",
+        panel=MODEL,
+    )
+    gan_loss: str = option(
+        "lsgan", "--gan-loss", help="Adversarial loss: lsgan, vanilla or hinge.", panel=MODEL
+    )
+    lambda_l1: float = option(
+        100.0,
+        "--lambda-l1",
+        help="Weight of the L1 loss against the adversarial loss (pix2pix: 100; 0: pure GAN).",
+        panel=MODEL,
+    )
+    lr_d: float = option(0.0, "--lr-d", help=_LR_D, panel=MODEL)
+    width: int = option(
+        32, "--width", help="Filters of the first level of both networks (doubled per level).", panel=MODEL
+    )
+    patch: tuple[int, ...] = option(
+        (),
+        "--patch",
+        help="Training patch / inference window: one or three multiples of 16 (default: 2D whole slices, 3D 32).",
+        panel=MODEL,
+        parse="ints",
+    )
+    slices: int = option(
+        0,
+        "--slices",
+        help="2D: central axial slices per volume for training (0: all with head).",
+        panel=MODEL,
+    )
+    resample_target: bool = option(
+        False,
+        "--resample-target",
+        help="Resample targets on another grid onto their source (trilinear) instead of refusing them.",
+        panel=IMAGES,
+        after="target",
+    )
+    val_fraction: float = option(
+        0.2, "--val-fraction", help="Share of participants for validation / model selection."
+    )
+    test_fraction: float = option(0.0, "--test-fraction", help=_TEST_FRACTION)
     images: ImageOptions = field(default_factory=lambda: ImageOptions(augment="none"))
     # pix2pix's 2e-4 suits ~100k steps of batch 1; with a few thousand steps 1e-3 learns far faster
     # (measured on the sample data: generator L1 0.43 vs 1.03 after 150 steps) and stays stable.
     train: TrainOptions = field(
         default_factory=lambda: TrainOptions(lr=1e-3, epochs=60, batch_size=8, patience=15)
     )
+    flag_changes: ClassVar[FlagChanges] = {
+        "image": {
+            "names": ("--source", "-s"),
+            "help": "Source image column(s); several = several input channels (default: t1).",
+        },
+        "size": {
+            "help": "Minimum array size after resampling (padded up to it, never cropped); default: the median field of view."
+        },
+        "normalize": {
+            "help": "Source intensities: zscore, minmax or percentile (the target keeps its units)."
+        },
+        "augment": None,
+    }
 
     def __post_init__(self) -> None:
         _choice("gan_loss", self.gan_loss, GAN_LOSSES)
@@ -390,21 +730,54 @@ class GenerateOptions:
     is the minimax loss with the generator's non-saturating form. ``lr_d`` 0 means ``train.lr``.
     """
 
-    condition: str = ""
-    model: str = "dcgan"
-    discriminator: str = "projection"
-    dims: int = 3
-    gan_loss: str = "vanilla"
-    latent_dim: int = 64
-    width: int = 16
-    lr_d: float = 0.0
-    slices: int = 8
-    test_fraction: float = 0.0
+    condition: str = option(
+        "",
+        "--condition",
+        "-c",
+        help="Label column to condition on (one generator for every value, e.g. diagnosis); empty: unconditional.",
+        panel=IMAGES,
+        after="image",
+    )
+    model: str = option("dcgan", "--model", "-m", help="Generator: dcgan.", panel=MODEL)
+    discriminator: str = option(
+        "projection", "--discriminator", help="Discriminator: projection.", panel=MODEL
+    )
+    dims: int = option(
+        3, "--dims", help="3: whole volumes (the default); 2: central axial slices.", panel=MODEL
+    )
+    gan_loss: str = option(
+        "vanilla",
+        "--gan-loss",
+        help="Adversarial loss: vanilla (the minimax loss, the default), hinge or lsgan.",
+        panel=MODEL,
+    )
+    latent_dim: int = option(64, "--latent-dim", help="Length of the noise vector.", panel=MODEL)
+    width: int = option(16, "--width", help="Filters of the finest level of both networks.", panel=MODEL)
+    lr_d: float = option(0.0, "--lr-d", help=_LR_D, panel=MODEL)
+    slices: int = option(8, "--slices", help="2D: central axial slices per volume to learn.", panel=MODEL)
+    test_fraction: float = option(
+        0.0,
+        "--test-fraction",
+        help="Share of participants held out (test_manifest.tsv), the real images `generate evaluate` compares with.",
+    )
     images: ImageOptions = field(default_factory=lambda: ImageOptions(size=(32,), augment="none"))
     # DCGAN's 2e-4 with no early stopping: a GAN has no validation loss to select on; the last epoch is kept.
     train: TrainOptions = field(
         default_factory=lambda: TrainOptions(lr=2e-4, epochs=100, batch_size=8, patience=0)
     )
+    # One image column, and no flags for early stopping, schedules, momentum, the GPU fast paths or
+    # tracking (generate train has never had them; --config can still set them).
+    flag_changes: ClassVar[FlagChanges] = {
+        "image": {"help": "Column of the images to learn.", "repeat": False},
+        "size": {
+            "help": "Grid the images are resized to (one or three multiples of 8); heads are downsampled to fit, not cut."
+        },
+        **dict.fromkeys(("normalize", "augment", "cache_budget")),
+        **dict.fromkeys(
+            ("momentum", "scheduler", "patience", "min_delta", "monitor", "compile", "channels_last")
+        ),
+        **dict.fromkeys(("track", "track_uri", "experiment")),
+    }
 
     def __post_init__(self) -> None:
         _choice("gan_loss", self.gan_loss, GAN_LOSSES)

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from neurodl.cli._train_command import TrainRun
+
 
 @contextlib.contextmanager
 def launched(distributed: bool) -> Iterator[bool]:
@@ -29,12 +31,8 @@ def train_and_report(
     train: Callable[..., dict[str, Any]],
     source: Path | None,
     options: Any,
-    out: Path,
+    run: TrainRun,
     *,
-    resume: bool,
-    overwrite: bool,
-    quiet: bool,
-    json_output: bool,
     describe: Callable[[dict[str, Any]], str],
 ) -> None:
     """Run an image task's ``train`` (alone, or as one of torchrun's processes), then show what it made.
@@ -49,23 +47,23 @@ def train_and_report(
 
     console = err_console()
     task = train.__module__.rsplit(".", 1)[-1]
-    with tracked(options.train, out, task=task, console=console) as tracking:
+    with tracked(options.train, run.out, task=task, console=console) as tracking:
         with launched(options.train.distributed) as reporting:
             tracking.enabled = reporting  # only the reporting process (rank 0) logs
             summary = train(
                 source,
                 options,
-                out,
-                resume=resume,
-                overwrite=overwrite,
+                run.out,
+                resume=run.resume,
+                overwrite=run.overwrite,
                 console=console,
-                quiet=quiet or not reporting,
+                quiet=run.quiet or not reporting,
             )
         if not reporting:
             return
-        if json_output:
+        if run.json_output:
             print_json(summary)
-        if not quiet:
+        if not run.quiet:
             render_train_summary(console, summary, describe(summary))
-        report_after_training(console, summary["run"], quiet=quiet)
+        report_after_training(console, summary["run"], quiet=run.quiet)
         tracking.summary = summary

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from neurodl.config import ImageOptions
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables on stderr.")]
@@ -70,5 +73,17 @@ ImageInputs = Annotated[
     list[Path],
     typer.Argument(
         help="NIfTI files, folders of them, or one manifest (CSV/TSV) with the model's image columns."
+    ),
+]
+
+# --bids-filter of the commands that read a BIDS dataset besides `train`: the flag of ImageOptions.bids_filter.
+_BIDS_FILTER = next(f for f in dataclasses.fields(ImageOptions) if f.name == "bids_filter").metadata["flag"]
+BidsFilter = Annotated[
+    list[str] | None,
+    typer.Option(
+        *_BIDS_FILTER.names,
+        help=_BIDS_FILTER.help,
+        metavar=_BIDS_FILTER.metavar,
+        rich_help_panel=_BIDS_FILTER.panel,
     ),
 ]

@@ -7,13 +7,11 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._launch import train_and_report
 from neurodl.cli._options import (
-    ConfigOption,
+    BidsFilter,
     DeviceOption,
     ImageInputs,
     JsonFlag,
@@ -23,6 +21,7 @@ from neurodl.cli._options import (
     ShardOption,
 )
 from neurodl.cli._render import counted, metrics_table
+from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import ClassifyOptions
 
 app = typer.Typer(
@@ -30,168 +29,13 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_D = ClassifyOptions()
-_I = "Images and preprocessing"
-_M = "Model"
 
-
-@app.command("train")
-def train(
-    ctx: typer.Context,
-    manifest: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Manifest (CSV/TSV): one row per image, image path and label columns. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
-        ),
-    ] = None,
-    image: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--image",
-            "-i",
-            help="Image column(s); several = several input channels (default: t1).",
-            rich_help_panel=_I,
-        ),
-    ] = None,
-    label: Annotated[
-        str,
-        typer.Option(
-            "--label",
-            "-l",
-            help="Column to predict: classes (e.g. diagnosis) or a number (e.g. age: image regression, see --task).",
-        ),
-    ] = _D.label,
-    task: Annotated[
-        str,
-        typer.Option(
-            "--task",
-            help="auto: strings, or integers with at most 5 levels, are classes; other numbers are regressed. classification or regression to choose.",
-        ),
-    ] = _D.task,
-    participant: T.Participant = _D.images.participant,
-    bids_filter: T.BidsFilter = None,
-    spacing: T.Spacing = "",
-    size: Annotated[
-        str,
-        typer.Option(
-            "--size",
-            help="Array size after crop/pad: one or three integers (default: median field of view, multiple of 16).",
-            rich_help_panel=_I,
-        ),
-    ] = "",
-    normalize: T.Normalize = _D.images.normalize,
-    crop_foreground: T.CropForeground = False,
-    augment: Annotated[
-        str,
-        typer.Option(
-            "--augment",
-            help="Training augmentation: none, light (flips, small affine, noise) or strong (+ bias field, contrast).",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.augment,
-    cache: T.Cache = _D.images.cache,
-    cache_dir: T.CacheDir = _D.images.cache_dir,
-    cache_budget: T.CacheBudget = _D.images.cache_budget,
-    workers: T.Workers = _D.images.workers,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Network from `neurodl models classify`: cnn, densenet121, resnet18, resnet50.",
-            rich_help_panel=_M,
-        ),
-    ] = _D.model,
-    depth: Annotated[
-        int, typer.Option("--depth", help="cnn: number of conv->ReLU->pool blocks.", rich_help_panel=_M)
-    ] = _D.depth,
-    width: Annotated[
-        int,
-        typer.Option(
-            "--width", help="cnn: filters in the first block (doubling each block).", rich_help_panel=_M
-        ),
-    ] = _D.width,
-    dropout: Annotated[
-        float,
-        typer.Option(
-            "--dropout", help="Dropout before the last layer (cnn, densenet121).", rich_help_panel=_M
-        ),
-    ] = _D.dropout,
-    class_weight: Annotated[
-        str, typer.Option("--class-weight", help="Classes: none or balanced.", rich_help_panel=_M)
-    ] = _D.class_weight,
-    loss: Annotated[
-        str,
-        typer.Option(
-            "--loss",
-            help="Regression: mse, l1 or huber, on the target standardised on the training rows (classes use cross-entropy).",
-            rich_help_panel=_M,
-        ),
-    ] = _D.loss,
-    color_by: Annotated[
-        str,
-        typer.Option(
-            "--color-by",
-            help="Regression: colour predicted-vs-true by this column and plot the residuals per group (e.g. diagnosis).",
-        ),
-    ] = _D.color_by,
-    positive: Annotated[
-        str,
-        typer.Option(
-            "--positive",
-            help="Positive class of a binary label (default: the one that is not CN/HC/control/0).",
-        ),
-    ] = _D.positive,
-    cv: Annotated[
-        int,
-        typer.Option("--cv", help="K-fold cross-validation by participant (0: one train/validation split)."),
-    ] = _D.cv,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of participants for validation / early stopping.")
-    ] = _D.val_fraction,
-    test_fraction: Annotated[
-        float,
-        typer.Option(
-            "--test-fraction",
-            help="Share of participants held out entirely, scored at the end and written to test_manifest.tsv.",
-        ),
-    ] = _D.test_fraction,
-    epochs: T.Epochs = _D.train.epochs,
-    batch_size: T.BatchSize = str(_D.train.batch_size),
-    optimizer: T.Optimizer = _D.train.optimizer,
-    lr: T.LearningRate = _D.train.lr,
-    momentum: T.Momentum = _D.train.momentum,
-    weight_decay: T.WeightDecay = _D.train.weight_decay,
-    scheduler: T.Scheduler = _D.train.scheduler,
-    grad_clip: T.GradClip = _D.train.grad_clip,
-    patience: T.Patience = _D.train.patience,
-    min_delta: T.MinDelta = _D.train.min_delta,
-    monitor: T.Monitor = _D.train.monitor,
-    seed: T.Seed = _D.train.seed,
-    deterministic: T.Deterministic = _D.train.deterministic,
-    device: T.Device = _D.train.device,
-    precision: T.Precision = _D.train.precision,
-    track: T.Track = None,
-    track_uri: T.TrackUri = "",
-    experiment: T.Experiment = "",
-    distributed: T.Distributed = _D.train.distributed,
-    compile: T.Compile = _D.train.compile,
-    channels_last: T.ChannelsLast = _D.train.channels_last,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/classify"),
-    config: ConfigOption = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the interrupted run in --out (its saved options and manifest are used).",
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
-    ] = False,
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
-) -> None:
+@train_command(
+    app,
+    ClassifyOptions,
+    source_help="Manifest (CSV/TSV): one row per image, image path and label columns. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
+)
+def train(manifest: Path | None, options: ClassifyOptions, run: TrainRun) -> None:
     """Train a 3D CNN on the images of a manifest; write a run directory.
 
     A numeric label with more than 5 levels (age, a severity score) trains a regressor (--task).
@@ -202,42 +46,11 @@ def train(
     """
     from neurodl.tasks import classify  # heavy (torch, monai): only when the command runs
 
-    values = dict(locals())
-    for name in (
-        "ctx",
-        "manifest",
-        "out",
-        "config",
-        "resume",
-        "overwrite",
-        "quiet",
-        "json_output",
-        "classify",
-    ):
-        values.pop(name, None)
-    options = resolve_options(
-        ClassifyOptions,
-        ctx,
-        values,
-        config_file=config,
-        resume=resume,
-        converters={
-            "image": split_list,
-            "spacing": parse_floats,
-            "size": parse_ints,
-            "batch_size": parse_batch_size,
-            "track": split_list,
-        },
-    )
     train_and_report(
         classify.train,
         manifest,
         options,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        quiet=quiet,
-        json_output=json_output,
+        run,
         describe=lambda s: (
             f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, size {s['preprocessing']['size']}, {s['preprocessing']['normalize']} intensities"
         ),
@@ -308,7 +121,7 @@ def evaluate(
         bool,
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
-    bids_filter: T.BidsFilter = None,
+    bids_filter: BidsFilter = None,
     color_by: Annotated[
         str,
         typer.Option(

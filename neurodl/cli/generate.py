@@ -7,12 +7,9 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli import _train_options as T
-from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._launch import train_and_report
 from neurodl.cli._options import (
-    ConfigOption,
     DeviceOption,
     JsonFlag,
     ModelDirOption,
@@ -20,6 +17,7 @@ from neurodl.cli._options import (
     QuietFlag,
     SeedOption,
 )
+from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import GenerateOptions
 
 app = typer.Typer(
@@ -27,9 +25,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_D = GenerateOptions()
-_I = "Images and preprocessing"
-_M = "Model"
 
 ConditionOption = Annotated[
     str | None,
@@ -41,107 +36,12 @@ ConditionOption = Annotated[
 ]
 
 
-@app.command("train")
-def train(
-    ctx: typer.Context,
-    manifest: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume."
-        ),
-    ] = None,
-    image: Annotated[
-        str, typer.Option("--image", "-i", help="Column of the images to learn.", rich_help_panel=_I)
-    ] = _D.images.image[0],
-    condition: Annotated[
-        str,
-        typer.Option(
-            "--condition",
-            "-c",
-            help="Label column to condition on (one generator for every value, e.g. diagnosis); empty: unconditional.",
-            rich_help_panel=_I,
-        ),
-    ] = _D.condition,
-    participant: T.Participant = _D.images.participant,
-    bids_filter: T.BidsFilter = None,
-    spacing: T.Spacing = "",
-    size: Annotated[
-        str,
-        typer.Option(
-            "--size",
-            help="Grid the images are resized to (one or three multiples of 8); heads are downsampled to fit, not cut.",
-            rich_help_panel=_I,
-        ),
-    ] = "32",
-    crop_foreground: T.CropForeground = False,
-    cache: T.Cache = _D.images.cache,
-    cache_dir: T.CacheDir = _D.images.cache_dir,
-    workers: T.Workers = _D.images.workers,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Generator: dcgan.", rich_help_panel=_M)
-    ] = _D.model,
-    discriminator: Annotated[
-        str, typer.Option("--discriminator", help="Discriminator: projection.", rich_help_panel=_M)
-    ] = _D.discriminator,
-    dims: Annotated[
-        int,
-        typer.Option(
-            "--dims", help="3: whole volumes (the default); 2: central axial slices.", rich_help_panel=_M
-        ),
-    ] = _D.dims,
-    gan_loss: Annotated[
-        str,
-        typer.Option(
-            "--gan-loss",
-            help="Adversarial loss: vanilla (the minimax loss, the default), hinge or lsgan.",
-            rich_help_panel=_M,
-        ),
-    ] = _D.gan_loss,
-    latent_dim: Annotated[
-        int, typer.Option("--latent-dim", help="Length of the noise vector.", rich_help_panel=_M)
-    ] = _D.latent_dim,
-    width: Annotated[
-        int,
-        typer.Option("--width", help="Filters of the finest level of both networks.", rich_help_panel=_M),
-    ] = _D.width,
-    lr_d: Annotated[
-        float,
-        typer.Option("--lr-d", help="Discriminator learning rate (0: the same as --lr).", rich_help_panel=_M),
-    ] = _D.lr_d,
-    slices: Annotated[
-        int,
-        typer.Option("--slices", help="2D: central axial slices per volume to learn.", rich_help_panel=_M),
-    ] = _D.slices,
-    test_fraction: Annotated[
-        float,
-        typer.Option(
-            "--test-fraction",
-            help="Share of participants held out (test_manifest.tsv), the real images `generate evaluate` compares with.",
-        ),
-    ] = _D.test_fraction,
-    epochs: T.Epochs = _D.train.epochs,
-    batch_size: T.BatchSize = str(_D.train.batch_size),
-    optimizer: T.Optimizer = _D.train.optimizer,
-    lr: T.LearningRate = _D.train.lr,
-    weight_decay: T.WeightDecay = _D.train.weight_decay,
-    grad_clip: T.GradClip = _D.train.grad_clip,
-    seed: T.Seed = _D.train.seed,
-    deterministic: T.Deterministic = _D.train.deterministic,
-    device: T.Device = _D.train.device,
-    precision: T.Precision = _D.train.precision,
-    distributed: T.Distributed = _D.train.distributed,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/generate"),
-    config: ConfigOption = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue the interrupted run in --out (its saved options are used)."),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
-    ] = False,
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
-) -> None:
+@train_command(
+    app,
+    GenerateOptions,
+    source_help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
+)
+def train(manifest: Path | None, options: GenerateOptions, run: TrainRun) -> None:
     """Train a GAN to make new images from noise (conditional on --condition); the last epoch is kept.
 
     A preview PNG per epoch (previews/epoch-NNN.png: samples of each condition from fixed noise) lets you watch training.
@@ -150,34 +50,11 @@ def train(
     """
     from neurodl.tasks import generate  # heavy (torch, monai): only when the command runs
 
-    values = {
-        name: value
-        for name, value in locals().items()
-        if name
-        not in ("ctx", "manifest", "out", "config", "resume", "overwrite", "quiet", "json_output", "generate")
-    }
-    options = resolve_options(
-        GenerateOptions,
-        ctx,
-        values,
-        config_file=config,
-        resume=resume,
-        converters={
-            "image": split_list,
-            "spacing": parse_floats,
-            "size": parse_ints,
-            "batch_size": parse_batch_size,
-        },
-    )
     train_and_report(
         generate.train,
         manifest,
         options,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        quiet=quiet,
-        json_output=json_output,
+        run,
         describe=lambda s: (
             f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, resized to {s['preprocessing']['size']}"
         ),

@@ -7,13 +7,11 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli import _train_options as T
 from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._launch import train_and_report
 from neurodl.cli._options import (
-    ConfigOption,
+    BidsFilter,
     DeviceOption,
     ImageInputs,
     JsonFlag,
@@ -24,6 +22,7 @@ from neurodl.cli._options import (
     ShardOption,
 )
 from neurodl.cli._render import counted, metrics_table
+from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import SegmentOptions
 
 app = typer.Typer(
@@ -31,196 +30,29 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_D = SegmentOptions()
-_I = "Images and preprocessing"
-_M = "Model"
 Overlap = Annotated[
     float | None,
     typer.Option("--overlap", help="Sliding-window overlap between patches, 0-0.9 (default: the run's)."),
 ]
 
 
-@app.command("train")
-def train(
-    ctx: typer.Context,
-    manifest: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Manifest (CSV/TSV): one row per image, image and mask columns. Or a BIDS dataset root (--image/--mask name suffixes, e.g. T1w, dseg). Not needed with --resume.",
-        ),
-    ] = None,
-    image: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--image",
-            "-i",
-            help="Image column(s); several = several input channels (default: t1).",
-            rich_help_panel=_I,
-        ),
-    ] = None,
-    mask: Annotated[
-        str, typer.Option("--mask", help="Column of label maps (integer NIfTI on the image's grid).")
-    ] = _D.mask,
-    labels: Annotated[
-        str,
-        typer.Option(
-            "--labels",
-            help="Label names: '1=CSF,2=GM,3=WM' or a JSON/TSV table (default: dseg.tsv beside the manifest).",
-        ),
-    ] = _D.labels,
-    participant: T.Participant = _D.images.participant,
-    bids_filter: T.BidsFilter = None,
-    spacing: T.Spacing = "",
-    normalize: T.Normalize = _D.images.normalize,
-    crop_foreground: T.CropForeground = False,
-    augment: Annotated[
-        str,
-        typer.Option(
-            "--augment",
-            help="none, light or strong (spatial transforms move the mask too).",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.augment,
-    cache: T.Cache = _D.images.cache,
-    cache_dir: T.CacheDir = _D.images.cache_dir,
-    cache_budget: T.CacheBudget = _D.images.cache_budget,
-    workers: T.Workers = _D.images.workers,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Network from `neurodl models segment`: unet, segresnet, attention_unet, swin_unetr.",
-            rich_help_panel=_M,
-        ),
-    ] = _D.model,
-    patch: Annotated[
-        str,
-        typer.Option(
-            "--patch",
-            help="Training patch (and sliding window) size: one or three integers, e.g. 96 on a GPU.",
-            rich_help_panel=_M,
-        ),
-    ] = ",".join(map(str, _D.patch)),
-    samples_per_image: Annotated[
-        int,
-        typer.Option(
-            "--samples-per-image",
-            help="Patches drawn from each image per epoch (half centred on foreground).",
-            rich_help_panel=_M,
-        ),
-    ] = _D.samples_per_image,
-    loss: Annotated[
-        str, typer.Option("--loss", help="dicece (Dice + cross-entropy), dice or ce.", rich_help_panel=_M)
-    ] = _D.loss,
-    dropout: Annotated[
-        float, typer.Option("--dropout", help="Dropout in the network.", rich_help_panel=_M)
-    ] = _D.dropout,
-    overlap: Annotated[
-        float,
-        typer.Option(
-            "--overlap", help="Sliding-window overlap for validation and prediction.", rich_help_panel=_M
-        ),
-    ] = _D.overlap,
-    cv: Annotated[
-        int,
-        typer.Option("--cv", help="K-fold cross-validation by participant (0: one train/validation split)."),
-    ] = _D.cv,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of participants for validation / early stopping.")
-    ] = _D.val_fraction,
-    test_fraction: Annotated[
-        float,
-        typer.Option(
-            "--test-fraction",
-            help="Share of participants held out entirely, scored at the end and written to test_manifest.tsv.",
-        ),
-    ] = _D.test_fraction,
-    epochs: T.Epochs = _D.train.epochs,
-    batch_size: T.BatchSize = str(_D.train.batch_size),
-    optimizer: T.Optimizer = _D.train.optimizer,
-    lr: T.LearningRate = _D.train.lr,
-    momentum: T.Momentum = _D.train.momentum,
-    weight_decay: T.WeightDecay = _D.train.weight_decay,
-    scheduler: T.Scheduler = _D.train.scheduler,
-    grad_clip: T.GradClip = _D.train.grad_clip,
-    patience: T.Patience = _D.train.patience,
-    min_delta: T.MinDelta = _D.train.min_delta,
-    monitor: T.Monitor = _D.train.monitor,
-    seed: T.Seed = _D.train.seed,
-    deterministic: T.Deterministic = _D.train.deterministic,
-    device: T.Device = _D.train.device,
-    precision: T.Precision = _D.train.precision,
-    track: T.Track = None,
-    track_uri: T.TrackUri = "",
-    experiment: T.Experiment = "",
-    distributed: T.Distributed = _D.train.distributed,
-    compile: T.Compile = _D.train.compile,
-    channels_last: T.ChannelsLast = _D.train.channels_last,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path("runs/segment"),
-    config: ConfigOption = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the interrupted run in --out (its saved options and manifest are used).",
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
-    ] = False,
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
-) -> None:
+@train_command(
+    app,
+    SegmentOptions,
+    source_help="Manifest (CSV/TSV): one row per image, image and mask columns. Or a BIDS dataset root (--image/--mask name suffixes, e.g. T1w, dseg). Not needed with --resume.",
+)
+def train(manifest: Path | None, options: SegmentOptions, run: TrainRun) -> None:
     """Train a segmenter on images and label maps; write a run directory (monitored on validation Dice).
 
     Example: neurodl segment train sample_data/participants.tsv --image t1 --mask dseg --test-fraction 0.2 --out runs/seg
     """
     from neurodl.tasks import segment  # heavy (torch, monai): only when the command runs
 
-    values = dict(locals())
-    for name in (
-        "ctx",
-        "manifest",
-        "out",
-        "config",
-        "resume",
-        "overwrite",
-        "quiet",
-        "json_output",
-        "segment",
-    ):
-        values.pop(name, None)
-    options = resolve_options(
-        SegmentOptions,
-        ctx,
-        values,
-        config_file=config,
-        resume=resume,
-        converters={
-            "image": split_list,
-            "spacing": parse_floats,
-            "patch": parse_ints,
-            "batch_size": parse_batch_size,
-            "track": split_list,
-        },
-    )
-
     def describe(summary: dict) -> str:
         names = ", ".join(f"{v}={n}" for v, n in summary["labels"].items() if int(v) != 0)
         return f"{summary['images']} images, {summary['participants']} participants; labels {names}; resampled to {summary['preprocessing']['spacing']} mm"
 
-    train_and_report(
-        segment.train,
-        manifest,
-        options,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        quiet=quiet,
-        json_output=json_output,
-        describe=describe,
-    )
+    train_and_report(segment.train, manifest, options, run, describe=describe)
 
 
 @app.command("predict")
@@ -335,7 +167,7 @@ def evaluate(
         bool,
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
-    bids_filter: T.BidsFilter = None,
+    bids_filter: BidsFilter = None,
     tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
     overwrite: OverwriteFlag = False,
     device: DeviceOption = "auto",

@@ -7,13 +7,11 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli import _train_options as T
 from neurodl.cli._batch import file_progress, report_failures
-from neurodl.cli._config import parse_batch_size, parse_floats, parse_ints, resolve_options, split_list
 from neurodl.cli._console import err_console, print_json
 from neurodl.cli._launch import train_and_report
 from neurodl.cli._options import (
-    ConfigOption,
+    BidsFilter,
     DeviceOption,
     ImageInputs,
     JsonFlag,
@@ -23,6 +21,7 @@ from neurodl.cli._options import (
     ShardOption,
 )
 from neurodl.cli._render import metrics_table
+from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import TranslateOptions
 
 app = typer.Typer(
@@ -30,171 +29,13 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_D = TranslateOptions()
-_I = "Images and preprocessing"
-_M = "Model"
 
-
-@app.command("train")
-def train(
-    ctx: typer.Context,
-    manifest: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Manifest (CSV/TSV): one row per image pair. Or a BIDS dataset root (--source/--target name suffixes, e.g. T1w, T2w). Not needed with --resume."
-        ),
-    ] = None,
-    image: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--source",
-            "-s",
-            help="Source image column(s); several = several input channels (default: t1).",
-            rich_help_panel=_I,
-        ),
-    ] = None,
-    target: Annotated[
-        str,
-        typer.Option("--target", "-t", help="Column of the images to synthesise.", rich_help_panel=_I),
-    ] = _D.target,
-    resample_target: Annotated[
-        bool,
-        typer.Option(
-            "--resample-target",
-            help="Resample targets on another grid onto their source (trilinear) instead of refusing them.",
-            rich_help_panel=_I,
-        ),
-    ] = False,
-    participant: T.Participant = _D.images.participant,
-    bids_filter: T.BidsFilter = None,
-    spacing: T.Spacing = "",
-    size: Annotated[
-        str,
-        typer.Option(
-            "--size",
-            help="Minimum array size after resampling (padded up to it, never cropped); default: the median field of view.",
-            rich_help_panel=_I,
-        ),
-    ] = "",
-    normalize: Annotated[
-        str,
-        typer.Option(
-            "--normalize",
-            help="Source intensities: zscore, minmax or percentile (the target keeps its units).",
-            rich_help_panel=_I,
-        ),
-    ] = _D.images.normalize,
-    crop_foreground: T.CropForeground = False,
-    cache: T.Cache = _D.images.cache,
-    cache_dir: T.CacheDir = _D.images.cache_dir,
-    cache_budget: T.CacheBudget = _D.images.cache_budget,
-    workers: T.Workers = _D.images.workers,
-    model: Annotated[
-        str,
-        typer.Option("--model", "-m", help="Generator: unet or attention_unet.", rich_help_panel=_M),
-    ] = _D.model,
-    discriminator: Annotated[
-        str,
-        typer.Option(
-            "--discriminator", help="Discriminator: patchgan or patchgan_small.", rich_help_panel=_M
-        ),
-    ] = _D.discriminator,
-    dims: Annotated[
-        int,
-        typer.Option(
-            "--dims",
-            help="2: axial slices (fast, the default); 3: 3D patches (sliding windows at prediction).",
-            rich_help_panel=_M,
-        ),
-    ] = _D.dims,
-    gan_loss: Annotated[
-        str,
-        typer.Option("--gan-loss", help="Adversarial loss: lsgan, vanilla or hinge.", rich_help_panel=_M),
-    ] = _D.gan_loss,
-    lambda_l1: Annotated[
-        float,
-        typer.Option(
-            "--lambda-l1",
-            help="Weight of the L1 loss against the adversarial loss (pix2pix: 100; 0: pure GAN).",
-            rich_help_panel=_M,
-        ),
-    ] = _D.lambda_l1,
-    lr_d: Annotated[
-        float,
-        typer.Option("--lr-d", help="Discriminator learning rate (0: the same as --lr).", rich_help_panel=_M),
-    ] = _D.lr_d,
-    width: Annotated[
-        int,
-        typer.Option(
-            "--width",
-            help="Filters of the first level of both networks (doubled per level).",
-            rich_help_panel=_M,
-        ),
-    ] = _D.width,
-    patch: Annotated[
-        str,
-        typer.Option(
-            "--patch",
-            help="Training patch / inference window: one or three multiples of 16 (default: 2D whole slices, 3D 32).",
-            rich_help_panel=_M,
-        ),
-    ] = "",
-    slices: Annotated[
-        int,
-        typer.Option(
-            "--slices",
-            help="2D: central axial slices per volume for training (0: all with head).",
-            rich_help_panel=_M,
-        ),
-    ] = _D.slices,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of participants for validation / model selection.")
-    ] = _D.val_fraction,
-    test_fraction: Annotated[
-        float,
-        typer.Option(
-            "--test-fraction",
-            help="Share of participants held out entirely, scored at the end and written to test_manifest.tsv.",
-        ),
-    ] = _D.test_fraction,
-    epochs: T.Epochs = _D.train.epochs,
-    batch_size: T.BatchSize = str(_D.train.batch_size),
-    optimizer: T.Optimizer = _D.train.optimizer,
-    lr: T.LearningRate = _D.train.lr,
-    momentum: T.Momentum = _D.train.momentum,
-    weight_decay: T.WeightDecay = _D.train.weight_decay,
-    scheduler: T.Scheduler = _D.train.scheduler,
-    grad_clip: T.GradClip = _D.train.grad_clip,
-    patience: T.Patience = _D.train.patience,
-    min_delta: T.MinDelta = _D.train.min_delta,
-    monitor: T.Monitor = _D.train.monitor,
-    seed: T.Seed = _D.train.seed,
-    deterministic: T.Deterministic = _D.train.deterministic,
-    device: T.Device = _D.train.device,
-    precision: T.Precision = _D.train.precision,
-    track: T.Track = None,
-    track_uri: T.TrackUri = "",
-    experiment: T.Experiment = "",
-    distributed: T.Distributed = _D.train.distributed,
-    compile: T.Compile = _D.train.compile,
-    channels_last: T.ChannelsLast = _D.train.channels_last,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path(
-        "runs/translate"
-    ),
-    config: ConfigOption = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the interrupted run in --out (its saved options and manifest are used).",
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing run directory.")
-    ] = False,
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
-) -> None:
+@train_command(
+    app,
+    TranslateOptions,
+    source_help="Manifest (CSV/TSV): one row per image pair. Or a BIDS dataset root (--source/--target name suffixes, e.g. T1w, T2w). Not needed with --resume.",
+)
+def train(manifest: Path | None, options: TranslateOptions, run: TrainRun) -> None:
     """Train a pix2pix GAN to synthesise --target images from --source images (selected on validation MAE).
 
     A preview PNG per epoch (previews/epoch-NNN.png: source, real, synthetic) lets you watch training.
@@ -203,43 +44,11 @@ def train(
     """
     from neurodl.tasks import translate  # heavy (torch, monai): only when the command runs
 
-    values = dict(locals())
-    for name in (
-        "ctx",
-        "manifest",
-        "out",
-        "config",
-        "resume",
-        "overwrite",
-        "quiet",
-        "json_output",
-        "translate",
-    ):
-        values.pop(name, None)
-    options = resolve_options(
-        TranslateOptions,
-        ctx,
-        values,
-        config_file=config,
-        resume=resume,
-        converters={
-            "image": split_list,
-            "spacing": parse_floats,
-            "size": parse_ints,
-            "patch": parse_ints,
-            "batch_size": parse_batch_size,
-            "track": split_list,
-        },
-    )
     train_and_report(
         translate.train,
         manifest,
         options,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        quiet=quiet,
-        json_output=json_output,
+        run,
         describe=lambda s: (
             f"{s['images']} image pairs, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, padded to {s['preprocessing']['size']}"
         ),
@@ -322,7 +131,7 @@ def evaluate(
         bool,
         typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
     ] = False,
-    bids_filter: T.BidsFilter = None,
+    bids_filter: BidsFilter = None,
     overwrite: OverwriteFlag = False,
     device: DeviceOption = "auto",
     quiet: QuietFlag = False,
