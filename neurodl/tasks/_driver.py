@@ -85,7 +85,7 @@ class Recipe:
         headline: which metrics the summary shows.
         outputs: writes what the task keeps of some predictions (prefix ``validation_``,
             ``oof_`` or ``test_``) and returns the figures it wrote.
-        figures: writes the task's figures of the final model (e.g. a latent space).
+        figures: writes the task's figures of the final model (e.g. a latent space), not in the summary.
         callbacks: callbacks of one fit (e.g. previews), given its module and validation rows.
         cv: whether ``--cv`` applies (a GAN keeps one validation split).
     """
@@ -102,7 +102,7 @@ class Recipe:
         default=lambda fitted: {"model.safetensors": fitted.module.model.state_dict()}
     )
     outputs: Callable[[str, np.ndarray, np.ndarray], list[str]] | None = None
-    figures: Callable[[Fitted], list[str]] | None = None
+    figures: Callable[[Fitted], None] | None = None
     callbacks: Callable[[Any, np.ndarray], list[Callback]] | None = None
     cv: bool = True
 
@@ -300,14 +300,14 @@ class Training:
             headline = scores
         self.write(final, recipe, outcome, metrics)
         if recipe.figures is not None:
-            plots += recipe.figures(final)
+            recipe.figures(final)
         return self.summary(
             recipe.summary,
             evaluation=evaluation,
             metrics={k: v for k, v in headline.items() if recipe.headline(k) and not isinstance(v, list)},
             metrics_std=outcome.headline_std if not len(self.test_rows) else {},
             epochs=final.result.epochs_run,
-            plots=plots if recipe.outputs is not None or recipe.figures is not None else None,
+            plots=plots if recipe.outputs is not None else None,
         )
 
     def write(self, final: Fitted, recipe: Recipe, outcome: Any, metrics: dict[str, Any]) -> None:
@@ -540,3 +540,13 @@ def write_report(
         writer.write_csv(name, table)
     writer.write_json("metrics.json", {"manifest": str(manifest_path), "model": str(model), **metrics})
     return writer
+
+
+def mean_scores(names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict[str, Any]]:
+    """A recipe's ``score`` for per-image scores (one column per name): their means over the rows."""
+
+    def score(rows: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+        del rows
+        return {name: float(np.mean(scores[:, k])) for k, name in enumerate(names)}
+
+    return score
