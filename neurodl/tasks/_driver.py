@@ -298,7 +298,7 @@ class Training:
             if recipe.outputs is not None:
                 plots += recipe.outputs("test_", self.test_rows, test_outputs)
             headline = scores
-        self.write(final, recipe, outcome, metrics)
+        self.write(recipe.record(final), recipe.weights(final), outcome, metrics, title=recipe.title)
         if recipe.figures is not None:
             recipe.figures(final)
         return self.summary(
@@ -310,13 +310,22 @@ class Training:
             plots=plots if recipe.outputs is not None else None,
         )
 
-    def write(self, final: Fitted, recipe: Recipe, outcome: Any, metrics: dict[str, Any]) -> None:
-        """The files of a trained run: preprocessing.json, weights, splits, metrics, history, learning curves."""
+    def write(
+        self,
+        record: dict[str, Any],
+        weights: dict[str, Any],
+        outcome: Any,
+        metrics: dict[str, Any],
+        *,
+        title: str,
+    ) -> None:
+        """The files of a trained run: preprocessing.json (``record``), weights (file name -> state dict),
+        splits.json, metrics.json, history.csv (``outcome``'s splits and history) and learning curves."""
         from neurodl.report import plots as figures  # heavy (matplotlib): only when a run is written
 
-        self.run.write_json("preprocessing.json", recipe.record(final))
-        for name, weights in recipe.weights(final).items():
-            self.run.save_weights(weights, name)
+        self.run.write_json("preprocessing.json", record)
+        for name, tensors in weights.items():
+            self.run.save_weights(tensors, name)
         write_training_record(
             self.run,
             outcome,
@@ -326,9 +335,7 @@ class Training:
             rows=self.rows,
             test_rows=self.test_rows,
         )
-        self.run.save_figure(
-            "learning_curves.png", figures.learning_curves(outcome.history, title=recipe.title)
-        )
+        self.run.save_figure("learning_curves.png", figures.learning_curves(outcome.history, title=title))
 
     def summary(
         self,
@@ -359,6 +366,63 @@ class Training:
         if plots is not None:
             summary["plots"] = ["learning_curves.png", *plots]
         return summary
+
+
+def trains(
+    task: str,
+    options_type: type,
+    *,
+    before: Callable[[Any], None] = lambda options: None,
+    label: Callable[[Any], str | None] = lambda options: None,
+    check: Callable[[Any], None] = lambda options: None,
+    bids_images: Callable[[Any], list[str]] = lambda options: [],
+) -> Callable[[Callable[[Training], dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Make a task's ``train(manifest_path, options, out, *, resume, overwrite, console, quiet)`` of its body.
+
+    The body gets the started :class:`Training` (its saved options when resuming) and
+    returns the run's summary. ``before`` refuses options before the run directory is
+    created (an unknown model); ``label``, ``check`` and ``bids_images`` are those of
+    :meth:`Training.start`.
+
+    Example:
+        >>> @trains("segment", SegmentOptions, label=lambda options: options.mask)  # doctest: +SKIP
+        ... def train(training: Training) -> dict[str, Any]:
+        ...     return training.train(Recipe(...))
+    """
+
+    def wrap(body: Callable[[Training], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        def train(
+            manifest_path: Path | None,
+            options: Any,
+            out: Path,
+            *,
+            resume: bool = False,
+            overwrite: bool = False,
+            console: Any = None,
+            quiet: bool = False,
+        ) -> dict[str, Any]:
+            before(options)
+            training = Training.start(
+                task,
+                options_type,
+                manifest_path,
+                options,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                console=console,
+                quiet=quiet,
+                label=label,
+                check=check,
+                bids_images=bids_images,
+            )
+            return body(training)
+
+        train.__doc__, train.__name__, train.__qualname__ = body.__doc__, body.__name__, body.__qualname__
+        train.__module__ = body.__module__
+        return train
+
+    return wrap
 
 
 def open_trained(run_dir: Path, task: str, read: Callable[[dict[str, Any]], T]) -> tuple[RunDirectory, T]:

@@ -22,17 +22,16 @@ import pandas as pd
 import torch
 
 from neurodl.config import AutoencodeOptions
+from neurodl.data.batches import ImageBatches
 from neurodl.data.images import (
-    ImageBatches,
     ImagePreprocessing,
-    LabelledVolumeDataset,
-    VolumeDataset,
     augmentation,
     invert_to_input,
     plan_preprocessing,
     preprocess,
 )
 from neurodl.data.inputs import InputImage, resolve_inputs
+from neurodl.data.volumes import LabelledVolumeDataset, VolumeDataset
 from neurodl.engine.memory import require_step_fits
 from neurodl.errors import ImageError, UsageError
 from neurodl.io.nifti import load_volume, save_volume
@@ -53,6 +52,7 @@ from neurodl.tasks._driver import (
     require_known_model,
     require_some,
     row_mask,
+    trains,
     write_report,
 )
 from neurodl.tasks._run import recorded_columns
@@ -209,7 +209,7 @@ def fitting_spacing(paths: Sequence[Path], size: Sequence[int]) -> tuple[float, 
     """
     if not size:
         return ()
-    from neurodl.data.images import header_grid
+    from neurodl.data.loading import header_grid
 
     spacings, extents = [], []
     for path in paths:
@@ -221,30 +221,14 @@ def fitting_spacing(paths: Sequence[Path], size: Sequence[int]) -> tuple[float, 
     return tuple(float(np.ceil(s * 1000) / 1000) for s in fitted)
 
 
-def train(
-    manifest_path: Path | None,
-    options: AutoencodeOptions,
-    out: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Train an autoencoder on the images of a manifest; write the run directory ``out``."""
+def _check_model_early(options: AutoencodeOptions) -> None:
     # A bad model name or --size fails here, before the run directory is created.
     check_model(options, None if options.images.size else (16, 16, 16))
-    training = Training.start(
-        TASK,
-        AutoencodeOptions,
-        manifest_path,
-        options,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        console=console,
-        quiet=quiet,
-    )
+
+
+@trains(TASK, AutoencodeOptions, before=_check_model_early)
+def train(training: Training) -> dict[str, Any]:
+    """Train an autoencoder on the images of a manifest; write the run directory ``out``."""
     options, manifest = training.options, training.manifest
     images = options.images
     training.hold_out_test()

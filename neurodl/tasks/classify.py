@@ -17,10 +17,9 @@ import pandas as pd
 import torch
 
 from neurodl.config import ClassifyOptions
+from neurodl.data.batches import ImageBatches
 from neurodl.data.images import (
-    ImageBatches,
     ImagePreprocessing,
-    VolumeDataset,
     augmentation,
     invert_to_input,
     plan_preprocessing,
@@ -29,6 +28,7 @@ from neurodl.data.images import (
 from neurodl.data.inputs import InputImage, resolve_inputs
 from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import TargetEncoder, label_text
+from neurodl.data.volumes import VolumeDataset
 from neurodl.engine.memory import require_step_fits
 from neurodl.errors import NeurodlError, UsageError
 from neurodl.io.manifest import require_columns
@@ -49,6 +49,7 @@ from neurodl.tasks._driver import (
     refuse_input,
     require_known_model,
     require_some,
+    trains,
     write_report,
 )
 from neurodl.tasks._image_level import ClassifyModule, ImageModule, RegressModule
@@ -137,16 +138,13 @@ def score(
     return classification_metrics(truth, outputs, target.classes)
 
 
-def train(
-    manifest_path: Path | None,
-    options: ClassifyOptions,
-    out: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
+@trains(
+    TASK,
+    ClassifyOptions,
+    before=lambda options: require_known_model(TASK, options.model),
+    label=lambda options: options.label,
+)
+def train(training: Training) -> dict[str, Any]:
     """Train a classifier (or, for a continuous label, a regressor) on the images of a manifest.
 
     Writes the run directory ``out``. ``test_fraction`` holds out participants that
@@ -154,19 +152,6 @@ def train(
     ``test_manifest.tsv`` for ``evaluate``. The rest is split (or cross-validated)
     by :func:`neurodl.tasks._protocol.run_protocol`.
     """
-    require_known_model(TASK, options.model)
-    training = Training.start(
-        TASK,
-        ClassifyOptions,
-        manifest_path,
-        options,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        console=console,
-        quiet=quiet,
-        label=lambda saved: saved.label,
-    )
     options, manifest, source = training.options, training.manifest, training.manifest_path
     images = options.images
     if manifest.label_is_image:

@@ -22,16 +22,16 @@ import pandas as pd
 import torch
 
 from neurodl.config import SegmentOptions
+from neurodl.data.batches import ImageBatches
 from neurodl.data.images import (
-    ImageBatches,
     ImagePreprocessing,
-    LabelledVolumeDataset,
     augmentation,
     invert_to_input,
     plan_preprocessing,
     preprocess,
 )
 from neurodl.data.inputs import InputImage, resolve_inputs
+from neurodl.data.volumes import LabelledVolumeDataset
 from neurodl.engine.memory import require_step_fits
 from neurodl.errors import DataError, ImageError, OutputError, UsageError
 from neurodl.io.nifti import Volume, load_volume, save_volume
@@ -50,6 +50,7 @@ from neurodl.tasks._driver import (
     refuse_input,
     require_known_model,
     require_some,
+    trains,
     write_report,
 )
 from neurodl.tasks._run import recorded_columns
@@ -94,30 +95,9 @@ def _check_patch(options: SegmentOptions) -> None:
         )
 
 
-def train(
-    manifest_path: Path | None,
-    options: SegmentOptions,
-    out: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
+@trains(TASK, SegmentOptions, before=_check_patch, label=lambda options: options.mask)
+def train(training: Training) -> dict[str, Any]:
     """Train a segmenter on the images and masks of a manifest; write the run directory ``out``."""
-    _check_patch(options)
-    training = Training.start(
-        TASK,
-        SegmentOptions,
-        manifest_path,
-        options,
-        out,
-        resume=resume,
-        overwrite=overwrite,
-        console=console,
-        quiet=quiet,
-        label=lambda saved: saved.mask,
-    )
     options, manifest, source = training.options, training.manifest, training.manifest_path
     images = options.images
     if not manifest.label_is_image or manifest.label_files is None:
