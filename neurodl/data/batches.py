@@ -61,8 +61,8 @@ class ImageBatches:
         else:
             order = list(range(len(self.dataset)))
         order = process_share(order, self.rank, self.world_size, pad=self.pad)
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
+        loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
+            self.dataset,  # type: ignore[arg-type]  # any sized, indexable dataset serves
             batch_size=self.batch_size,
             sampler=order,
             num_workers=self.workers,

@@ -149,7 +149,7 @@ class ImagePreprocessing:
             Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             # float32, not MONAI's float64 default: the same voxels to float32 rounding, in a third
             # of the time, and no float64 copy of a whole head to convert back.
-            Spacingd(keys=keys, pixdim=self.spacing, mode=modes, dtype=torch.float32),
+            Spacingd(keys=keys, pixdim=self.spacing, mode=modes, dtype=torch.float32),  # type: ignore[arg-type]
         ]
         if self.crop_foreground:
             # Runs recorded before heads were measured (head_threshold 0) keep MONAI's "non-zero".

@@ -1,4 +1,4 @@
-"""The image tasks' driver: one owner of a run's life, and of the per-image loop of ``predict``/``evaluate``.
+"""The image tasks' driver: one owner of a training run's life, and a recipe per task of what differs.
 
 A task writes only what differs, as a :class:`Recipe` of small functions (how to
 build the module for some training rows, make its batches, predict and score
@@ -6,20 +6,21 @@ rows, what ``preprocessing.json`` records, its figures); :class:`Training`
 does the rest the same way for every task: start (or resume) the run, read
 the manifest, hold out test participants, fit through
 :func:`~neurodl.tasks._protocol.run_protocol`, score the held-out test, write
-the run's files and return the summary. :func:`open_trained` and
-:func:`place` are the two halves of every ``load()``; :func:`each_image` is
-the loop over input images in which a bad image is a :class:`Failure`, not
-the end of the batch.
+the run's files and return the summary. :func:`trains` makes the task's public
+``train(manifest_path, options, out, ...)`` of its body. Using a trained run
+(``load()``, the per-image loop of ``predict``/``evaluate``) is
+:mod:`neurodl.tasks._trained`.
 
 Example:
-    >>> training = Training.start("segment", SegmentOptions, manifest, options, out)  # doctest: +SKIP
-    >>> training.hold_out_test(np.zeros(len(training.manifest)))  # doctest: +SKIP
-    >>> return training.train(Recipe(module=..., batches=..., predict=..., score=..., record=...))  # doctest: +SKIP
+    >>> @trains("segment", SegmentOptions, label=lambda options: options.mask)  # doctest: +SKIP
+    ... def train(training: Training) -> dict[str, Any]:
+    ...     training.hold_out_test()
+    ...     return training.train(Recipe(module=..., batches=..., predict=..., score=..., record=...))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,15 +30,13 @@ import numpy as np
 from neurodl.config import from_dict, to_dict
 from neurodl.data.splits import split_by_participant
 from neurodl.engine import Callback, FitResult, fit
-from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
-from neurodl.io.manifest import Manifest, load_manifest, require_columns
+from neurodl.errors import UsageError
+from neurodl.io.manifest import Manifest, load_manifest
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import list_models
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._run import (
     cache_folder,
-    check_leakage,
-    check_report_dir,
     held_out_test,
     progress,
     start_run,
@@ -152,14 +151,13 @@ class Training:
         options = from_dict(options_type, saved)
         check(options)
         images = options.images
-        extra = bids_images(options)
         manifest = load_manifest(
             source,
             list(images.image),
             label(options),
             images.participant,
             bids_filter=images.bids_filter,
-            **({"bids_images": extra} if extra else {}),
+            bids_images=bids_images(options),
         )
         return cls(task, run, source, options, manifest, resume, console, quiet)
 
@@ -423,187 +421,6 @@ def trains(
         return train
 
     return wrap
-
-
-def open_trained(run_dir: Path, task: str, read: Callable[[dict[str, Any]], T]) -> tuple[RunDirectory, T]:
-    """Open a run of ``task`` and ``read`` its ``preprocessing.json``; a damaged record is a clear error.
-
-    ``read`` raises ``KeyError``/``TypeError``/``ValueError`` (or a :class:`NeurodlError`) on
-    anything out of range: a tampered or foreign run is refused before any weight is read.
-    """
-    run = RunDirectory.open(run_dir, task=task)
-    prep = run.read_json("preprocessing.json")
-    try:
-        return run, read(prep)
-    except (KeyError, TypeError, ValueError, NeurodlError) as exc:
-        raise RunDirectoryError(
-            f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
-            "Train the model again.",
-        ) from exc
-
-
-def place(run: RunDirectory, build: Callable[[], Any], device: str) -> tuple[Any, Any]:
-    """The run's network built by ``build`` with its weights, on ``device`` (``auto`` resolved), in eval mode."""
-    from neurodl.engine import resolve_device
-
-    model = run.load_model(build)
-    target = resolve_device(device)
-    model.to(target).eval()
-    return model, target
-
-
-@dataclass
-class Failure:
-    """An input image that could not be processed, and why."""
-
-    name: str
-    message: str
-
-
-def each_image(
-    images: Iterable[Any], work: Callable[[Any], R], on_image: Callable[[Any], None] | None = None
-) -> tuple[list[R], list[Failure]]:
-    """``work`` on each image in turn; an image that raises a :class:`NeurodlError` is a failure, not the end.
-
-    ``on_image`` is told of every image (done or failed), e.g. to advance a progress bar.
-    Results that are ``None`` (nothing to report for that image) are left out.
-    """
-    results: list[R] = []
-    failures: list[Failure] = []
-    for image in images:
-        try:
-            result = work(image)
-            if result is not None:
-                results.append(result)
-        except NeurodlError as exc:
-            failures.append(Failure(image.name, str(exc)))
-        finally:
-            if on_image is not None:
-                on_image(image)
-    return results, failures
-
-
-def require_some(results: Sequence[Any], failures: Sequence[Failure], manifest_path: Path, done: str) -> None:
-    """Refuse an evaluation in which no image could be ``done`` (e.g. 'evaluated'), naming the first reasons."""
-    if not results:
-        reasons = "; ".join(f"{f.name}: {f.message}" for f in failures[:3])
-        raise DataError(
-            f"{manifest_path}: no image could be {done} ({reasons}).", "Fix the inputs named above."
-        )
-
-
-def refuse_input(path: Path, input_files: set[Path]) -> None:
-    """An output that would replace one of the inputs is an error: neurodl never overwrites its inputs."""
-    if path.resolve() in input_files:
-        raise OutputError(
-            f"{path}: is also an input; neurodl never overwrites its inputs.", "Choose another -o folder."
-        )
-
-
-def input_files(images: Iterable[Any]) -> set[Path]:
-    """Every file of the input images, resolved (outputs are checked against them)."""
-    return {p.resolve() for image in images for p in image.paths}
-
-
-@dataclass
-class Evaluation:
-    """The manifest an ``evaluate`` scores, its images, and the warnings so far."""
-
-    manifest: Manifest
-    images: list[Any]
-    warnings: list[str]
-
-
-def open_evaluation(
-    loaded: Any,
-    manifest_path: Path,
-    *,
-    label: str | None,
-    required: Sequence[str] = (),
-    fix: str = "",
-    allow_overlap: bool,
-    report_dir: Path | None,
-    overwrite: bool,
-    bids_filter: Sequence[str] = (),
-    bids_images: Sequence[str] = (),
-    mask_column: str | None = None,
-    image_label: str | None = None,
-    resolve: bool = True,
-) -> Evaluation:
-    """Read an ``evaluate`` manifest for a loaded model: report folder, columns, leakage, then its images.
-
-    ``required`` columns must exist (``fix`` says how, if given); a ``mask_column`` must hold
-    mask images; ``image_label`` is the column each image's ``label`` is read from. Participants the
-    model was trained or selected on are refused unless ``allow_overlap``.
-    """
-    from neurodl.data.inputs import resolve_inputs
-
-    check_report_dir(report_dir, manifest_path, overwrite=overwrite)
-    manifest = load_manifest(
-        manifest_path,
-        loaded.image_columns,
-        label,
-        loaded.participant_column,
-        require_files=False,
-        bids_filter=bids_filter,
-        **({"bids_images": list(bids_images)} if bids_images else {}),
-    )
-    if required:
-        require_columns(manifest.frame, list(required), manifest_path, **({"fix": fix} if fix else {}))
-    if mask_column:
-        require_columns(manifest.frame, [mask_column], manifest_path)
-        if not manifest.label_is_image or manifest.label_files is None:
-            raise UsageError(
-                f"{manifest_path}: column '{mask_column}' does not hold mask images (.nii/.nii.gz paths).",
-                "Name a column of label images with --mask (e.g. --mask dseg).",
-            )
-    warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
-    images: list[Any] = []
-    if resolve:
-        images, _ = resolve_inputs(
-            [manifest_path],
-            image_columns=loaded.image_columns,
-            participant_column=loaded.participant_column,
-            bids_filter=bids_filter,
-            label_column=image_label,
-        )
-    return Evaluation(manifest, images, warnings)
-
-
-def row_mask(manifest: Manifest, manifest_path: Path, row: int | None, column: str) -> Path | None:
-    """The mask file of a manifest row (None without a mask column); an empty cell is an error."""
-    if manifest.label_files is None or row is None:
-        return None
-    path = manifest.label_files[row]
-    if path is None:
-        raise DataError(
-            f"{manifest_path}: row {row + 1} has no mask in column '{column}'.", "Fill in the mask path."
-        )
-    return Path(path)
-
-
-def write_report(
-    report_dir: Path | None,
-    task: str,
-    tables: dict[str, Any],
-    metrics: dict[str, Any],
-    *,
-    manifest_path: Path,
-    model: Path,
-    failures: Sequence[Failure],
-) -> RunDirectory | None:
-    """Write an ``evaluate --out`` report (its tables and metrics.json) once every image was processed.
-
-    A report that leaves inputs out would mislead, so none is written when any failed.
-    Returns the report's writer (for figures), or None when nothing was written.
-    """
-    if report_dir is None or failures:
-        return None
-    writer = RunDirectory(report_dir, task)  # an atomic writer for the report files
-    for name, table in tables.items():
-        writer.write_csv(name, table)
-    writer.write_json("metrics.json", {"manifest": str(manifest_path), "model": str(model), **metrics})
-    return writer
 
 
 def mean_scores(names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict[str, Any]]:

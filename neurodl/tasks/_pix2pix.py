@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from neurodl.config import TranslateOptions
-from neurodl.data.volumes import PairedVolumes, epoch_seed
+from neurodl.data.volumes import PairedVolumes, Rows, epoch_seed
 from neurodl.engine import Callback
 from neurodl.io.nifti import Volume
 from neurodl.io.rundir import RunDirectory
@@ -158,7 +158,7 @@ class TrainingPatches(torch.utils.data.Dataset):
     def __init__(
         self,
         volumes: PairedVolumes,
-        rows: Sequence[int],
+        rows: Rows,
         scale: TargetScale,
         *,
         dims: int,
@@ -205,7 +205,7 @@ class TrainingPatches(torch.utils.data.Dataset):
 class WholeVolumes(torch.utils.data.Dataset):
     """Whole preprocessed (source, scaled target) volumes, for validation."""
 
-    def __init__(self, volumes: PairedVolumes, rows: Sequence[int], scale: TargetScale) -> None:
+    def __init__(self, volumes: PairedVolumes, rows: Rows, scale: TargetScale) -> None:
         self.volumes = volumes
         self.rows = [int(r) for r in rows]
         self.scale = scale

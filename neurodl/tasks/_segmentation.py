@@ -112,7 +112,7 @@ class SegmentModule:
 
         def run(volume: torch.Tensor) -> torch.Tensor:
             return torch.softmax(
-                sliding_window_inference(
+                sliding_window_inference(  # type: ignore[arg-type]  # one tensor for one predictor output
                     volume,
                     self.patch,
                     sw_batch_size=4,

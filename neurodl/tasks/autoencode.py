@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,25 +37,20 @@ from neurodl.errors import ImageError, UsageError
 from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
-from neurodl.tasks._driver import (
+from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, require_known_model, trains
+from neurodl.tasks._run import recorded_columns
+from neurodl.tasks._trained import (
     Failure,
-    Fitted,
-    Recipe,
-    Training,
     each_image,
     input_files,
-    mean_scores,
     open_evaluation,
     open_trained,
     place,
     refuse_input,
-    require_known_model,
     require_some,
     row_mask,
-    trains,
     write_report,
 )
-from neurodl.tasks._run import recorded_columns
 from neurodl.tasks.metrics import image_scores
 
 TASK = "autoencode"
@@ -197,7 +192,8 @@ def encode_volume(module: AutoencodeModule, volume: torch.Tensor, dims: int, sli
     if dims == 2:
         volume = volume[..., central_slices(volume.shape[-1], slices)]
     with torch.no_grad():
-        codes = module.model.encode_mean(_as_batch(volume, dims).to(device)).float().cpu()
+        encode_mean: Callable[[torch.Tensor], torch.Tensor] = module.model.encode_mean  # type: ignore[assignment]
+        codes = encode_mean(_as_batch(volume, dims).to(device)).float().cpu()
     return codes.mean(dim=0).numpy()
 
 

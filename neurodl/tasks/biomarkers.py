@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -317,7 +317,8 @@ def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
     """Weights of a linear/logistic model, per standardised feature and in original units."""
     if fitted.model_spec["hidden"]:
         return None
-    layer = fitted.module.model.layers[-1]
+    layers = cast(torch.nn.Sequential, fitted.module.model.layers)
+    layer = cast(torch.nn.Linear, layers[-1])
     weights = layer.weight.detach().cpu().numpy()
     bias = layer.bias.detach().cpu().numpy()
     names = fitted.features.feature_names

@@ -36,25 +36,21 @@ from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
 from neurodl.tasks._classification import balanced_class_weights, save_classification_plots
-from neurodl.tasks._driver import (
+from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
+from neurodl.tasks._image_level import ClassifyModule, ImageModule, RegressModule
+from neurodl.tasks._regression import save_regression_plots
+from neurodl.tasks._run import recorded_columns
+from neurodl.tasks._trained import (
     Failure,
-    Fitted,
-    Recipe,
-    Training,
     each_image,
     input_files,
     open_evaluation,
     open_trained,
     place,
     refuse_input,
-    require_known_model,
     require_some,
-    trains,
     write_report,
 )
-from neurodl.tasks._image_level import ClassifyModule, ImageModule, RegressModule
-from neurodl.tasks._regression import save_regression_plots
-from neurodl.tasks._run import recorded_columns
 from neurodl.tasks.metrics import classification_metrics, regression_metrics
 
 TASK = "classify"
@@ -506,7 +502,7 @@ def _explain(loaded: LoadedClassifier, x: torch.Tensor, method: str, class_index
     if method == "gradcam":
         from monai.visualize import GradCAM
 
-        cam = GradCAM(nn_module=model, target_layers=model.gradcam_layer)
+        cam = GradCAM(nn_module=model, target_layers=str(model.gradcam_layer))
         return cam(x=batch, class_idx=class_index).detach()[0]
     if method == "saliency":
         batch = batch.clone().requires_grad_(True)

@@ -35,10 +35,11 @@ from neurodl.errors import DataError, OutputError, UsageError
 from neurodl.io.manifest import require_columns
 from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
 from neurodl.models import create_model
-from neurodl.tasks._driver import Training, open_trained, place, trains
+from neurodl.tasks._driver import Training, trains
 from neurodl.tasks._gan import AdversarialPair, TargetScale, check_networks
 from neurodl.tasks._run import recorded_columns, write_held_out_manifest
 from neurodl.tasks._samples import contact_sheet, grid_slice_affine, save_in_grid, training_grid
+from neurodl.tasks._trained import open_trained, place
 from neurodl.tasks.autoencode import central_slices, fitting_spacing
 
 TASK = "generate"
@@ -419,9 +420,24 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedGenerator:
             grid,
         )
 
-    run, (preprocessing, spec, *recorded, grid) = open_trained(run_dir, TASK, read)
+    run, (preprocessing, spec, scale, column, participant, condition, classes, dims, latent, grid) = (
+        open_trained(run_dir, TASK, read)
+    )
     generator, target = place(run, lambda: build_generator(spec), device)
-    return LoadedGenerator(run, generator, preprocessing, *recorded, grid, target)
+    return LoadedGenerator(
+        run,
+        generator,
+        preprocessing,
+        scale,
+        column,
+        participant,
+        condition,
+        classes,
+        dims,
+        latent,
+        grid,
+        target,
+    )
 
 
 def class_index(loaded: LoadedGenerator, condition: str | None) -> list[int]:

@@ -37,22 +37,7 @@ from neurodl.errors import DataError, ImageError, OutputError, UsageError
 from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
-from neurodl.tasks._driver import (
-    Failure,
-    Fitted,
-    Recipe,
-    Training,
-    each_image,
-    input_files,
-    open_evaluation,
-    open_trained,
-    place,
-    refuse_input,
-    require_known_model,
-    require_some,
-    trains,
-    write_report,
-)
+from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
 from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._segmentation import (
     LabelTable,
@@ -65,6 +50,17 @@ from neurodl.tasks._segmentation import (
     millimetres,
     observed_labels,
     parse_labels,
+)
+from neurodl.tasks._trained import (
+    Failure,
+    each_image,
+    input_files,
+    open_evaluation,
+    open_trained,
+    place,
+    refuse_input,
+    require_some,
+    write_report,
 )
 
 TASK = "segment"

@@ -36,23 +36,7 @@ from neurodl.errors import DataError, ImageError, UsageError
 from neurodl.io.manifest import require_columns
 from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
-from neurodl.tasks._driver import (
-    Failure,
-    Fitted,
-    Recipe,
-    Training,
-    each_image,
-    input_files,
-    mean_scores,
-    open_evaluation,
-    open_trained,
-    place,
-    refuse_input,
-    require_some,
-    row_mask,
-    trains,
-    write_report,
-)
+from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, trains
 from neurodl.tasks._gan import TargetScale, check_networks
 from neurodl.tasks._pix2pix import (
     MIN_WINDOW,
@@ -69,6 +53,18 @@ from neurodl.tasks._pix2pix import (
     translate_volume,
 )
 from neurodl.tasks._run import recorded_columns
+from neurodl.tasks._trained import (
+    Failure,
+    each_image,
+    input_files,
+    open_evaluation,
+    open_trained,
+    place,
+    refuse_input,
+    require_some,
+    row_mask,
+    write_report,
+)
 from neurodl.tasks.metrics import image_scores
 
 TASK = "translate"
