@@ -286,6 +286,24 @@ def plan_preprocessing(
     )
 
 
+def fitting_spacing(paths: Sequence[Path], size: Sequence[int]) -> tuple[float, ...]:
+    """Voxel size (per RAS axis) at which the images' median field of view fits in ``size``.
+
+    The images' median voxel size, coarsened along any axis whose field of view would
+    otherwise be cropped: whole heads are downsampled, not cut. Empty without ``size``.
+    """
+    if not size:
+        return ()
+    spacings, extents = [], []
+    for path in paths:
+        spacing, shape = header_grid(path)
+        spacings.append(spacing)
+        extents.append(spacing * shape)
+    sides = np.asarray([size[0]] * 3 if len(size) == 1 else list(size), dtype=float)
+    fitted = np.maximum(np.median(spacings, axis=0), np.median(extents, axis=0) / sides)
+    return tuple(float(np.ceil(s * 1000) / 1000) for s in fitted)
+
+
 def head_extents(paths: Sequence[Path], sample: int = PLANNING_SAMPLE) -> np.ndarray:
     """The head's bounding box (mm along R, A, S, with the 2-voxel crop margin) in up to
     ``sample`` of ``paths``, spread over the list: (n, 3)."""

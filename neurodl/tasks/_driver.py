@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from neurodl.config import from_dict, to_dict
+from neurodl.data.images import ImagePreprocessing, fitting_spacing, plan_preprocessing
 from neurodl.data.splits import split_by_participant
 from neurodl.engine import Callback, FitResult, fit
 from neurodl.errors import UsageError
@@ -73,11 +74,13 @@ class Recipe:
     """What one image task does differently during training; the driver does the rest.
 
     Attributes:
+        preprocessing: the images' preprocessing, planned on the training images.
         module: a fresh module (network + loss) to train on the given training rows.
         batches: the batches of some rows for that module (``True``: training batches).
         predict: the outputs of a fitted module on some rows (one row of outputs per image).
         score: the metrics of those outputs.
-        record: what ``preprocessing.json`` records of the final model (``load()`` restores it).
+        record: what ``preprocessing.json`` records of the final model beyond the preprocessing and
+            the image and participant columns (``load()`` restores it).
         weights: the files of the final model's weights (name -> state dict).
         title: the title of the learning curves.
         summary: what the task adds to the run's summary (task, target, labels ...).
@@ -89,6 +92,7 @@ class Recipe:
         cv: whether ``--cv`` applies (a GAN keeps one validation split).
     """
 
+    preprocessing: ImagePreprocessing
     module: Callable[[np.ndarray], Any]
     batches: Callable[[Any, np.ndarray, bool], Any]
     predict: Callable[[Fitted, np.ndarray], np.ndarray]
@@ -199,6 +203,31 @@ class Training:
         items = self.items
         return [items[int(r)][0] for r in self.rows]
 
+    def plan(
+        self,
+        *,
+        size: Sequence[int] | None = None,
+        resize: bool = True,
+        label_values: Sequence[int] = (),
+        fit_spacing: bool = False,
+    ) -> ImagePreprocessing:
+        """The preprocessing planned on the training images from the image options (``size``: another size).
+
+        ``fit_spacing``: without ``--spacing``, coarsen the voxels so whole heads fit ``--size``
+        (:func:`~neurodl.data.images.fitting_spacing`) rather than being cropped.
+        """
+        images, paths = self.images, self.training_paths()
+        return plan_preprocessing(
+            paths,
+            spacing=images.spacing or (fitting_spacing(paths, images.size) if fit_spacing else ()),
+            size=images.size if size is None else size,
+            normalize=images.normalize,
+            crop_foreground=images.crop_foreground,
+            channels=len(images.image),
+            resize=resize,
+            label_values=label_values,
+        )
+
     def cached(self, dataset: T, *, always: bool = False) -> T:
         """``dataset``, every image preprocessed now (unless ``--cache none``): a bad file stops the run here."""
         if always or self.images.cache != "none":
@@ -296,17 +325,29 @@ class Training:
             if recipe.outputs is not None:
                 plots += recipe.outputs("test_", self.test_rows, test_outputs)
             headline = scores
-        self.write(recipe.record(final), recipe.weights(final), outcome, metrics, title=recipe.title)
+        record = self.record(recipe.preprocessing, **recipe.record(final))
+        self.write(record, recipe.weights(final), outcome, metrics, title=recipe.title)
         if recipe.figures is not None:
             recipe.figures(final)
         return self.summary(
             recipe.summary,
+            preprocessing=recipe.preprocessing,
             evaluation=evaluation,
             metrics={k: v for k, v in headline.items() if recipe.headline(k) and not isinstance(v, list)},
             metrics_std=outcome.headline_std if not len(self.test_rows) else {},
             epochs=final.result.epochs_run,
             plots=plots if recipe.outputs is not None else None,
         )
+
+    def record(self, preprocessing: ImagePreprocessing, **recorded: Any) -> dict[str, Any]:
+        """A run's ``preprocessing.json``: the preprocessing, the image and participant columns, and ``recorded``."""
+        images = self.images
+        return {
+            "images": preprocessing.to_dict(),
+            "image_columns": list(images.image),
+            "participant_column": images.participant,
+            **recorded,
+        }
 
     def write(
         self,
@@ -343,18 +384,17 @@ class Training:
         metrics: dict[str, Any],
         metrics_std: dict[str, Any],
         epochs: int,
+        preprocessing: ImagePreprocessing,
         plots: list[str] | None = None,
-        preprocessing: Any = None,
     ) -> dict[str, Any]:
         """The run's summary: ``head`` (task, target, model ...), its data, evaluation and headline metrics."""
         groups = self.groups
-        planned = preprocessing if preprocessing is not None else head.pop("preprocessing", None)
         summary = {
             **{k: v for k, v in head.items() if k != "classes"},
             "images": len(self.manifest),
             "participants": len(set(groups.tolist())),
             **({"classes": head["classes"]} if "classes" in head else {}),
-            **({"preprocessing": planned.to_dict()} if planned is not None else {}),
+            "preprocessing": preprocessing.to_dict(),
             "evaluation": evaluation,
             "metrics": metrics,
             "metrics_std": metrics_std,

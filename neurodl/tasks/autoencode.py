@@ -27,7 +27,6 @@ from neurodl.data.images import (
     ImagePreprocessing,
     augmentation,
     invert_to_input,
-    plan_preprocessing,
     preprocess,
 )
 from neurodl.data.inputs import InputImage, resolve_inputs
@@ -37,20 +36,10 @@ from neurodl.errors import ImageError, UsageError
 from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
+from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, require_known_model, trains
 from neurodl.tasks._run import recorded_columns
-from neurodl.tasks._trained import (
-    Failure,
-    each_image,
-    input_files,
-    open_evaluation,
-    open_trained,
-    place,
-    refuse_input,
-    require_some,
-    row_mask,
-    write_report,
-)
+from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import image_scores
 
 TASK = "autoencode"
@@ -197,26 +186,6 @@ def encode_volume(module: AutoencodeModule, volume: torch.Tensor, dims: int, sli
     return codes.mean(dim=0).numpy()
 
 
-def fitting_spacing(paths: Sequence[Path], size: Sequence[int]) -> tuple[float, ...]:
-    """Voxel size (per RAS axis) at which the images' median field of view fits in ``size``.
-
-    The images' median voxel size, coarsened along any axis whose field of view would
-    otherwise be cropped: whole heads are downsampled, not cut. Empty without ``size``.
-    """
-    if not size:
-        return ()
-    from neurodl.data.loading import header_grid
-
-    spacings, extents = [], []
-    for path in paths:
-        spacing, shape = header_grid(path)
-        spacings.append(spacing)
-        extents.append(spacing * shape)
-    sides = np.asarray([size[0]] * 3 if len(size) == 1 else list(size), dtype=float)
-    fitted = np.maximum(np.median(spacings, axis=0), np.median(extents, axis=0) / sides)
-    return tuple(float(np.ceil(s * 1000) / 1000) for s in fitted)
-
-
 def _check_model_early(options: AutoencodeOptions) -> None:
     # A bad model name or --size fails here, before the run directory is created.
     check_model(options, None if options.images.size else (16, 16, 16))
@@ -230,15 +199,7 @@ def train(training: Training) -> dict[str, Any]:
     training.hold_out_test()
     rows, items = training.rows, training.items
     channels = len(images.image)
-    preprocessing = plan_preprocessing(
-        training.training_paths(),
-        spacing=images.spacing or fitting_spacing(training.training_paths(), images.size),
-        size=images.size,
-        normalize=images.normalize,
-        crop_foreground=images.crop_foreground,
-        channels=channels,
-        resize=True,
-    )
+    preprocessing = training.plan(fit_spacing=True)
     check_model(options, preprocessing.size)
     spec = model_spec(options, channels, preprocessing.size)
     require_step_fits(  # before any image is decoded or any weight allocated
@@ -288,9 +249,6 @@ def train(training: Training) -> dict[str, Any]:
     from neurodl.tasks._samples import training_grid
 
     record = {
-        "images": preprocessing.to_dict(),
-        "image_columns": list(images.image),
-        "participant_column": images.participant,
         "model": spec,
         "loss": options.loss,
         "beta": options.beta,
@@ -300,6 +258,7 @@ def train(training: Training) -> dict[str, Any]:
     }
     return training.train(
         Recipe(
+            preprocessing=preprocessing,
             module=lambda train_rows: AutoencodeModule(
                 build_model(spec), loss=options.loss, beta=options.beta
             ),
@@ -312,7 +271,6 @@ def train(training: Training) -> dict[str, Any]:
                 "task": "autoencoder",
                 "target": ",".join(images.image),
                 "model": options.model,
-                "preprocessing": preprocessing,
             },
             headline=lambda name: name in METRICS,
             figures=latent_space,
@@ -356,8 +314,10 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedAutoencoder:
         columns = recorded_columns(prep, int(spec["in_channels"]))
         return preprocessing, spec, dims, latent, beta, slices, columns, str(prep.get("loss", "mse"))
 
-    run, (preprocessing, spec, dims, latent, beta, slices, columns, loss) = open_trained(run_dir, TASK, read)
-    model, target = place(run, lambda: build_model(spec), device)
+    run, (preprocessing, spec, dims, latent, beta, slices, columns, loss) = trained.open_trained(
+        run_dir, TASK, read
+    )
+    model, target = trained.place(run, lambda: build_model(spec), device)
     module = AutoencodeModule(model, loss=loss, beta=beta)
     return LoadedAutoencoder(run, module, preprocessing, columns[0], columns[1], dims, latent, slices, target)
 
@@ -392,7 +352,7 @@ def encode(
         _extra_columns(manifest, image, loaded.image_columns, row)
         return row
 
-    rows, failures = each_image(images, encoded, on_image)
+    rows, failures = trained.each_image(images, encoded, on_image)
     return pd.DataFrame(rows), failures
 
 
@@ -417,7 +377,7 @@ def reconstruct(
     images, _ = resolve_inputs(
         inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
-    inputs_read = input_files(images)
+    inputs_read = trained.input_files(images)
     writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
 
     def reconstructed(image: InputImage) -> dict[str, Any]:
@@ -425,8 +385,8 @@ def reconstruct(
             out_dir / f"{image.name}_recon.nii.gz",
             out_dir / f"{image.name}_error.nii.gz",
         )
-        refuse_input(recon_path, inputs_read)
-        refuse_input(error_path, inputs_read)
+        trained.refuse_input(recon_path, inputs_read)
+        trained.refuse_input(error_path, inputs_read)
         row: dict[str, Any] = {
             "participant_id": image.participant or image.name,
             "image": str(image.paths[0]),
@@ -471,7 +431,7 @@ def reconstruct(
         row["status"] = "written"
         return row
 
-    rows, failures = each_image(images, reconstructed, on_image)
+    rows, failures = trained.each_image(images, reconstructed, on_image)
     return pd.DataFrame(rows), failures
 
 
@@ -502,7 +462,7 @@ def evaluate(
     bids_filter: Sequence[str] = (),
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """MSE, MAE, PSNR and SSIM per image in the preprocessed (normalised) space, optionally inside a mask."""
-    evaluation = open_evaluation(
+    evaluation = trained.open_evaluation(
         loaded,
         manifest_path,
         label=mask_column,
@@ -515,7 +475,9 @@ def evaluate(
 
     def scored(image: InputImage) -> dict[str, Any]:
         mask_path = (
-            row_mask(evaluation.manifest, manifest_path, image.row, mask_column) if mask_column else None
+            trained.row_mask(evaluation.manifest, manifest_path, image.row, mask_column)
+            if mask_column
+            else None
         )
         if mask_path is not None:
             x, mask = _preprocess_with_mask(loaded, image, mask_path)
@@ -526,12 +488,12 @@ def evaluate(
         row.update(image_scores(x, reconstruction, mask))
         return row
 
-    rows, failures = each_image(evaluation.images, scored, on_image)
-    require_some(rows, failures, manifest_path, "evaluated")
+    rows, failures = trained.each_image(evaluation.images, scored, on_image)
+    trained.require_some(rows, failures, manifest_path, "evaluated")
     per_image = pd.DataFrame(rows)
     metrics: dict[str, Any] = {"images": len(per_image), "mask": mask_column or ""}
     metrics.update({name: float(per_image[name].mean()) for name in METRICS})
-    write_report(
+    trained.write_report(
         report_dir,
         TASK,
         {"per_image.csv": per_image},

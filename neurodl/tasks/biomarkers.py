@@ -32,6 +32,7 @@ from neurodl.tasks._classification import (
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._regression import regression_loss, save_regression_plots
 from neurodl.tasks._run import check_report_dir, progress, start_run
+from neurodl.tasks._supervised import SupervisedModule
 from neurodl.tasks.metrics import (
     classification_metrics,
     epoch_classification_metrics,
@@ -41,7 +42,7 @@ from neurodl.tasks.metrics import (
 TASK = "biomarkers"
 
 
-class BiomarkersModule:
+class BiomarkersModule(SupervisedModule):
     """Model + loss + metrics of the biomarkers task, for the engine.
 
     Args:
@@ -50,12 +51,10 @@ class BiomarkersModule:
         class_weights: per-class loss weights (``--class-weight balanced``), or None.
     """
 
-    default_monitor = "val_loss"
-
     def __init__(
         self, model: torch.nn.Module, target: TargetEncoder, class_weights: torch.Tensor | None = None
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.target = target
         self.class_weights = class_weights
 
@@ -63,14 +62,6 @@ class BiomarkersModule:
         if self.target.kind == "regression":
             return regression_loss(output, y)
         return classification_loss(output, y, self.class_weights)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"loss": self.loss(self.model(x), y)}
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"output": self.model(x), "target": y}
 
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         output, y = outputs["output"], outputs["target"]
@@ -92,13 +83,15 @@ class BiomarkersModule:
         """Regression predictions in the target's own units."""
         return self.target.restore(output.detach().float().cpu().squeeze(1).numpy())
 
+    def outputs(self, output: torch.Tensor) -> np.ndarray:
+        return self.probabilities(output) if self.target.kind == "classification" else self.values(output)
+
     @torch.no_grad()
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (classification) or values (regression) for a feature matrix."""
         self.model.eval()
         device = next(self.model.parameters()).device
-        output = self.model(torch.from_numpy(x).to(device))
-        return self.probabilities(output) if self.target.kind == "classification" else self.values(output)
+        return self.outputs(self.model(torch.from_numpy(x).to(device)))
 
 
 @dataclass
@@ -389,7 +382,7 @@ def train(
             )
 
     def predict_rows(fitted: Fitted, rows: np.ndarray) -> np.ndarray:
-        return fitted.module.predict(fitted.features.transform(data.frame.iloc[rows], path=table))
+        return fitted.module.predict_features(fitted.features.transform(data.frame.iloc[rows], path=table))
 
     def score_rows(rows: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         return score(outputs, data.frame[options.target].iloc[rows], data.target, table)
@@ -520,7 +513,7 @@ def predict(model: LoadedModel, table: Path) -> pd.DataFrame:
     frame = read_table(table)
     x = model.features.transform(frame, path=table)
     return prediction_frame(
-        frame, model.module.predict(x), model.target, _id_columns(frame, model.group_column)
+        frame, model.module.predict_features(x), model.target, _id_columns(frame, model.group_column)
     )
 
 
@@ -558,7 +551,7 @@ def evaluate(
             warnings.append(f"{len(overlap)} participants were in the training data (--allow-overlap).")
     elif trained:
         warnings.append(f"no '{group}' column: cannot check that these rows were not used for training.")
-    output = model.module.predict(model.features.transform(frame, path=table))
+    output = model.module.predict_features(model.features.transform(frame, path=table))
     metrics = score(output, frame[target.column], target, table)
     metrics["rows"] = len(frame)
     if report_dir is not None:

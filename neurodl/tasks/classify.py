@@ -22,7 +22,6 @@ from neurodl.data.images import (
     ImagePreprocessing,
     augmentation,
     invert_to_input,
-    plan_preprocessing,
     preprocess,
 )
 from neurodl.data.inputs import InputImage, resolve_inputs
@@ -35,22 +34,13 @@ from neurodl.io.manifest import require_columns
 from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
+from neurodl.tasks import _trained as trained
 from neurodl.tasks._classification import balanced_class_weights, save_classification_plots
 from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
-from neurodl.tasks._image_level import ClassifyModule, ImageModule, RegressModule
 from neurodl.tasks._regression import save_regression_plots
 from neurodl.tasks._run import recorded_columns
-from neurodl.tasks._trained import (
-    Failure,
-    each_image,
-    input_files,
-    open_evaluation,
-    open_trained,
-    place,
-    refuse_input,
-    require_some,
-    write_report,
-)
+from neurodl.tasks._supervised import ClassifyModule, RegressModule, SupervisedModule
+from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import classification_metrics, regression_metrics
 
 TASK = "classify"
@@ -164,14 +154,7 @@ def train(training: Training) -> dict[str, Any]:
     training.hold_out_test(regression_strata(y, bins=5) if regression else y)
     rows = training.rows
     channels = len(images.image)
-    preprocessing = plan_preprocessing(
-        training.training_paths(),
-        spacing=images.spacing,
-        size=images.size,
-        normalize=images.normalize,
-        crop_foreground=images.crop_foreground,
-        channels=channels,
-    )
+    preprocessing = training.plan()
     spec = model_spec(options, channels, target.outputs)
     require_step_fits(  # before any image is decoded or any weight allocated
         lambda: build_model(spec),
@@ -184,7 +167,7 @@ def train(training: Training) -> dict[str, Any]:
     augment = augmentation(images.augment)
     seed = training.seed
 
-    def module_for(train_rows: np.ndarray) -> ImageModule:
+    def module_for(train_rows: np.ndarray) -> SupervisedModule:
         if regression:
             # Mean and SD of the training rows only: validation and test values stay unseen.
             scaled = TargetEncoder.fit(
@@ -202,7 +185,7 @@ def train(training: Training) -> dict[str, Any]:
         )
         return ClassifyModule(build_model(spec), weights)
 
-    def batches(module: ImageModule, subset_rows: np.ndarray, training_set: bool) -> ImageBatches:
+    def batches(module: SupervisedModule, subset_rows: np.ndarray, training_set: bool) -> ImageBatches:
         return ImageBatches(
             base.subset(subset_rows, augment=augment if training_set else None, seed=seed),
             batch_size=options.train.batch_size,
@@ -237,15 +220,13 @@ def train(training: Training) -> dict[str, Any]:
 
     def record(final: Fitted) -> dict[str, Any]:
         return {
-            "images": preprocessing.to_dict(),
-            "image_columns": list(images.image),
-            "participant_column": images.participant,
             "label": (final.module.target if regression else target).to_dict(),
             "model": spec,
         }
 
     return training.train(
         Recipe(
+            preprocessing=preprocessing,
             module=module_for,
             batches=batches,
             predict=predict_rows,
@@ -257,7 +238,6 @@ def train(training: Training) -> dict[str, Any]:
                 "target": options.label,
                 "model": options.model,
                 "classes": target.classes,
-                "preprocessing": preprocessing,
             },
             headline=lambda name: name != "confusion_matrix",
             outputs=outputs_of,
@@ -321,7 +301,7 @@ class LoadedClassifier:
     """A trained classifier (or image regressor), ready for new images."""
 
     run: RunDirectory
-    module: ImageModule
+    module: SupervisedModule
     preprocessing: ImagePreprocessing
     image_columns: list[str]
     participant_column: str
@@ -345,10 +325,10 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
             raise ValueError("model sizes out of range")
         return preprocessing, target, spec, recorded_columns(prep, int(spec["in_channels"]))
 
-    run, (preprocessing, target, spec, (image_columns, participant_column)) = open_trained(
+    run, (preprocessing, target, spec, (image_columns, participant_column)) = trained.open_trained(
         run_dir, TASK, read
     )
-    model, target_device = place(run, lambda: build_model(spec), device)
+    model, target_device = trained.place(run, lambda: build_model(spec), device)
     module = RegressModule(model, target) if target.kind == "regression" else ClassifyModule(model)
     return LoadedClassifier(
         run, module, preprocessing, image_columns, participant_column, target, target_device
@@ -404,7 +384,7 @@ def predict(
         shard=shard,
         bids_filter=bids_filter,
     )
-    done, failures = each_image(images, lambda image: (image, _outputs(loaded, image)[0]), on_image)
+    done, failures = trained.each_image(images, lambda image: (image, _outputs(loaded, image)[0]), on_image)
     kept = [image for image, _ in done]
     rows = [output for _, output in done]
     target = loaded.target
@@ -445,7 +425,7 @@ def evaluate(
     Returns metrics, failed images and warnings.
     """
     label = label_column or loaded.target.column
-    evaluation = open_evaluation(
+    evaluation = trained.open_evaluation(
         loaded,
         manifest_path,
         label=label,
@@ -459,7 +439,7 @@ def evaluate(
     frame, failures, kept = predict(
         loaded, [manifest_path], label_column=label, on_image=on_image, bids_filter=bids_filter
     )
-    require_some(kept, failures, manifest_path, "processed")
+    trained.require_some(kept, failures, manifest_path, "processed")
     target = loaded.target
     y = _truth(target, pd.Series([image.label for image in kept], dtype=object), manifest_path)
     if target.kind == "regression":
@@ -468,7 +448,7 @@ def evaluate(
         outputs = frame[[f"probability_{c}" for c in target.classes]].to_numpy()
     metrics = score(target, y, outputs, target.center if target.kind == "regression" else None)
     metrics["images"] = len(frame)
-    writer = write_report(
+    writer = trained.write_report(
         report_dir,
         TASK,
         {"predictions.csv": frame},
@@ -543,7 +523,7 @@ def interpret(
     images, _ = resolve_inputs(
         inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
-    inputs_read = input_files(images)
+    inputs_read = trained.input_files(images)
     from neurodl.report.slices import orthogonal_slices
 
     figures = RunDirectory(out_dir, TASK)  # used as an atomic writer for the PNGs
@@ -552,7 +532,7 @@ def interpret(
 
     def explain(image: InputImage) -> dict[str, Any]:
         target_path = out_dir / f"{image.name}_{method}.nii.gz"
-        refuse_input(target_path, inputs_read)
+        trained.refuse_input(target_path, inputs_read)
         if target_path.exists() and not overwrite:
             return {"image": str(image.paths[0]), "map": str(target_path), "skipped": True}
         proba, x = _outputs(loaded, image)
@@ -580,4 +560,4 @@ def interpret(
             "predicted": float(proba[0]) if regression else loaded.target.classes[predicted],
         }
 
-    return each_image(images, explain, on_image)
+    return trained.each_image(images, explain, on_image)

@@ -28,19 +28,19 @@ import torch
 
 from neurodl.config import GenerateOptions
 from neurodl.data.batches import ImageBatches
-from neurodl.data.images import ImagePreprocessing, plan_preprocessing
+from neurodl.data.images import ImagePreprocessing
 from neurodl.data.volumes import PairedVolumes
 from neurodl.engine import Callback
 from neurodl.errors import DataError, OutputError, UsageError
 from neurodl.io.manifest import require_columns
 from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
 from neurodl.models import create_model
+from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Training, trains
 from neurodl.tasks._gan import AdversarialPair, TargetScale, check_networks
 from neurodl.tasks._run import recorded_columns, write_held_out_manifest
 from neurodl.tasks._samples import contact_sheet, grid_slice_affine, save_in_grid, training_grid
-from neurodl.tasks._trained import open_trained, place
-from neurodl.tasks.autoencode import central_slices, fitting_spacing
+from neurodl.tasks.autoencode import central_slices
 
 TASK = "generate"
 MAX_CLASSES = 50
@@ -59,16 +59,10 @@ class NoiseGAN(AdversarialPair):
     betas = (0.5, 0.999)
 
     def __init__(
-        self,
-        generator: torch.nn.Module,
-        discriminator: torch.nn.Module,
-        *,
-        gan_loss: str,
-        lr: float,
-        lr_d: float,
-        latent_dim: int,
+        self, generator: torch.nn.Module, discriminator: torch.nn.Module, *, latent_dim: int, **losses: Any
     ) -> None:
-        super().__init__(generator, discriminator, gan_loss=gan_loss, lr=lr, lr_d=lr_d)
+        """``losses``: the GAN loss and learning rates of :class:`~neurodl.tasks._gan.AdversarialPair`."""
+        super().__init__(generator, discriminator, **losses)
         self.latent_dim = latent_dim
 
     def training_step(
@@ -258,16 +252,7 @@ def train(training: Training) -> dict[str, Any]:
         [classes.index(c) if c in classes else -1 for c in conditions] if classes else [0] * len(manifest)
     )
     items = training.items
-    train_paths = training.training_paths()
-    preprocessing = plan_preprocessing(
-        train_paths,
-        spacing=images.spacing or fitting_spacing(train_paths, images.size),
-        size=images.size,
-        normalize=images.normalize,
-        crop_foreground=images.crop_foreground,
-        channels=1,
-        resize=True,
-    )
+    preprocessing = training.plan(fit_spacing=True)
     if any(s % 8 for s in preprocessing.size[: options.dims]):
         raise UsageError(
             f"the planned grid {preprocessing.size} does not suit the generator (each side a multiple of 8).",
@@ -328,17 +313,15 @@ def train(training: Training) -> dict[str, Any]:
             f" on the {len(set(groups[test_rows].tolist()))} held-out participants in test_manifest.tsv"
         )
     training.write(
-        {
-            "images": preprocessing.to_dict(),
-            "image_columns": list(images.image),
-            "participant_column": images.participant,
-            "condition_column": options.condition,
-            "classes": classes,
-            "target_scale": scale.to_dict(),
-            "grid_affine": grid.tolist(),
-            "slices": options.slices,
-            "model": spec,
-        },
+        training.record(
+            preprocessing,
+            condition_column=options.condition,
+            classes=classes,
+            target_scale=scale.to_dict(),
+            grid_affine=grid.tolist(),
+            slices=options.slices,
+            model=spec,
+        ),
         {
             WEIGHTS_FILE: module.generator.state_dict(),
             "discriminator.safetensors": module.discriminator.state_dict(),
@@ -421,9 +404,9 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedGenerator:
         )
 
     run, (preprocessing, spec, scale, column, participant, condition, classes, dims, latent, grid) = (
-        open_trained(run_dir, TASK, read)
+        trained.open_trained(run_dir, TASK, read)
     )
-    generator, target = place(run, lambda: build_generator(spec), device)
+    generator, target = trained.place(run, lambda: build_generator(spec), device)
     return LoadedGenerator(
         run,
         generator,

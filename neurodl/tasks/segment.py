@@ -27,7 +27,6 @@ from neurodl.data.images import (
     ImagePreprocessing,
     augmentation,
     invert_to_input,
-    plan_preprocessing,
     preprocess,
 )
 from neurodl.data.inputs import InputImage, resolve_inputs
@@ -37,6 +36,7 @@ from neurodl.errors import DataError, ImageError, OutputError, UsageError
 from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
+from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
 from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._segmentation import (
@@ -51,17 +51,7 @@ from neurodl.tasks._segmentation import (
     observed_labels,
     parse_labels,
 )
-from neurodl.tasks._trained import (
-    Failure,
-    each_image,
-    input_files,
-    open_evaluation,
-    open_trained,
-    place,
-    refuse_input,
-    require_some,
-    write_report,
-)
+from neurodl.tasks._trained import Failure
 
 TASK = "segment"
 
@@ -110,16 +100,7 @@ def train(training: Training) -> dict[str, Any]:
             "Check the --mask column.",
         )
     channels = len(images.image)
-    preprocessing = plan_preprocessing(
-        training.training_paths(),
-        spacing=images.spacing,
-        size=options.patch_size,
-        normalize=images.normalize,
-        crop_foreground=images.crop_foreground,
-        channels=channels,
-        resize=False,
-        label_values=labels.values,
-    )
+    preprocessing = training.plan(size=options.patch_size, resize=False, label_values=labels.values)
     spec = model_spec(options, channels, len(labels.values))
     require_step_fits(  # before any image is decoded or any weight allocated
         lambda: build_model(spec),
@@ -174,10 +155,7 @@ def train(training: Training) -> dict[str, Any]:
         return metrics
 
     record = {
-        "images": preprocessing.to_dict(),
-        "image_columns": list(images.image),
         "mask_column": options.mask,
-        "participant_column": images.participant,
         "labels": {"values": list(labels.values), "names": list(labels.names)},
         "patch": list(options.patch_size),
         "overlap": options.overlap,
@@ -185,6 +163,7 @@ def train(training: Training) -> dict[str, Any]:
     }
     return training.train(
         Recipe(
+            preprocessing=preprocessing,
             module=module_for,
             batches=batches,
             predict=predict_rows,
@@ -196,7 +175,6 @@ def train(training: Training) -> dict[str, Any]:
                 "target": options.mask,
                 "model": options.model,
                 "labels": dict(zip(labels.values, labels.names, strict=True)),
-                "preprocessing": preprocessing,
             },
             headline=lambda name: name.startswith("dice"),
         )
@@ -247,10 +225,10 @@ def load(run_dir: Path, *, device: str = "auto", overlap: float | None = None) -
             str(prep.get("mask_column", "dseg")),
         )
 
-    run, (preprocessing, labels, spec, patch, recorded, columns, mask_column) = open_trained(
+    run, (preprocessing, labels, spec, patch, recorded, columns, mask_column) = trained.open_trained(
         run_dir, TASK, read
     )
-    model, target = place(run, lambda: build_model(spec), device)
+    model, target = trained.place(run, lambda: build_model(spec), device)
     module = SegmentModule(
         model, labels, loss="dicece", patch=patch, overlap=recorded if overlap is None else overlap
     )
@@ -326,7 +304,7 @@ def predict(
     images, manifest = resolve_inputs(
         inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
-    inputs_read = input_files(images)
+    inputs_read = trained.input_files(images)
     writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
     lookup: np.ndarray = np.asarray(loaded.labels.values, dtype=mask_dtype(loaded.labels))
 
@@ -340,7 +318,7 @@ def predict(
 
     def read(image: InputImage) -> _Kept | _Read:
         target = mask_path(image)
-        refuse_input(target, inputs_read)
+        trained.refuse_input(target, inputs_read)
         if target.exists() and not overwrite:
             existing = load_volume(target, dtype=None)
             return _Kept(existing.data, existing.affine)
@@ -470,7 +448,7 @@ def evaluate(
     from monai.networks.utils import one_hot
 
     column = mask_column or loaded.mask_column
-    evaluation = open_evaluation(
+    evaluation = trained.open_evaluation(
         loaded,
         manifest_path,
         label=column,
@@ -542,8 +520,8 @@ def evaluate(
             row[f"hd95_{name}_mm"] = math.nan if missing else float(hd95[k])
         return row
 
-    rows, failures = each_image(evaluation.images, measure, on_image)
-    require_some(rows, failures, manifest_path, "evaluated")
+    rows, failures = trained.each_image(evaluation.images, measure, on_image)
+    trained.require_some(rows, failures, manifest_path, "evaluated")
     per_image = pd.DataFrame(rows)
     metrics: dict[str, Any] = {"images": len(per_image)}
     dice_columns = [c for c in per_image.columns if c.startswith("dice_")]
@@ -559,7 +537,7 @@ def evaluate(
         warnings.append(
             f"labels absent from the truth masks: {described}; their Dice and HD95 are n/a there (left out of the means)."
         )
-    write_report(
+    trained.write_report(
         report_dir,
         TASK,
         {"per_image.csv": per_image},

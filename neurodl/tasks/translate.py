@@ -27,7 +27,7 @@ import torch
 
 from neurodl.config import TranslateOptions
 from neurodl.data.batches import ImageBatches
-from neurodl.data.images import ImagePreprocessing, invert_to_input, plan_preprocessing, preprocess
+from neurodl.data.images import ImagePreprocessing, invert_to_input, preprocess
 from neurodl.data.inputs import InputImage, resolve_inputs
 from neurodl.data.loading import LoadTargetd, load_channels
 from neurodl.data.volumes import PairedVolumes
@@ -36,6 +36,7 @@ from neurodl.errors import DataError, ImageError, UsageError
 from neurodl.io.manifest import require_columns
 from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
+from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, trains
 from neurodl.tasks._gan import TargetScale, check_networks
 from neurodl.tasks._pix2pix import (
@@ -53,18 +54,7 @@ from neurodl.tasks._pix2pix import (
     translate_volume,
 )
 from neurodl.tasks._run import recorded_columns
-from neurodl.tasks._trained import (
-    Failure,
-    each_image,
-    input_files,
-    open_evaluation,
-    open_trained,
-    place,
-    refuse_input,
-    require_some,
-    row_mask,
-    write_report,
-)
+from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import image_scores
 
 TASK = "translate"
@@ -129,15 +119,7 @@ def train(training: Training) -> dict[str, Any]:
     items = training.items
     targets = _target_paths(manifest, source, options.target, range(len(manifest)))
     channels = len(images.image)
-    planned = plan_preprocessing(
-        training.training_paths(),
-        spacing=images.spacing,
-        size=images.size,
-        normalize=images.normalize,
-        crop_foreground=images.crop_foreground,
-        channels=channels,
-        resize=False,
-    )
+    planned = training.plan(resize=False)
     roi = plan_roi(options, [round_up(s) for s in planned.size])
     # Whole volumes, padded up to the window: nothing is cropped away, any head size works.
     padded = [
@@ -200,10 +182,7 @@ def train(training: Training) -> dict[str, Any]:
 
     def record(final: Fitted) -> dict[str, Any]:
         return {
-            "images": preprocessing.to_dict(),
-            "image_columns": list(images.image),
             "target_column": options.target,
-            "participant_column": images.participant,
             "resample_target": options.resample_target,
             "target_scale": final.module.scale.to_dict(),
             "model": spec,
@@ -212,6 +191,7 @@ def train(training: Training) -> dict[str, Any]:
 
     return training.train(
         Recipe(
+            preprocessing=preprocessing,
             module=module_for,
             batches=batches,
             predict=predict_rows,
@@ -226,7 +206,6 @@ def train(training: Training) -> dict[str, Any]:
                 "task": "translate",
                 "target": f"{','.join(images.image)} -> {options.target}",
                 "model": options.model,
-                "preprocessing": preprocessing,
             },
             headline=lambda name: name in SCORES,
             callbacks=previews,
@@ -333,9 +312,9 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
         resample = bool(prep.get("resample_target", False))
         return preprocessing, spec, dims, window, scale, columns, target_column, resample
 
-    run, recorded = open_trained(run_dir, TASK, read)
+    run, recorded = trained.open_trained(run_dir, TASK, read)
     preprocessing, spec, dims, window, scale, columns, target_column, resample = recorded
-    generator, target = place(run, lambda: build_generator(spec), device)
+    generator, target = trained.place(run, lambda: build_generator(spec), device)
     return LoadedTranslator(
         run,
         generator,
@@ -348,6 +327,19 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
         dims,
         window,
         target,
+    )
+
+
+def _synthesize(loaded: LoadedTranslator, image: InputImage) -> tuple[np.ndarray, Any, Volume]:
+    """:func:`synthesize` with a loaded model."""
+    return synthesize(
+        loaded.generator,
+        loaded.preprocessing,
+        loaded.scale,
+        loaded.dims,
+        loaded.window,
+        image.paths,
+        image.where,
     )
 
 
@@ -371,13 +363,13 @@ def predict(
     images, manifest = resolve_inputs(
         inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
-    inputs_read = input_files(images)
+    inputs_read = trained.input_files(images)
     writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
     suffix = f"_to-{loaded.target_column}"
 
     def translated(image: InputImage) -> dict[str, Any]:
         path = out_dir / f"{image.name}{suffix}.nii.gz"
-        refuse_input(path, inputs_read)
+        trained.refuse_input(path, inputs_read)
         row: dict[str, Any] = {
             "participant_id": image.participant or image.name,
             "image": str(image.paths[0]),
@@ -386,15 +378,7 @@ def predict(
         if path.exists() and not overwrite:
             row["status"] = "kept"
             return row
-        synthetic, _, original = synthesize(
-            loaded.generator,
-            loaded.preprocessing,
-            loaded.scale,
-            loaded.dims,
-            loaded.window,
-            image.paths,
-            image.where,
-        )
+        synthetic, _, original = _synthesize(loaded, image)
         save_volume(synthetic, path, like=original)
         if preview:
             from neurodl.report.slices import comparison_slices
@@ -417,7 +401,7 @@ def predict(
         row["status"] = "written"
         return row
 
-    rows, failures = each_image(images, translated, on_image)
+    rows, failures = trained.each_image(images, translated, on_image)
     return pd.DataFrame(rows), failures
 
 
@@ -446,7 +430,7 @@ def evaluate(
 
     Also scores the trivial baseline (the source rescaled to the target's range) the same way.
     """
-    evaluation = open_evaluation(
+    evaluation = trained.open_evaluation(
         loaded,
         manifest_path,
         label=mask_column,
@@ -464,17 +448,9 @@ def evaluate(
     def scored(image: InputImage) -> dict[str, Any]:
         assert image.row is not None
         target_path = _target_paths(manifest, manifest_path, loaded.target_column, [image.row])[0]
-        synthetic, _, original = synthesize(
-            loaded.generator,
-            loaded.preprocessing,
-            loaded.scale,
-            loaded.dims,
-            loaded.window,
-            image.paths,
-            image.where,
-        )
+        synthetic, _, original = _synthesize(loaded, image)
         real, source = real_target(image.paths, target_path, loaded.resample_target)
-        mask_path = row_mask(manifest, manifest_path, image.row, mask_column) if mask_column else None
+        mask_path = trained.row_mask(manifest, manifest_path, image.row, mask_column) if mask_column else None
         mask = None
         if mask_path is not None:
             mask_volume = load_volume(mask_path, dtype=None)
@@ -495,8 +471,8 @@ def evaluate(
         row.update(score_pair(synthetic, real, source, mask))
         return row
 
-    rows, failures = each_image(evaluation.images, scored, on_image)
-    require_some(rows, failures, manifest_path, "evaluated")
+    rows, failures = trained.each_image(evaluation.images, scored, on_image)
+    trained.require_some(rows, failures, manifest_path, "evaluated")
     per_image = pd.DataFrame(rows)
     metrics: dict[str, Any] = {
         "images": len(per_image),
@@ -504,7 +480,7 @@ def evaluate(
         "units": loaded.target_column,
     }
     metrics.update({name: float(per_image[name].mean()) for name in SCORES})
-    write_report(
+    trained.write_report(
         report_dir,
         TASK,
         {"per_image.csv": per_image},

@@ -1,4 +1,4 @@
-"""Model + loss of an image-level task (a class or a value per image), for the engine: classify's modules."""
+"""Model + loss of a task with one output per sample (a class or a value per image or table row), for the engine."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from neurodl.tasks._regression import regression_loss
 from neurodl.tasks.metrics import epoch_classification_metrics, regression_metrics
 
 
-class ImageModule:
-    """Model + loss of an image-level task (a class or a value per image), for the engine."""
+class SupervisedModule:
+    """Model + loss of a task with one output (a class or a value) per sample, for the engine.
+
+    Subclasses give the loss, what a prediction reports and the validation metrics.
+    """
 
     default_monitor = "val_loss"
 
@@ -47,7 +50,7 @@ class ImageModule:
         return self.outputs(torch.cat([self.model(x.to(device)).float().cpu() for x, _ in batches]))
 
 
-class ClassifyModule(ImageModule):
+class ClassifyModule(SupervisedModule):
     """Image classification: cross-entropy (optionally class-weighted); outputs are probabilities."""
 
     def __init__(self, model: torch.nn.Module, class_weights: torch.Tensor | None = None) -> None:
@@ -68,7 +71,7 @@ class ClassifyModule(ImageModule):
         }
 
 
-class RegressModule(ImageModule):
+class RegressModule(SupervisedModule):
     """Image regression: the network predicts the target standardised on the training rows.
 
     Targets arrive in their own units (years, points); outputs are restored to them,
