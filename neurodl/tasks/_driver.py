@@ -131,28 +131,27 @@ class Training:
         cls,
         task: str,
         options_type: type,
-        manifest_path: Path | None,
-        options: Any,
-        out: Path,
+        call: TrainCall,
         *,
-        resume: bool,
-        overwrite: bool,
-        console: Any,
-        quiet: bool,
         label: Callable[[Any], str | None] = lambda options: None,
         check: Callable[[Any], None] = lambda options: None,
         bids_images: Callable[[Any], list[str]] = lambda options: [],
     ) -> Training:
-        """Create (or resume) the run directory ``out`` and read its manifest.
+        """Create (or resume) the run directory of ``call`` and read its manifest.
 
         ``label`` names the manifest's label column from the options (the saved ones
         when resuming); ``check`` refuses options that contradict each other before the
         manifest is read.
         """
         run, source, saved = start_run(
-            out, task=task, source=manifest_path, options=to_dict(options), resume=resume, overwrite=overwrite
+            call.out,
+            task=task,
+            source=call.source,
+            options=to_dict(call.options),
+            resume=call.resume,
+            overwrite=call.overwrite,
         )
-        options = from_dict(options_type, saved)
+        options: Any = from_dict(options_type, saved)
         check(options)
         images = options.images
         manifest = load_manifest(
@@ -163,7 +162,7 @@ class Training:
             bids_filter=images.bids_filter,
             bids_images=bids_images(options),
         )
-        return cls(task, run, source, options, manifest, resume, console, quiet)
+        return cls(task, run, source, options, manifest, call.resume, call.console, call.quiet)
 
     @property
     def images(self) -> Any:
@@ -406,6 +405,43 @@ class Training:
         return summary
 
 
+@dataclass(frozen=True)
+class TrainCall:
+    """The arguments of a task's ``train``: its input, options, run directory and how to run."""
+
+    source: Path | None
+    options: Any
+    out: Path
+    resume: bool
+    overwrite: bool
+    console: Any
+    quiet: bool
+
+
+def train_entry(body: Callable[[TrainCall], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A task's public ``train(source, options, out, *, resume, overwrite, console, quiet)``, from its body.
+
+    The body gets the call's arguments as one :class:`TrainCall` and returns the run's summary;
+    every task's ``train`` keeps the one signature the CLI and the tuner call.
+    """
+
+    def train(
+        source: Path | None,
+        options: Any,
+        out: Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        console: Any = None,
+        quiet: bool = False,
+    ) -> dict[str, Any]:
+        return body(TrainCall(source, options, out, resume, overwrite, console, quiet))
+
+    train.__doc__, train.__name__, train.__qualname__ = body.__doc__, body.__name__, body.__qualname__
+    train.__module__ = body.__module__
+    return train
+
+
 def trains(
     task: str,
     options_type: type,
@@ -415,12 +451,10 @@ def trains(
     check: Callable[[Any], None] = lambda options: None,
     bids_images: Callable[[Any], list[str]] = lambda options: [],
 ) -> Callable[[Callable[[Training], dict[str, Any]]], Callable[..., dict[str, Any]]]:
-    """Make a task's ``train(manifest_path, options, out, *, resume, overwrite, console, quiet)`` of its body.
+    """Make an image task's ``train`` (see :func:`train_entry`) of a body that gets the started :class:`Training`.
 
-    The body gets the started :class:`Training` (its saved options when resuming) and
-    returns the run's summary. ``before`` refuses options before the run directory is
-    created (an unknown model); ``label``, ``check`` and ``bids_images`` are those of
-    :meth:`Training.start`.
+    ``before`` refuses options before the run directory is created (an unknown model);
+    ``label``, ``check`` and ``bids_images`` are those of :meth:`Training.start`.
 
     Example:
         >>> @trains("segment", SegmentOptions, label=lambda options: options.mask)  # doctest: +SKIP
@@ -429,36 +463,20 @@ def trains(
     """
 
     def wrap(body: Callable[[Training], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        def train(
-            manifest_path: Path | None,
-            options: Any,
-            out: Path,
-            *,
-            resume: bool = False,
-            overwrite: bool = False,
-            console: Any = None,
-            quiet: bool = False,
-        ) -> dict[str, Any]:
-            before(options)
+        def started(call: TrainCall) -> dict[str, Any]:
+            before(call.options)
             training = Training.start(
-                task,
-                options_type,
-                manifest_path,
-                options,
-                out,
-                resume=resume,
-                overwrite=overwrite,
-                console=console,
-                quiet=quiet,
-                label=label,
-                check=check,
-                bids_images=bids_images,
+                task, options_type, call, label=label, check=check, bids_images=bids_images
             )
             return body(training)
 
-        train.__doc__, train.__name__, train.__qualname__ = body.__doc__, body.__name__, body.__qualname__
-        train.__module__ = body.__module__
-        return train
+        started.__doc__, started.__name__, started.__qualname__ = (
+            body.__doc__,
+            body.__name__,
+            body.__qualname__,
+        )
+        started.__module__ = body.__module__
+        return train_entry(started)
 
     return wrap
 

@@ -29,6 +29,7 @@ from neurodl.tasks._classification import (
     classification_loss,
     save_classification_plots,
 )
+from neurodl.tasks._driver import TrainCall, train_entry
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._regression import regression_loss, save_regression_plots
 from neurodl.tasks._run import check_report_dir, progress, start_run
@@ -344,25 +345,23 @@ def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def train(
-    table: Path | None,
-    options: BiomarkersOptions,
-    out: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
+@train_entry
+def train(call: TrainCall) -> dict[str, Any]:
     """Train on a table and write the run directory ``out``; return the summary.
 
     Evaluation follows :func:`neurodl.tasks._protocol.run_protocol`: one
     validation split, or ``--cv K`` folds and a final model on every row.
     """
     run, table, saved = start_run(
-        out, task=TASK, source=table, options=to_dict(options), resume=resume, overwrite=overwrite
+        call.out,
+        task=TASK,
+        source=call.source,
+        options=to_dict(call.options),
+        resume=call.resume,
+        overwrite=call.overwrite,
     )
     options = from_dict(BiomarkersOptions, saved)
+    console, quiet, resume = call.console, call.quiet, call.resume
     data = prepare(table, options)
 
     def fit(
