@@ -143,14 +143,7 @@ class Training:
         when resuming); ``check`` refuses options that contradict each other before the
         manifest is read.
         """
-        run, source, saved = start_run(
-            call.out,
-            task=task,
-            source=call.source,
-            options=to_dict(call.options),
-            resume=call.resume,
-            overwrite=call.overwrite,
-        )
+        run, source, saved = call.start_run(task)
         options: Any = from_dict(options_type, saved)
         check(options)
         images = options.images
@@ -416,6 +409,17 @@ class TrainCall:
     overwrite: bool
     console: Any
     quiet: bool
+
+    def start_run(self, task: str) -> tuple[RunDirectory, Path, dict[str, Any]]:
+        """:func:`~neurodl.tasks._run.start_run` for this call: the run, its input and its (saved) options."""
+        return start_run(
+            self.out,
+            task=task,
+            source=self.source,
+            options=to_dict(self.options),
+            resume=self.resume,
+            overwrite=self.overwrite,
+        )
 
 
 def train_entry(body: Callable[[TrainCall], dict[str, Any]]) -> Callable[..., dict[str, Any]]:

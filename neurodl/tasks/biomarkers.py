@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neurodl.config import BiomarkersOptions, from_dict, to_dict
+from neurodl.config import BiomarkersOptions, from_dict
 from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import FeatureEncoder, TargetEncoder, is_id_column, label_text, select_features
 from neurodl.engine import Callback, FitResult, TensorBatches, fit
@@ -32,7 +32,7 @@ from neurodl.tasks._classification import (
 from neurodl.tasks._driver import TrainCall, train_entry
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._regression import regression_loss, save_regression_plots
-from neurodl.tasks._run import check_report_dir, progress, start_run
+from neurodl.tasks._run import check_report_dir, progress
 from neurodl.tasks._supervised import SupervisedModule
 from neurodl.tasks.metrics import (
     classification_metrics,
@@ -352,14 +352,7 @@ def train(call: TrainCall) -> dict[str, Any]:
     Evaluation follows :func:`neurodl.tasks._protocol.run_protocol`: one
     validation split, or ``--cv K`` folds and a final model on every row.
     """
-    run, table, saved = start_run(
-        call.out,
-        task=TASK,
-        source=call.source,
-        options=to_dict(call.options),
-        resume=call.resume,
-        overwrite=call.overwrite,
-    )
+    run, table, saved = call.start_run(TASK)
     options = from_dict(BiomarkersOptions, saved)
     console, quiet, resume = call.console, call.quiet, call.resume
     data = prepare(table, options)
