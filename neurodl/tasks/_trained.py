@@ -105,11 +105,46 @@ def input_files(images: Iterable[Any]) -> set[Path]:
 
 @dataclass
 class Evaluation:
-    """The manifest an ``evaluate`` scores, its images, and the warnings so far."""
+    """The manifest an ``evaluate`` scores, its images, the warnings so far, and where its report goes."""
 
     manifest: Manifest
     images: list[Any]
     warnings: list[str]
+    manifest_path: Path
+    model: RunDirectory
+    report_dir: Path | None
+
+    def report(
+        self, tables: dict[str, Any], metrics: dict[str, Any], failures: Sequence[Failure]
+    ) -> RunDirectory | None:
+        """Write the report (``--out``): :func:`write_report` of this evaluation."""
+        return write_report(
+            self.report_dir,
+            self.model.task,
+            tables,
+            metrics,
+            manifest_path=self.manifest_path,
+            model=self.model.path,
+            failures=failures,
+        )
+
+    def finish(
+        self,
+        rows: Sequence[dict[str, Any]],
+        failures: list[Failure],
+        summarize: Callable[[Any], dict[str, Any]],
+    ) -> tuple[dict[str, Any], Any, list[Failure], list[str]]:
+        """The metrics (``images`` and ``summarize`` of the per-image table), the table, failures and warnings.
+
+        Refuses an evaluation in which no image could be evaluated; writes the report (``per_image.csv``).
+        """
+        import pandas as pd  # heavy: only when an evaluation is summarised
+
+        require_some(rows, failures, self.manifest_path, "evaluated")
+        per_image = pd.DataFrame(list(rows))
+        metrics = {"images": len(per_image), **summarize(per_image)}
+        self.report({"per_image.csv": per_image}, metrics, failures)
+        return metrics, per_image, failures, self.warnings
 
 
 def open_evaluation(
@@ -165,7 +200,7 @@ def open_evaluation(
             bids_filter=bids_filter,
             label_column=image_label,
         )
-    return Evaluation(manifest, images, warnings)
+    return Evaluation(manifest, images, warnings, manifest_path, loaded.run, report_dir)
 
 
 def row_mask(manifest: Manifest, manifest_path: Path, row: int | None, column: str) -> Path | None:

@@ -489,17 +489,8 @@ def evaluate(
         return row
 
     rows, failures = trained.each_image(evaluation.images, scored, on_image)
-    trained.require_some(rows, failures, manifest_path, "evaluated")
-    per_image = pd.DataFrame(rows)
-    metrics: dict[str, Any] = {"images": len(per_image), "mask": mask_column or ""}
-    metrics.update({name: float(per_image[name].mean()) for name in METRICS})
-    trained.write_report(
-        report_dir,
-        TASK,
-        {"per_image.csv": per_image},
-        metrics,
-        manifest_path=manifest_path,
-        model=loaded.run.path,
-        failures=failures,
+    return evaluation.finish(
+        rows,
+        failures,
+        lambda table: {"mask": mask_column or "", **{name: float(table[name].mean()) for name in METRICS}},
     )
-    return metrics, per_image, failures, evaluation.warnings

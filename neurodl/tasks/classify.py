@@ -448,15 +448,7 @@ def evaluate(
         outputs = frame[[f"probability_{c}" for c in target.classes]].to_numpy()
     metrics = score(target, y, outputs, target.center if target.kind == "regression" else None)
     metrics["images"] = len(frame)
-    writer = trained.write_report(
-        report_dir,
-        TASK,
-        {"predictions.csv": frame},
-        metrics,
-        manifest_path=manifest_path,
-        model=loaded.run.path,
-        failures=failures,
-    )
+    writer = evaluation.report({"predictions.csv": frame}, metrics, failures)
     if writer is not None:
         coloured = _color_groups(evaluation.manifest.frame, color_by, [int(image.row or 0) for image in kept])
         save_plots(writer, "", target, y, outputs, metrics, coloured, color_by)

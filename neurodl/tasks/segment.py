@@ -521,29 +521,21 @@ def evaluate(
         return row
 
     rows, failures = trained.each_image(evaluation.images, measure, on_image)
-    trained.require_some(rows, failures, manifest_path, "evaluated")
-    per_image = pd.DataFrame(rows)
-    metrics: dict[str, Any] = {"images": len(per_image)}
-    dice_columns = [c for c in per_image.columns if c.startswith("dice_")]
-    metrics["dice"] = mean_of_present(per_image[dice_columns].to_numpy(dtype=float))
-    for c in per_image.columns:
-        if c.startswith(("dice_", "hd95_")):
-            metrics[c] = mean_of_present(per_image[c].to_numpy(dtype=float))
-    if absent:
-        described = "; ".join(
-            f"{name} from {len(who)} of {len(per_image)} images ({', '.join(map(str, who[:3]))}{', ...' if len(who) > 3 else ''})"
-            for name, who in absent.items()
-        )
-        warnings.append(
-            f"labels absent from the truth masks: {described}; their Dice and HD95 are n/a there (left out of the means)."
-        )
-    trained.write_report(
-        report_dir,
-        TASK,
-        {"per_image.csv": per_image},
-        metrics,
-        manifest_path=manifest_path,
-        model=loaded.run.path,
-        failures=failures,
-    )
-    return metrics, per_image, failures, warnings
+
+    def summarize(per_image: pd.DataFrame) -> dict[str, Any]:
+        dice_columns = [c for c in per_image.columns if c.startswith("dice_")]
+        metrics = {"dice": mean_of_present(per_image[dice_columns].to_numpy(dtype=float))}
+        for c in per_image.columns:
+            if c.startswith(("dice_", "hd95_")):
+                metrics[c] = mean_of_present(per_image[c].to_numpy(dtype=float))
+        if absent:
+            described = "; ".join(
+                f"{name} from {len(who)} of {len(per_image)} images ({', '.join(map(str, who[:3]))}{', ...' if len(who) > 3 else ''})"
+                for name, who in absent.items()
+            )
+            warnings.append(
+                f"labels absent from the truth masks: {described}; their Dice and HD95 are n/a there (left out of the means)."
+            )
+        return metrics
+
+    return evaluation.finish(rows, failures, summarize)

@@ -472,21 +472,12 @@ def evaluate(
         return row
 
     rows, failures = trained.each_image(evaluation.images, scored, on_image)
-    trained.require_some(rows, failures, manifest_path, "evaluated")
-    per_image = pd.DataFrame(rows)
-    metrics: dict[str, Any] = {
-        "images": len(per_image),
-        "mask": mask_column or "",
-        "units": loaded.target_column,
-    }
-    metrics.update({name: float(per_image[name].mean()) for name in SCORES})
-    trained.write_report(
-        report_dir,
-        TASK,
-        {"per_image.csv": per_image},
-        metrics,
-        manifest_path=manifest_path,
-        model=loaded.run.path,
-        failures=failures,
+    return evaluation.finish(
+        rows,
+        failures,
+        lambda table: {
+            "mask": mask_column or "",
+            "units": loaded.target_column,
+            **{name: float(table[name].mean()) for name in SCORES},
+        },
     )
-    return metrics, per_image, failures, evaluation.warnings
