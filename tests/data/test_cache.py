@@ -12,8 +12,8 @@ import torch
 
 from neurodl.data import volumes as volume_module
 from neurodl.data.images import ImagePreprocessing, plan_preprocessing
-from neurodl.data.volumes import LabelledVolumeDataset, VolumeDataset
 from neurodl.data.phantom import generate_cohort
+from neurodl.data.volumes import LabelledVolumeDataset, VolumeDataset
 from neurodl.io.manifest import load_manifest
 
 
