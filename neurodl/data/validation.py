@@ -21,7 +21,7 @@ import numpy as np
 
 from neurodl.errors import ImageError
 from neurodl.io.manifest import Manifest, format_rows
-from neurodl.io.nifti import describe_extra_axes, load_volume, read_image
+from neurodl.io.nifti import load_volume, read_image, require_3d_shape
 
 # Integer labels are class codes when they run without gaps from -1, 0 or 1 and number at most
 # MAX_CLASSES (0/1, 0..3, 1..5); other numbers (an age, a score such as 0, 3, 7, 12) are a
@@ -303,18 +303,9 @@ def _read_row(row: int, cells: list[_Cell]) -> list[_Cell]:
 def _inspect(path: Path, *, is_mask: bool) -> _ImageFacts:
     header = read_image(path).header
     shape = tuple(int(s) for s in header.get_data_shape())
-    # Decide on the header alone, so a 4D series is refused without decompressing it.
-    squeezed = shape[:3] + tuple(s for s in shape[3:] if s > 1)
-    if len(shape) < 3:
-        raise ImageError(
-            path, f"is {len(shape)}D (shape {shape}); a 3D volume is expected.", "Give 3D volumes."
-        )
-    if len(squeezed) > 3:
-        raise ImageError(
-            path,
-            f"is not 3D: shape {shape}, {describe_extra_axes(shape)}.",
-            "Give one 3D volume per cell; extract it first, e.g. `fslroi in.nii.gz out.nii.gz 0 1`.",
-        )
+    # Decide on the header alone, so a 4D series is refused without decompressing it; the message
+    # is the one every command gives for such a file.
+    require_3d_shape(path, shape)
     volume = load_volume(path, dtype=None, require_3d=True)
     data = volume.data
     n_nan = n_inf = 0

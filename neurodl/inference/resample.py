@@ -19,9 +19,12 @@ gives it, up to float rounding at exact ties.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from monai.data import MetaTensor
+
+from neurodl.io.nifti import Volume, read_image
 
 # The preprocessing steps this module inverts; anything else (crop to the head,
 # resize) goes through MONAI's general inverse.
@@ -180,3 +183,11 @@ def labels_on_input_grid(probabilities: np.ndarray, maps: list[AxisMap]) -> np.n
     )
     np.copyto(result[inside], interpolated, where=mixed[inside])
     return np.ascontiguousarray(_to_input_order(result, maps, channels=False))
+
+
+def input_grid(path: Path) -> Volume:
+    """The input's affine, header and shape, without its voxels (what ``save_volume(like=)`` needs)."""
+    image = read_image(path)
+    shape = tuple(int(n) for n in image.shape[:3])
+    # A read-only zero-stride array: the shape of the input at no memory cost.
+    return Volume(np.broadcast_to(np.zeros((), np.float32), shape), image.affine, image.header, path)

@@ -41,7 +41,11 @@ def start_run(
     directory and is its only writer; every process gets the same result or error.
     """
     run, source, saved = distributed.on_main(
-        lambda: _start_run(out, task=task, source=source, options=options, resume=resume, overwrite=overwrite)
+        lambda: (
+            _resume_run(out, task, source, options)
+            if resume
+            else _create_run(out, task, source, options, overwrite)
+        )
     )
     run.writer = distributed.is_main()
     if resume and isinstance(saved.get("train"), dict) and isinstance(options.get("train"), dict):
@@ -117,39 +121,37 @@ def _stopped_early(run: RunDirectory) -> int | None:
     return last
 
 
-def _start_run(
-    out: Path,
-    *,
-    task: str,
-    source: Path | None,
-    options: dict[str, Any],
-    resume: bool,
-    overwrite: bool,
+def _resume_run(
+    out: Path, task: str, source: Path | None, options: dict[str, Any]
 ) -> tuple[RunDirectory, Path, dict[str, Any]]:
-    if resume:
-        run = RunDirectory.open(out, task=task)
-        run.remove_partial_writes()  # a run killed mid-write (SIGKILL) leaves its temporary file
-        saved = run.options
-        recorded_input = Path(saved.pop("input"))
-        _check_resumed_input(out, source, recorded_input)
-        source = recorded_input
-        digest = saved.pop("input_sha256", None)
-        if not source.exists():
-            raise RunDirectoryError(
-                f"{out}: its input {source} no longer exists.", "Restore the file, or train a new run."
-            )
-        if digest and file_digest(source) != digest:
-            raise RunDirectoryError(
-                f"{out}: {source} changed since this run started, so it cannot be resumed.",
-                "Train a new run (--overwrite to replace this one).",
-            )
-        before, after = _resumed_epochs(saved, options)
-        _check_something_to_resume(run, before, after)
-        if after != before:
-            # config.json says what the run is: it now trains to the raised number of epochs.
-            run.config.setdefault("options", {}).setdefault("train", {})["epochs"] = after
-            run.write_json("config.json", run.config)
-        return run, source, saved
+    run = RunDirectory.open(out, task=task)
+    run.remove_partial_writes()  # a run killed mid-write (SIGKILL) leaves its temporary file
+    saved = run.options
+    recorded_input = Path(saved.pop("input"))
+    _check_resumed_input(out, source, recorded_input)
+    source = recorded_input
+    digest = saved.pop("input_sha256", None)
+    if not source.exists():
+        raise RunDirectoryError(
+            f"{out}: its input {source} no longer exists.", "Restore the file, or train a new run."
+        )
+    if digest and file_digest(source) != digest:
+        raise RunDirectoryError(
+            f"{out}: {source} changed since this run started, so it cannot be resumed.",
+            "Train a new run (--overwrite to replace this one).",
+        )
+    before, after = _resumed_epochs(saved, options)
+    _check_something_to_resume(run, before, after)
+    if after != before:
+        # config.json says what the run is: it now trains to the raised number of epochs.
+        run.config.setdefault("options", {}).setdefault("train", {})["epochs"] = after
+        run.write_json("config.json", run.config)
+    return run, source, saved
+
+
+def _create_run(
+    out: Path, task: str, source: Path | None, options: dict[str, Any], overwrite: bool
+) -> tuple[RunDirectory, Path, dict[str, Any]]:
     if source is None:
         raise DataError(
             "no input table or manifest given.",

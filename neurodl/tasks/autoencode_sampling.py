@@ -77,6 +77,14 @@ def _refuse_existing(out_dir: Path, name: str, overwrite: bool) -> None:
         )
 
 
+def _require_one_channel(loaded: LoadedAutoencoder, why: str, what: str) -> None:
+    if loaded.image_columns[1:]:
+        raise UsageError(
+            f"{loaded.run.path}: learns {len(loaded.image_columns)} image columns; {why}.",
+            f"Train {what} on one --image column.",
+        )
+
+
 def sample(
     loaded: LoadedAutoencoder, out_dir: Path, *, n: int, seed: int = 0, overwrite: bool = False
 ) -> pd.DataFrame:
@@ -88,11 +96,7 @@ def sample(
         )
     if n < 1:
         raise UsageError(f"--n must be at least 1, not {n}.")
-    if loaded.image_columns[1:]:
-        raise UsageError(
-            f"{loaded.run.path}: learns {len(loaded.image_columns)} image columns; sampling writes single-channel images.",
-            "Train the VAE on one --image column.",
-        )
+    _require_one_channel(loaded, "sampling writes single-channel images", "the VAE")
     _refuse_existing(out_dir, "samples.csv", overwrite)
     codes = torch.randn(n, loaded.latent_dim, generator=torch.Generator().manual_seed(seed))
     stems = [f"sample-{k + 1:03d}" for k in range(n)]
@@ -122,11 +126,7 @@ def interpolate(
     """
     if steps < 2:
         raise UsageError(f"--steps must be at least 2 (the two ends), not {steps}.")
-    if loaded.image_columns[1:]:
-        raise UsageError(
-            f"{loaded.run.path}: learns {len(loaded.image_columns)} image columns; give the run one image each.",
-            "Train the autoencoder on one --image column.",
-        )
+    _require_one_channel(loaded, "give the run one image each", "the autoencoder")
     _refuse_existing(out_dir, "interpolation.csv", overwrite)
     codes = []
     model: Any = loaded.module.model

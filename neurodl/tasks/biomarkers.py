@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
-from neurodl.config import BiomarkersOptions, from_dict, to_dict
+from neurodl.config import BiomarkersOptions, from_dict
 from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import FeatureEncoder, TargetEncoder, is_id_column, label_text, select_features
 from neurodl.engine import Callback, FitResult, TensorBatches, fit
@@ -29,9 +29,11 @@ from neurodl.tasks._classification import (
     classification_loss,
     save_classification_plots,
 )
+from neurodl.tasks._driver import TrainCall, train_entry
 from neurodl.tasks._protocol import run_protocol
 from neurodl.tasks._regression import regression_loss, save_regression_plots
-from neurodl.tasks._run import check_report_dir, progress, start_run
+from neurodl.tasks._run import check_report_dir, progress
+from neurodl.tasks._supervised import SupervisedModule
 from neurodl.tasks.metrics import (
     classification_metrics,
     epoch_classification_metrics,
@@ -41,7 +43,7 @@ from neurodl.tasks.metrics import (
 TASK = "biomarkers"
 
 
-class BiomarkersModule:
+class BiomarkersModule(SupervisedModule):
     """Model + loss + metrics of the biomarkers task, for the engine.
 
     Args:
@@ -50,12 +52,10 @@ class BiomarkersModule:
         class_weights: per-class loss weights (``--class-weight balanced``), or None.
     """
 
-    default_monitor = "val_loss"
-
     def __init__(
         self, model: torch.nn.Module, target: TargetEncoder, class_weights: torch.Tensor | None = None
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.target = target
         self.class_weights = class_weights
 
@@ -63,14 +63,6 @@ class BiomarkersModule:
         if self.target.kind == "regression":
             return regression_loss(output, y)
         return classification_loss(output, y, self.class_weights)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"loss": self.loss(self.model(x), y)}
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"output": self.model(x), "target": y}
 
     def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
         output, y = outputs["output"], outputs["target"]
@@ -92,13 +84,15 @@ class BiomarkersModule:
         """Regression predictions in the target's own units."""
         return self.target.restore(output.detach().float().cpu().squeeze(1).numpy())
 
+    def outputs(self, output: torch.Tensor) -> np.ndarray:
+        return self.probabilities(output) if self.target.kind == "classification" else self.values(output)
+
     @torch.no_grad()
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (classification) or values (regression) for a feature matrix."""
         self.model.eval()
         device = next(self.model.parameters()).device
-        output = self.model(torch.from_numpy(x).to(device))
-        return self.probabilities(output) if self.target.kind == "classification" else self.values(output)
+        return self.outputs(self.model(torch.from_numpy(x).to(device)))
 
 
 @dataclass
@@ -317,7 +311,8 @@ def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
     """Weights of a linear/logistic model, per standardised feature and in original units."""
     if fitted.model_spec["hidden"]:
         return None
-    layer = fitted.module.model.layers[-1]
+    layers = cast(torch.nn.Sequential, fitted.module.model.layers)
+    layer = cast(torch.nn.Linear, layers[-1])
     weights = layer.weight.detach().cpu().numpy()
     bias = layer.bias.detach().cpu().numpy()
     names = fitted.features.feature_names
@@ -350,25 +345,16 @@ def _coefficients(fitted: Fitted) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def train(
-    table: Path | None,
-    options: BiomarkersOptions,
-    out: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
+@train_entry
+def train(call: TrainCall) -> dict[str, Any]:
     """Train on a table and write the run directory ``out``; return the summary.
 
     Evaluation follows :func:`neurodl.tasks._protocol.run_protocol`: one
     validation split, or ``--cv K`` folds and a final model on every row.
     """
-    run, table, saved = start_run(
-        out, task=TASK, source=table, options=to_dict(options), resume=resume, overwrite=overwrite
-    )
+    run, table, saved = call.start_run(TASK)
     options = from_dict(BiomarkersOptions, saved)
+    console, quiet, resume = call.console, call.quiet, call.resume
     data = prepare(table, options)
 
     def fit(
@@ -388,7 +374,7 @@ def train(
             )
 
     def predict_rows(fitted: Fitted, rows: np.ndarray) -> np.ndarray:
-        return fitted.module.predict(fitted.features.transform(data.frame.iloc[rows], path=table))
+        return fitted.module.predict_features(fitted.features.transform(data.frame.iloc[rows], path=table))
 
     def score_rows(rows: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         return score(outputs, data.frame[options.target].iloc[rows], data.target, table)
@@ -519,7 +505,7 @@ def predict(model: LoadedModel, table: Path) -> pd.DataFrame:
     frame = read_table(table)
     x = model.features.transform(frame, path=table)
     return prediction_frame(
-        frame, model.module.predict(x), model.target, _id_columns(frame, model.group_column)
+        frame, model.module.predict_features(x), model.target, _id_columns(frame, model.group_column)
     )
 
 
@@ -557,7 +543,7 @@ def evaluate(
             warnings.append(f"{len(overlap)} participants were in the training data (--allow-overlap).")
     elif trained:
         warnings.append(f"no '{group}' column: cannot check that these rows were not used for training.")
-    output = model.module.predict(model.features.transform(frame, path=table))
+    output = model.module.predict_features(model.features.transform(frame, path=table))
     metrics = score(output, frame[target.column], target, table)
     metrics["rows"] = len(frame)
     if report_dir is not None:

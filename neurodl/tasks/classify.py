@@ -8,7 +8,7 @@ maps are computed in that space and brought back to each input's own grid.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,137 +16,35 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neurodl.config import ClassifyOptions, from_dict, to_dict
+from neurodl.config import ClassifyOptions
+from neurodl.data.batches import ImageBatches
 from neurodl.data.images import (
-    ImageBatches,
     ImagePreprocessing,
-    VolumeDataset,
     augmentation,
     invert_to_input,
-    plan_preprocessing,
     preprocess,
 )
 from neurodl.data.inputs import InputImage, resolve_inputs
-from neurodl.data.splits import regression_strata, split_by_participant
+from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import TargetEncoder, label_text
-from neurodl.engine import FitResult, fit
+from neurodl.data.volumes import VolumeDataset
 from neurodl.engine.memory import require_step_fits
-from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
-from neurodl.io.manifest import load_manifest, require_columns
+from neurodl.errors import NeurodlError, UsageError
+from neurodl.io.manifest import require_columns
 from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
-from neurodl.models import create_model, list_models
-from neurodl.tasks._classification import (
-    balanced_class_weights,
-    class_probabilities,
-    classification_loss,
-    save_classification_plots,
-)
-from neurodl.tasks._protocol import run_protocol
-from neurodl.tasks._regression import regression_loss, save_regression_plots
-from neurodl.tasks._run import (
-    cache_folder,
-    check_leakage,
-    check_report_dir,
-    held_out_test,
-    progress,
-    recorded_columns,
-    start_run,
-    warm_cache,
-    write_training_record,
-)
-from neurodl.tasks.metrics import classification_metrics, epoch_classification_metrics, regression_metrics
+from neurodl.models import create_model
+from neurodl.tasks import _trained as trained
+from neurodl.tasks._classification import balanced_class_weights, save_classification_plots
+from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
+from neurodl.tasks._regression import save_regression_plots
+from neurodl.tasks._run import recorded_columns
+from neurodl.tasks._supervised import ClassifyModule, RegressModule, SupervisedModule
+from neurodl.tasks._trained import Failure
+from neurodl.tasks.metrics import classification_metrics, regression_metrics
 
 TASK = "classify"
 METHODS = ("gradcam", "saliency", "occlusion")
-
-
-class ImageModule:
-    """Model + loss of an image-level task (a class or a value per image), for the engine."""
-
-    default_monitor = "val_loss"
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def outputs(self, output: torch.Tensor) -> np.ndarray:
-        """What a prediction reports: class probabilities (n, K) or values (n,)."""
-        raise NotImplementedError
-
-    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        raise NotImplementedError
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"loss": self.loss(self.model(x), y)}
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"output": self.model(x), "target": y}
-
-    @torch.no_grad()
-    def predict(self, batches: Any) -> np.ndarray:
-        """:meth:`outputs` for every batch of ``batches``."""
-        self.model.eval()
-        device = next(self.model.parameters()).device
-        return self.outputs(torch.cat([self.model(x.to(device)).float().cpu() for x, _ in batches]))
-
-
-class ClassifyModule(ImageModule):
-    """Image classification: cross-entropy (optionally class-weighted); outputs are probabilities."""
-
-    def __init__(self, model: torch.nn.Module, class_weights: torch.Tensor | None = None) -> None:
-        super().__init__(model)
-        self.class_weights = class_weights
-
-    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return classification_loss(output, y, self.class_weights)
-
-    def outputs(self, output: torch.Tensor) -> np.ndarray:
-        return class_probabilities(output)
-
-    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        output, y = outputs["output"], outputs["target"].long()
-        return {
-            "loss": float(self.loss(output, y)),
-            **epoch_classification_metrics(y.numpy(), self.outputs(output)),
-        }
-
-
-class RegressModule(ImageModule):
-    """Image regression: the network predicts the target standardised on the training rows.
-
-    Targets arrive in their own units (years, points); outputs are restored to them,
-    so every metric and prediction is in those units. Early stopping watches the
-    validation MAE.
-    """
-
-    default_monitor = "val_mae"
-
-    def __init__(self, model: torch.nn.Module, target: TargetEncoder, loss: str = "mse") -> None:
-        super().__init__(model)
-        self.target = target
-        self.kind = loss
-
-    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        standardised = (y.float() - self.target.center) / self.target.scale
-        return regression_loss(output, standardised, self.kind)
-
-    def outputs(self, output: torch.Tensor) -> np.ndarray:
-        return self.target.restore(output.detach().float().cpu().reshape(-1).numpy())
-
-    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        output, y = outputs["output"], outputs["target"]
-        return {"loss": float(self.loss(output, y)), **regression_metrics(y.numpy(), self.outputs(output))}
-
-
-@dataclass
-class Fitted:
-    module: ImageModule
-    result: FitResult
 
 
 def model_spec(options: ClassifyOptions, channels: int, outputs: int) -> dict[str, Any]:
@@ -226,16 +124,13 @@ def score(
     return classification_metrics(truth, outputs, target.classes)
 
 
-def train(
-    manifest_path: Path | None,
-    options: ClassifyOptions,
-    out: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
+@trains(
+    TASK,
+    ClassifyOptions,
+    before=lambda options: require_known_model(TASK, options.model),
+    label=lambda options: options.label,
+)
+def train(training: Training) -> dict[str, Any]:
     """Train a classifier (or, for a continuous label, a regressor) on the images of a manifest.
 
     Writes the run directory ``out``. ``test_fraction`` holds out participants that
@@ -243,71 +138,36 @@ def train(
     ``test_manifest.tsv`` for ``evaluate``. The rest is split (or cross-validated)
     by :func:`neurodl.tasks._protocol.run_protocol`.
     """
-    known = [entry.name for entry in list_models(TASK)]
-    if options.model not in known:
-        raise UsageError(
-            f"Unknown classify model '{options.model}'.",
-            f"Known classify models: {', '.join(known)} (see `neurodl models`).",
-        )
-    run, manifest_path, saved = start_run(
-        out, task=TASK, source=manifest_path, options=to_dict(options), resume=resume, overwrite=overwrite
-    )
-    options = from_dict(ClassifyOptions, saved)
+    options, manifest, source = training.options, training.manifest, training.manifest_path
     images = options.images
-    manifest = load_manifest(
-        manifest_path, list(images.image), options.label, images.participant, bids_filter=images.bids_filter
-    )
     if manifest.label_is_image:
         raise UsageError(
-            f"{manifest_path}: column '{options.label}' holds images; classify needs a class label or a number.",
+            f"{source}: column '{options.label}' holds images; classify needs a class label or a number.",
             "Use `neurodl segment` for masks, or name the label column with --label.",
         )
     if options.color_by:
-        require_columns(manifest.frame, [options.color_by], manifest_path)
+        require_columns(manifest.frame, [options.color_by], source)
     frame = manifest.frame
-    target = label_target(frame[options.label], options, manifest_path)
+    target = label_target(frame[options.label], options, source)
     regression = target.kind == "regression"
-    y = _truth(target, frame[options.label], manifest_path)
-    strata = regression_strata(y, bins=5) if regression else y
-    groups = np.asarray(manifest.participant_ids, dtype=str)
-    seed = options.train.seed
-    rows = np.arange(len(manifest))
-    test_rows = np.zeros(0, dtype=int)
-    if options.test_fraction > 0:
-        kept, held = split_by_participant(groups, strata, options.test_fraction, seed + 101)
-        rows, test_rows = rows[kept], rows[held]
+    y = _truth(target, frame[options.label], source)
+    training.hold_out_test(regression_strata(y, bins=5) if regression else y)
+    rows = training.rows
     channels = len(images.image)
-    items = [manifest.image_paths(int(r)) for r in range(len(manifest))]
-    preprocessing = plan_preprocessing(
-        [items[int(r)][0] for r in rows],
-        spacing=images.spacing,
-        size=images.size,
-        normalize=images.normalize,
-        crop_foreground=images.crop_foreground,
-        channels=channels,
-    )
+    preprocessing = training.plan()
+    spec = model_spec(options, channels, target.outputs)
     require_step_fits(  # before any image is decoded or any weight allocated
-        lambda: build_model(model_spec(options, channels, target.outputs)),
+        lambda: build_model(spec),
         (channels, *preprocessing.size),
         options.train,
         batch_size=options.train.batch_size or len(rows),
         model_name=options.model,
     )
-    base = VolumeDataset(
-        items,
-        y,
-        preprocessing,
-        cache=images.cache,
-        cache_dir=cache_folder(run, images),
-        cache_budget=images.cache_budget,
-        describe=lambda i: f"{manifest_path.name} row {i + 1}",
-    )
-    if images.cache != "none":
-        warm_cache(base, console, quiet)
+    base = training.cached(VolumeDataset(training.items, y, preprocessing, **training.cache_options()))
     augment = augmentation(images.augment)
-    spec = model_spec(options, channels, target.outputs)
+    seed = training.seed
 
-    def module_for(train_rows: np.ndarray) -> ImageModule:
+    def module_for(train_rows: np.ndarray) -> SupervisedModule:
         if regression:
             # Mean and SD of the training rows only: validation and test values stay unseen.
             scaled = TargetEncoder.fit(
@@ -315,7 +175,7 @@ def train(
                 name=options.label,
                 kind="regression",
                 positive="",
-                path=manifest_path,
+                path=source,
             )
             return RegressModule(build_model(spec), scaled, options.loss)
         weights = (
@@ -325,140 +185,64 @@ def train(
         )
         return ClassifyModule(build_model(spec), weights)
 
-    def fit_fn(
-        train_rows: np.ndarray, val_rows: np.ndarray | None, name: str, description: str, epochs: int | None
-    ) -> Fitted:
-        train_options = (
-            options.train if epochs is None else replace(options.train, epochs=max(1, epochs), patience=0)
-        )
-        torch.manual_seed(seed)
-        module = module_for(train_rows)
-        train_batches = ImageBatches(
-            base.subset(train_rows, augment=augment, seed=seed),
+    def batches(module: SupervisedModule, subset_rows: np.ndarray, training_set: bool) -> ImageBatches:
+        return ImageBatches(
+            base.subset(subset_rows, augment=augment if training_set else None, seed=seed),
             batch_size=options.train.batch_size,
-            shuffle=True,
+            shuffle=training_set,
             seed=seed,
             workers=images.workers,
         )
-        val_batches = (
-            None
-            if val_rows is None
-            else ImageBatches(
-                base.subset(val_rows),
-                batch_size=options.train.batch_size,
-                shuffle=False,
-                workers=images.workers,
-            )
-        )
-        with progress(console, quiet, description) as callbacks:
-            result = fit(
-                module,
-                train_batches,
-                val_batches,
-                train_options,
-                checkpoint=run.file(f"checkpoints/{name}.safetensors"),
-                resume=resume,
-                callbacks=callbacks,
-                resume_hint=f"Continue with: neurodl classify train --resume --out {run.path}",
-            )
-        return Fitted(module, result)
 
     # The baseline a regression must beat: everyone predicted the mean of the rows the model learnt
     # from. Each prediction of the protocol is scored right after it is made.
-    learnt_mean: list[float] = []
+    learnt: list[TargetEncoder] = []
 
     def predict_rows(fitted: Fitted, subset_rows: np.ndarray) -> np.ndarray:
         if isinstance(fitted.module, RegressModule):
-            learnt_mean[:] = [fitted.module.target.center]
+            learnt[:] = [fitted.module.target]
         return fitted.module.predict(
             ImageBatches(base.subset(subset_rows), batch_size=8, shuffle=False, workers=images.workers)
         )
 
     def score_rows(subset_rows: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         pooled = subset_rows is rows  # out-of-fold predictions of several models: no single mean
-        mean = learnt_mean[0] if learnt_mean and not pooled else None
+        mean = learnt[0].center if learnt and not pooled else None
         return score(target, y[subset_rows], outputs, mean)
 
-    def plots_of(
-        writer: RunDirectory, prefix: str, subset_rows: np.ndarray, outputs: np.ndarray
-    ) -> list[str]:
+    def outputs_of(prefix: str, subset_rows: np.ndarray, outputs: np.ndarray) -> list[str]:
+        _write_predictions(training.run, prefix, manifest, subset_rows, outputs, target)
         metrics = {} if regression else score_rows(subset_rows, outputs)
         coloured = _color_groups(frame, options.color_by, subset_rows)
         return save_plots(
-            writer, prefix, target, y[subset_rows], outputs, metrics, coloured, options.color_by
+            training.run, prefix, target, y[subset_rows], outputs, metrics, coloured, options.color_by
         )
 
-    outcome = run_protocol(
-        groups,
-        strata,
-        rows,
-        cv=options.cv,
-        val_fraction=options.val_fraction,
-        seed=seed,
-        fit=fit_fn,
-        predict=predict_rows,
-        score=score_rows,
-        unit="images",
-    )
-    final: Fitted = outcome.final
-    final_target = final.module.target if isinstance(final.module, RegressModule) else target
-    prefix = "oof_" if options.cv else "validation_"
-    _write_predictions(run, prefix, manifest, outcome.rows, outcome.outputs, final_target)
-    plots = plots_of(run, prefix, outcome.rows, outcome.outputs)
-    metrics = dict(outcome.metrics)
-    headline = {k: v for k, v in outcome.headline.items() if k != "confusion_matrix"}
-    evaluation = outcome.evaluation
-    if len(test_rows):
-        test_outputs = predict_rows(final, test_rows)
-        test_metrics = score_rows(test_rows, test_outputs)
-        metrics["test"], evaluation = held_out_test(
-            run, manifest, groups, test_rows, test_metrics, evaluation
-        )
-        _write_predictions(run, "test_", manifest, test_rows, test_outputs, final_target)
-        plots += plots_of(run, "test_", test_rows, test_outputs)
-        headline = {k: v for k, v in test_metrics.items() if k != "confusion_matrix"}
-
-    from neurodl.report import plots as figures
-
-    run.write_json(
-        "preprocessing.json",
-        {
-            "images": preprocessing.to_dict(),
-            "image_columns": list(images.image),
-            "participant_column": images.participant,
-            "label": final_target.to_dict(),
+    def record(final: Fitted) -> dict[str, Any]:
+        return {
+            "label": (final.module.target if regression else target).to_dict(),
             "model": spec,
-        },
+        }
+
+    return training.train(
+        Recipe(
+            preprocessing=preprocessing,
+            module=module_for,
+            batches=batches,
+            predict=predict_rows,
+            score=score_rows,
+            record=record,
+            title=f"{options.label}: {options.model}",
+            summary={
+                "task": target.kind,
+                "target": options.label,
+                "model": options.model,
+                "classes": target.classes,
+            },
+            headline=lambda name: name != "confusion_matrix",
+            outputs=outputs_of,
+        )
     )
-    run.save_weights(final.module.model.state_dict())
-    write_training_record(
-        run,
-        outcome,
-        metrics,
-        participant_column=images.participant,
-        groups=groups,
-        rows=rows,
-        test_rows=test_rows,
-    )
-    run.save_figure(
-        "learning_curves.png",
-        figures.learning_curves(outcome.history, title=f"{options.label}: {options.model}"),
-    )
-    return {
-        "task": target.kind,
-        "target": options.label,
-        "model": options.model,
-        "images": len(manifest),
-        "participants": len(set(groups.tolist())),
-        "classes": target.classes,
-        "preprocessing": preprocessing.to_dict(),
-        "evaluation": evaluation,
-        "metrics": headline,
-        "metrics_std": outcome.headline_std if not len(test_rows) else {},
-        "epochs": final.result.epochs_run,
-        "run": str(run.path),
-        "plots": ["learning_curves.png", *plots],
-    }
 
 
 def _prediction_frame(
@@ -517,7 +301,7 @@ class LoadedClassifier:
     """A trained classifier (or image regressor), ready for new images."""
 
     run: RunDirectory
-    module: ImageModule
+    module: SupervisedModule
     preprocessing: ImagePreprocessing
     image_columns: list[str]
     participant_column: str
@@ -527,11 +311,8 @@ class LoadedClassifier:
 
 def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
     """Open a classify run directory; tampered or foreign runs give a clear error."""
-    from neurodl.engine import resolve_device
 
-    run = RunDirectory.open(run_dir, task=TASK)
-    prep = run.read_json("preprocessing.json")
-    try:
+    def read(prep: dict[str, Any]) -> tuple[Any, ...]:
         preprocessing = ImagePreprocessing.from_dict(prep["images"])
         target = TargetEncoder.from_dict(prep["label"])
         spec = dict(prep["model"])
@@ -542,33 +323,16 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
             or not (target.kind == "classification" or np.isfinite([target.center, target.scale]).all())
         ):
             raise ValueError("model sizes out of range")
-        image_columns, participant_column = recorded_columns(prep, int(spec["in_channels"]))
-    except (KeyError, TypeError, ValueError, NeurodlError) as exc:
-        raise RunDirectoryError(
-            f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
-            "Train the model again.",
-        ) from exc
-    model = run.load_model(lambda: build_model(spec))
-    target_device = resolve_device(device)
-    model.to(target_device).eval()
+        return preprocessing, target, spec, recorded_columns(prep, int(spec["in_channels"]))
+
+    run, (preprocessing, target, spec, (image_columns, participant_column)) = trained.open_trained(
+        run_dir, TASK, read
+    )
+    model, target_device = trained.place(run, lambda: build_model(spec), device)
     module = RegressModule(model, target) if target.kind == "regression" else ClassifyModule(model)
     return LoadedClassifier(
-        run,
-        module,
-        preprocessing,
-        image_columns,
-        participant_column,
-        target,
-        target_device,
+        run, module, preprocessing, image_columns, participant_column, target, target_device
     )
-
-
-@dataclass
-class Failure:
-    """An input that could not be processed, and why."""
-
-    name: str
-    message: str
 
 
 def _outputs(loaded: LoadedClassifier, image: InputImage) -> tuple[np.ndarray, Any]:
@@ -620,16 +384,9 @@ def predict(
         shard=shard,
         bids_filter=bids_filter,
     )
-    rows, kept, failures = [], [], []
-    for image in images:
-        try:
-            output, _ = _outputs(loaded, image)
-            rows.append(output)
-            kept.append(image)
-        except NeurodlError as exc:
-            failures.append(Failure(image.name, str(exc)))
-        if on_image is not None:
-            on_image(image)
+    done, failures = trained.each_image(images, lambda image: (image, _outputs(loaded, image)[0]), on_image)
+    kept = [image for image, _ in done]
+    rows = [output for _, output in done]
     target = loaded.target
     regression = target.kind == "regression"
     outputs = np.asarray(rows, dtype=float).reshape(len(rows), 1 if regression else len(target.classes))
@@ -667,26 +424,22 @@ def evaluate(
     once every image was processed (regression plots coloured by the ``color_by`` column).
     Returns metrics, failed images and warnings.
     """
-    check_report_dir(report_dir, manifest_path, overwrite=overwrite)
     label = label_column or loaded.target.column
-    manifest = load_manifest(
+    evaluation = trained.open_evaluation(
+        loaded,
         manifest_path,
-        loaded.image_columns,
-        label,
-        loaded.participant_column,
-        require_files=False,
+        label=label,
+        required=[label, *([color_by] if color_by else [])],
+        allow_overlap=allow_overlap,
+        report_dir=report_dir,
+        overwrite=overwrite,
         bids_filter=bids_filter,
+        resolve=False,  # predict reads the manifest's images
     )
-    require_columns(manifest.frame, [label, *([color_by] if color_by else [])], manifest_path)
-    warnings = check_leakage(loaded.run, manifest.participant_ids, manifest_path, allow_overlap=allow_overlap)
     frame, failures, kept = predict(
         loaded, [manifest_path], label_column=label, on_image=on_image, bids_filter=bids_filter
     )
-    if not len(frame):
-        reasons = "; ".join(f"{f.name}: {f.message}" for f in failures[:3])
-        raise DataError(
-            f"{manifest_path}: no image could be processed ({reasons}).", "Fix the inputs named above."
-        )
+    trained.require_some(kept, failures, manifest_path, "processed")
     target = loaded.target
     y = _truth(target, pd.Series([image.label for image in kept], dtype=object), manifest_path)
     if target.kind == "regression":
@@ -695,15 +448,11 @@ def evaluate(
         outputs = frame[[f"probability_{c}" for c in target.classes]].to_numpy()
     metrics = score(target, y, outputs, target.center if target.kind == "regression" else None)
     metrics["images"] = len(frame)
-    if report_dir is not None and not failures:  # a report that leaves inputs out would mislead
-        writer = RunDirectory(report_dir, TASK)  # an atomic writer for the report files
-        writer.write_csv("predictions.csv", frame)
-        writer.write_json(
-            "metrics.json", {"manifest": str(manifest_path), "model": str(loaded.run.path), **metrics}
-        )
-        coloured = _color_groups(manifest.frame, color_by, [int(image.row or 0) for image in kept])
+    writer = evaluation.report({"predictions.csv": frame}, metrics, failures)
+    if writer is not None:
+        coloured = _color_groups(evaluation.manifest.frame, color_by, [int(image.row or 0) for image in kept])
         save_plots(writer, "", target, y, outputs, metrics, coloured, color_by)
-    return metrics, failures, warnings
+    return metrics, failures, evaluation.warnings
 
 
 def occlusion_settings(shape: tuple[int, ...]) -> tuple[tuple[int, ...], float, int]:
@@ -725,7 +474,7 @@ def _explain(loaded: LoadedClassifier, x: torch.Tensor, method: str, class_index
     if method == "gradcam":
         from monai.visualize import GradCAM
 
-        cam = GradCAM(nn_module=model, target_layers=model.gradcam_layer)
+        cam = GradCAM(nn_module=model, target_layers=str(model.gradcam_layer))
         return cam(x=batch, class_idx=class_index).detach()[0]
     if method == "saliency":
         batch = batch.clone().requires_grad_(True)
@@ -766,59 +515,41 @@ def interpret(
     images, _ = resolve_inputs(
         inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
     )
-    input_files = {p.resolve() for image in images for p in image.paths}
-    written, failures = [], []
+    inputs_read = trained.input_files(images)
     from neurodl.report.slices import orthogonal_slices
 
     figures = RunDirectory(out_dir, TASK)  # used as an atomic writer for the PNGs
     binary = len(loaded.target.classes) == 2
     regression = loaded.target.kind == "regression"
 
-    for image in images:
+    def explain(image: InputImage) -> dict[str, Any]:
         target_path = out_dir / f"{image.name}_{method}.nii.gz"
-        try:
-            if target_path.resolve() in input_files:
-                raise OutputError(
-                    f"{target_path}: is also an input; neurodl never overwrites its inputs.",
-                    "Choose another -o folder.",
-                )
-            if target_path.exists() and not overwrite:
-                written.append({"image": str(image.paths[0]), "map": str(target_path), "skipped": True})
-                continue
-            proba, x = _outputs(loaded, image)
-            predicted = 0 if regression else int(proba.argmax())
-            # One logit for two classes (or one value): its map is the evidence for the positive
-            # class (for a higher value).
-            class_index = 0 if binary or regression else predicted
-            said = (
-                f"predicted {loaded.target.column} {proba[0]:.4g}"
-                if regression
-                else f"{loaded.target.classes[predicted]}, p={proba[predicted]:.2f}"
-            )
-            explained = _explain(loaded, x, method, class_index)
-            mapped = invert_to_input(explained, x, loaded.preprocessing)[0]
-            original = load_volume(image.paths[0])
-            save_volume(mapped.astype(np.float32), target_path, like=original)
-            png = out_dir / f"{image.name}_{method}.png"
-            figures.save_figure(
-                png.name,
-                orthogonal_slices(
-                    original,
-                    mapped,
-                    title=f"{image.name}: {method} ({said})",
-                ),
-            )
-            written.append(
-                {
-                    "image": str(image.paths[0]),
-                    "map": str(target_path),
-                    "png": str(png),
-                    "predicted": float(proba[0]) if regression else loaded.target.classes[predicted],
-                }
-            )
-        except NeurodlError as exc:
-            failures.append(Failure(image.name, str(exc)))
-        finally:
-            if on_image is not None:
-                on_image(image)
-    return written, failures
+        trained.refuse_input(target_path, inputs_read)
+        if target_path.exists() and not overwrite:
+            return {"image": str(image.paths[0]), "map": str(target_path), "skipped": True}
+        proba, x = _outputs(loaded, image)
+        predicted = 0 if regression else int(proba.argmax())
+        # One logit for two classes (or one value): its map is the evidence for the positive
+        # class (for a higher value).
+        class_index = 0 if binary or regression else predicted
+        said = (
+            f"predicted {loaded.target.column} {proba[0]:.4g}"
+            if regression
+            else f"{loaded.target.classes[predicted]}, p={proba[predicted]:.2f}"
+        )
+        explained = _explain(loaded, x, method, class_index)
+        mapped = invert_to_input(explained, x, loaded.preprocessing)[0]
+        original = load_volume(image.paths[0])
+        save_volume(mapped.astype(np.float32), target_path, like=original)
+        png = out_dir / f"{image.name}_{method}.png"
+        figures.save_figure(
+            png.name, orthogonal_slices(original, mapped, title=f"{image.name}: {method} ({said})")
+        )
+        return {
+            "image": str(image.paths[0]),
+            "map": str(target_path),
+            "png": str(png),
+            "predicted": float(proba[0]) if regression else loaded.target.classes[predicted],
+        }
+
+    return trained.each_image(images, explain, on_image)

@@ -26,27 +26,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neurodl.config import GenerateOptions, from_dict, to_dict
-from neurodl.data.images import ImageBatches, ImagePreprocessing, plan_preprocessing
-from neurodl.data.splits import split_by_participant
-from neurodl.engine import Callback, fit
-from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
-from neurodl.io.manifest import load_manifest, require_columns
-from neurodl.io.rundir import RunDirectory
+from neurodl.config import GenerateOptions
+from neurodl.data.batches import ImageBatches
+from neurodl.data.images import ImagePreprocessing
+from neurodl.data.volumes import PairedVolumes
+from neurodl.engine import Callback
+from neurodl.errors import DataError, OutputError, UsageError
+from neurodl.io.manifest import require_columns
+from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
 from neurodl.models import create_model
+from neurodl.tasks import _trained as trained
+from neurodl.tasks._driver import Training, trains
 from neurodl.tasks._gan import AdversarialPair, TargetScale, check_networks
-from neurodl.tasks._run import (
-    cache_folder,
-    progress,
-    recorded_columns,
-    start_run,
-    warm_cache,
-    write_held_out_manifest,
-    write_training_record,
-)
+from neurodl.tasks._run import recorded_columns, write_held_out_manifest
 from neurodl.tasks._samples import contact_sheet, grid_slice_affine, save_in_grid, training_grid
-from neurodl.tasks.autoencode import central_slices, fitting_spacing
-from neurodl.tasks.translate import PairedVolumes
+from neurodl.tasks.autoencode import central_slices
 
 TASK = "generate"
 MAX_CLASSES = 50
@@ -65,16 +59,10 @@ class NoiseGAN(AdversarialPair):
     betas = (0.5, 0.999)
 
     def __init__(
-        self,
-        generator: torch.nn.Module,
-        discriminator: torch.nn.Module,
-        *,
-        gan_loss: str,
-        lr: float,
-        lr_d: float,
-        latent_dim: int,
+        self, generator: torch.nn.Module, discriminator: torch.nn.Module, *, latent_dim: int, **losses: Any
     ) -> None:
-        super().__init__(generator, discriminator, gan_loss=gan_loss, lr=lr, lr_d=lr_d)
+        """``losses``: the GAN loss and learning rates of :class:`~neurodl.tasks._gan.AdversarialPair`."""
+        super().__init__(generator, discriminator, **losses)
         self.latent_dim = latent_dim
 
     def training_step(
@@ -233,80 +221,50 @@ def draw(generator: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | Non
     return torch.cat(parts)
 
 
-def train(
-    manifest_path: Path | None,
-    options: GenerateOptions,
-    out: Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    console: Any = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Train a GAN on the images of a manifest (conditional on ``options.condition``); write the run ``out``."""
+def _check_networks(options: GenerateOptions) -> None:
     check_networks((TASK, options.model), ("gan_discriminator", options.discriminator))
     if len(options.images.image) != 1:
         raise UsageError(
             f"generate learns one image column, not {len(options.images.image)} ({', '.join(options.images.image)}).",
             "Give one --image column (train one model per contrast).",
         )
-    run, manifest_path, saved = start_run(
-        out, task=TASK, source=manifest_path, options=to_dict(options), resume=resume, overwrite=overwrite
-    )
-    options = from_dict(GenerateOptions, saved)
+
+
+@trains(TASK, GenerateOptions, before=_check_networks)
+def train(training: Training) -> dict[str, Any]:
+    """Train a GAN on the images of a manifest (conditional on ``options.condition``); write the run ``out``."""
+    options, manifest, run = training.options, training.manifest, training.run
     images = options.images
-    manifest = load_manifest(
-        manifest_path, list(images.image), None, images.participant, bids_filter=images.bids_filter
-    )
-    groups = np.asarray(manifest.participant_ids, dtype=str)
-    seed = options.train.seed
+    groups, seed = training.groups, training.seed
     conditions: list[str] = [""] * len(manifest)
     if options.condition:
         require_columns(
             manifest.frame,
             [options.condition],
-            manifest_path,
+            training.manifest_path,
             fix="Name the label column to condition on with --condition (e.g. --condition diagnosis), or drop it.",
         )
-        conditions = condition_codes(manifest.frame, options.condition, manifest_path)
-    rows = np.arange(len(manifest))
-    test_rows = np.zeros(0, dtype=int)
-    if options.test_fraction > 0:
-        strata = np.unique(np.asarray(conditions), return_inverse=True)[1]
-        kept, held = split_by_participant(groups, strata, options.test_fraction, seed + 101)
-        rows, test_rows = rows[kept], rows[held]
+        conditions = condition_codes(manifest.frame, options.condition, training.manifest_path)
+    training.hold_out_test(np.unique(np.asarray(conditions), return_inverse=True)[1])
+    rows, test_rows = training.rows, training.test_rows
     classes = sorted({conditions[int(r)] for r in rows}) if options.condition else []
     labels = (
         [classes.index(c) if c in classes else -1 for c in conditions] if classes else [0] * len(manifest)
     )
-    items = [manifest.image_paths(int(r)) for r in range(len(manifest))]
-    train_paths = [items[int(r)][0] for r in rows]
-    preprocessing = plan_preprocessing(
-        train_paths,
-        spacing=images.spacing or fitting_spacing(train_paths, images.size),
-        size=images.size,
-        normalize=images.normalize,
-        crop_foreground=images.crop_foreground,
-        channels=1,
-        resize=True,
-    )
+    items = training.items
+    preprocessing = training.plan(fit_spacing=True)
     if any(s % 8 for s in preprocessing.size[: options.dims]):
         raise UsageError(
             f"the planned grid {preprocessing.size} does not suit the generator (each side a multiple of 8).",
             "Give --size, e.g. --size 32.",
         )
     # The images are both source and target of the paired pipeline: the target keeps their units.
-    volumes = PairedVolumes(
-        items,
-        [paths[0] for paths in items],
-        preprocessing,
-        resample=False,
-        cache=images.cache,
-        cache_dir=cache_folder(run, images),
-        cache_budget=images.cache_budget,
-        describe=lambda i: f"{manifest_path.name} row {i + 1}",
+    volumes = training.cached(
+        PairedVolumes(
+            items, [paths[0] for paths in items], preprocessing, resample=False, **training.cache_options()
+        ),
+        always=True,
     )
-    warm_cache(volumes, console, quiet)
     grid = training_grid(preprocessing, items[int(rows[0])])
     scale = TargetScale.fit([volumes.pair(int(r))[1] for r in rows], seed)
     spec = model_spec(options, preprocessing.size, len(classes))
@@ -332,39 +290,16 @@ def train(
         depth=preprocessing.size[2],
     )
     batches = ImageBatches(
-        dataset,  # type: ignore[arg-type]
-        batch_size=options.train.batch_size,
-        shuffle=True,
-        seed=seed,
-        workers=images.workers,
+        dataset, batch_size=options.train.batch_size, shuffle=True, seed=seed, workers=images.workers
     )
-    with progress(console, quiet, "training the GAN") as callbacks:
-        result = fit(
-            module,  # type: ignore[arg-type]
-            batches,
-            None,
-            options.train,
-            checkpoint=run.file("checkpoints/final.safetensors"),
-            resume=resume,
-            callbacks=[*callbacks, EpochPreviews(run, module, scale, classes)],
-            resume_hint=f"Continue with: neurodl generate train --resume --out {run.path}",
-        )
-    run.write_json(
-        "preprocessing.json",
-        {
-            "images": preprocessing.to_dict(),
-            "image_columns": list(images.image),
-            "participant_column": images.participant,
-            "condition_column": options.condition,
-            "classes": classes,
-            "target_scale": scale.to_dict(),
-            "grid_affine": grid.tolist(),
-            "slices": options.slices,
-            "model": spec,
-        },
-    )
-    run.save_weights(module.generator.state_dict())
-    run.save_weights(module.discriminator.state_dict(), "discriminator.safetensors")
+    result = training.fit(
+        module,
+        batches,
+        None,
+        name="final",
+        description="training the GAN",
+        callbacks=[EpochPreviews(run, module, scale, classes)],
+    ).result
     last = result.history[-1] if result.history else {}
     headline = {
         k: float(last[f"train_{k}"]) for k in ("loss", "d_loss", "d_real", "d_fake") if f"train_{k}" in last
@@ -377,40 +312,38 @@ def train(
         evaluation += (
             f" on the {len(set(groups[test_rows].tolist()))} held-out participants in test_manifest.tsv"
         )
-    outcome = SimpleNamespace(
-        splits={"seed": seed, "train": sorted(set(groups[rows].tolist()))}, history=result.history
-    )
-    metrics = {"evaluation": evaluation, "final_epoch": headline}
-    write_training_record(
-        run,
-        outcome,
-        metrics,
-        participant_column=images.participant,
-        groups=groups,
-        rows=rows,
-        test_rows=test_rows,
-    )
-    from neurodl.report import plots as figures
-
-    run.save_figure(
-        "learning_curves.png",
-        figures.learning_curves(
-            result.history, title=f"{options.model} GAN ({options.dims}D, {options.gan_loss})"
+    training.write(
+        training.record(
+            preprocessing,
+            condition_column=options.condition,
+            classes=classes,
+            target_scale=scale.to_dict(),
+            grid_affine=grid.tolist(),
+            slices=options.slices,
+            model=spec,
         ),
+        {
+            WEIGHTS_FILE: module.generator.state_dict(),
+            "discriminator.safetensors": module.discriminator.state_dict(),
+        },
+        SimpleNamespace(
+            splits={"seed": seed, "train": sorted(set(groups[rows].tolist()))}, history=result.history
+        ),
+        {"evaluation": evaluation, "final_epoch": headline},
+        title=f"{options.model} GAN ({options.dims}D, {options.gan_loss})",
     )
-    return {
-        "task": TASK,
-        "target": images.image[0] + (f" | {options.condition}" if options.condition else ""),
-        "model": options.model,
-        "images": len(manifest),
-        "participants": len(set(groups.tolist())),
-        "preprocessing": preprocessing.to_dict(),
-        "evaluation": evaluation,
-        "metrics": headline,
-        "metrics_std": {},
-        "epochs": result.epochs_run,
-        "run": str(run.path),
-    }
+    return training.summary(
+        {
+            "task": TASK,
+            "target": images.image[0] + (f" | {options.condition}" if options.condition else ""),
+            "model": options.model,
+        },
+        preprocessing=preprocessing,
+        evaluation=evaluation,
+        metrics=headline,
+        metrics_std={},
+        epochs=result.epochs_run,
+    )
 
 
 @dataclass
@@ -433,11 +366,8 @@ class LoadedGenerator:
 
 def load(run_dir: Path, *, device: str = "auto") -> LoadedGenerator:
     """Open a generate run directory; tampered or foreign runs give a clear error."""
-    from neurodl.engine import resolve_device
 
-    run = RunDirectory.open(run_dir, task=TASK)
-    prep = run.read_json("preprocessing.json")
-    try:
+    def read(prep: dict[str, Any]) -> tuple[Any, ...]:
         preprocessing = ImagePreprocessing.from_dict(prep["images"])
         spec = dict(prep["model"])
         dims, latent = int(spec["dims"]), int(spec["latent_dim"])
@@ -460,21 +390,30 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedGenerator:
         condition = str(prep.get("condition_column", ""))
         if bool(condition) != bool(classes):
             raise ValueError("condition column and classes disagree")
-    except (KeyError, TypeError, ValueError, NeurodlError) as exc:
-        raise RunDirectoryError(
-            f"{run_dir}: preprocessing.json is damaged or names an unknown model ({exc}).",
-            "Train the model again.",
-        ) from exc
-    generator = run.load_model(lambda: build_generator(spec))
-    target = resolve_device(device)
-    generator.to(target).eval()
+        return (
+            preprocessing,
+            spec,
+            scale,
+            columns[0],
+            participant_column,
+            condition,
+            classes,
+            dims,
+            latent,
+            grid,
+        )
+
+    run, (preprocessing, spec, scale, column, participant, condition, classes, dims, latent, grid) = (
+        trained.open_trained(run_dir, TASK, read)
+    )
+    generator, target = trained.place(run, lambda: build_generator(spec), device)
     return LoadedGenerator(
         run,
         generator,
         preprocessing,
         scale,
-        columns[0],
-        participant_column,
+        column,
+        participant,
         condition,
         classes,
         dims,

@@ -29,12 +29,12 @@ import torch
 
 from neurodl.data.images import preprocess
 from neurodl.data.splits import split_by_participant
+from neurodl.data.volumes import PairedVolumes
 from neurodl.errors import DataError, UsageError
 from neurodl.io.manifest import load_manifest, require_columns
 from neurodl.io.rundir import RunDirectory
 from neurodl.tasks._run import check_leakage, check_report_dir
 from neurodl.tasks.generate import LoadedGenerator, condition_codes, write_samples
-from neurodl.tasks.translate import PairedVolumes
 
 FEATURE_NOTE = (
     "MMD and Fréchet distances are in the feature space of {run}: they compare only with values "

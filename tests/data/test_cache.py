@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from neurodl.data import images as image_module
-from neurodl.data.images import LabelledVolumeDataset, VolumeDataset, plan_preprocessing
+from neurodl.data import volumes as volume_module
+from neurodl.data.images import ImagePreprocessing, plan_preprocessing
 from neurodl.data.phantom import generate_cohort
+from neurodl.data.volumes import LabelledVolumeDataset, VolumeDataset
 from neurodl.io.manifest import load_manifest
 
 
@@ -46,8 +47,9 @@ def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("decoded although the volume is cached")
 
-    monkeypatch.setattr(image_module, "preprocess", refuse)
-    monkeypatch.setattr(image_module.ImagePreprocessing, "transforms_with_label", refuse)
+    monkeypatch.setattr(volume_module, "preprocess", refuse)
+    monkeypatch.setattr(volume_module, "run_pipeline", refuse)
+    monkeypatch.setattr(ImagePreprocessing, "transforms_with_label", refuse)
 
 
 def test_a_second_dataset_reads_the_cache_instead_of_decoding(cohort, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from neurodl.config import TrainOptions
-from neurodl.data.images import ImageBatches
+from neurodl.data.batches import ImageBatches
 from neurodl.data.phantom import generate_cohort
 from neurodl.engine import TensorBatches, fit
 from neurodl.engine.batches import process_share
@@ -202,7 +202,7 @@ def test_two_processes_write_one_run_with_the_metrics_rank_0_reports(
 
 STOP_AT_EPOCH_2 = """
 import contextlib, sys
-import neurodl.tasks.classify as classify
+import neurodl.tasks._driver as driver
 from neurodl.engine import Callback
 from neurodl.cli.main import main
 
@@ -211,14 +211,14 @@ class StopAtEpoch2(Callback):
         if epoch == 2:
             raise KeyboardInterrupt  # every process at the same step, like Ctrl-C
 
-plain = classify.progress
+plain = driver.progress
 
 @contextlib.contextmanager
 def progress(console, quiet, description):
     with plain(console, quiet, description) as callbacks:
         yield [*callbacks, StopAtEpoch2()]
 
-classify.progress = progress
+driver.progress = progress  # the driver shows every task's progress
 sys.exit(main())
 """
 
