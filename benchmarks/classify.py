@@ -74,9 +74,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurodl.config import ClassifyOptions, build  # noqa: E402
-from neurodl.data.images import VolumeDataset, plan_preprocessing, preprocess  # noqa: E402
+from neurodl.data.images import plan_preprocessing, preprocess  # noqa: E402
 from neurodl.data.splits import split_by_participant  # noqa: E402
 from neurodl.data.tabular import TargetEncoder  # noqa: E402
+from neurodl.data.volumes import VolumeDataset  # noqa: E402
 from neurodl.engine import Callback  # noqa: E402
 from neurodl.tasks import classify as classify_task  # noqa: E402
 from neurodl.tasks.metrics import epoch_classification_metrics  # noqa: E402
