@@ -78,6 +78,7 @@ def test_the_interrupted_command_with_resume_appended_finishes_the_run(run_cli, 
     assert list(pd.read_csv(out / "history.csv")["epoch"]) == list(range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow
 def test_raising_epochs_trains_a_finished_run_longer(run_cli, interrupted) -> None:
     table, out = interrupted
     assert run_cli(*command(table, out, "--resume")).exit_code == 0

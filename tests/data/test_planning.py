@@ -82,6 +82,7 @@ def test_small_images_keep_their_grid(tmp_path):
     assert plan.spacing == (1.0, 1.0, 1.0) and plan.size == (48, 48, 48) and not plan.crop_foreground
 
 
+@pytest.mark.slow
 def test_a_head_larger_than_the_models_field_of_view_is_used_whole_or_named_in_a_warning(
     full_size, tmp_path, caplog
 ):

@@ -176,6 +176,7 @@ def test_evaluate_scores_held_out_images_inside_a_mask(trained: Path, cohort: Pa
     assert leaked.exit_code == 2 and "--allow-overlap" in leaked.output
 
 
+@pytest.mark.slow
 def test_vae_in_2d_trains_and_encodes_whole_volumes(cohort: Path, tmp_path: Path, run_cli):
     run = tmp_path / "vae2d"
     result = run_cli(

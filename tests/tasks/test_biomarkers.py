@@ -119,6 +119,7 @@ def test_linear_regression_by_gradient_descent_recovers_the_line(run_cli, tmp_pa
     assert json.loads((run / "preprocessing.json").read_text())["model"]["name"] == "linear"
 
 
+@pytest.mark.slow
 def test_mlp_regression_of_severity_with_cv(run_cli, tmp_path):
     table = make_table(tmp_path / "cohort.csv")
     run = tmp_path / "run"

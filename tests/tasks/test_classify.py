@@ -72,7 +72,16 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("name", [e.name for e in list_models("classify")])
+SLOW_CLASSIFIERS = {"resnet18", "resnet50"}  # seconds each on a CPU, even at 32^3
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(e.name, marks=pytest.mark.slow) if e.name in SLOW_CLASSIFIERS else e.name
+        for e in list_models("classify")
+    ],
+)
 def test_every_classifier_does_forward_and_backward_on_32_cubed(name):
     model = create_model("classify", name, in_channels=2, out_features=3)
     output = model(torch.randn(2, 2, 32, 32, 32))

@@ -101,6 +101,7 @@ def test_the_label_rule_is_the_biomarkers_rule_and_task_overrides_it(values, tas
     assert label_target(pd.Series(values), options, Path("m.tsv")).kind == kind
 
 
+@pytest.mark.slow
 def test_explicit_task_regression_trains_a_regressor_on_few_levels(
     run_cli, cohort: Path, tmp_path: Path
 ) -> None:

@@ -257,6 +257,7 @@ def _pair_manifest(tmp_path: Path, target_affine: np.ndarray, target_shape=(16, 
     return path
 
 
+@pytest.mark.slow
 def test_a_target_on_another_grid_is_refused_unless_resample_target(tmp_path: Path, run_cli):
     shifted = np.diag([2.0, 2.0, 2.0, 1.0])
     manifest = _pair_manifest(tmp_path, shifted, target_shape=(8, 8, 8))
@@ -302,6 +303,7 @@ def test_a_model_directory_of_another_task_is_refused(trained: Path, tmp_path: P
     assert result.exit_code == 2 and "segment" in result.output
 
 
+@pytest.mark.slow
 def test_3d_patches_train_and_translate_whole_volumes_by_sliding_windows(
     cohort: Path, tmp_path: Path, run_cli
 ):
