@@ -145,6 +145,41 @@ def run_neurodl(manifest: Path, work: Path, extra: list[str]) -> dict[str, Any]:
     return result
 
 
+TASK_COMMANDS = {
+    "classify": ["classify", "train", "--image", "t1", "--label", "diagnosis"],
+    "segment": ["segment", "train", "--image", "t1", "--mask", "dseg"],
+    "autoencode": ["autoencode", "train", "--image", "t1"],
+    "translate": ["translate", "train", "--source", "t1", "--target", "t2"],
+}
+
+
+def run_task(task: str, manifest: Path, work: Path) -> dict[str, Any]:
+    """One epoch of ``task`` with its defaults: epoch seconds, seconds per training image, peak RSS."""
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / f"{task}-run"
+    name, sub, *flags = TASK_COMMANDS[task]
+    command = [sys.executable, "-m", "neurodl", name, sub, str(manifest), *flags]
+    command += ["--epochs", "1", "--device", "cpu", "--out", str(out), "--overwrite", "--quiet"]
+    result = measured(command, work / f"{task}.log")
+    if result["exit_code"] == 0:
+        with (out / "history.csv").open() as handle:
+            history = list(csv.DictReader(handle))
+        prep = json.loads((out / "preprocessing.json").read_text())
+        images = prep.get("images", prep)
+        splits = json.loads((out / "splits.json").read_text())
+        n_train = len(splits.get("train", []))
+        result.update(
+            epoch_s=round(float(history[0]["seconds"]), 1),
+            data_wait=round(float(history[0]["data_wait"]), 3),
+            n_train=n_train,
+            s_per_train_image=round(float(history[0]["seconds"]) / max(1, n_train), 3),
+            size=images.get("size"),
+            spacing=images.get("spacing"),
+            patch=prep.get("patch"),
+        )
+    return result
+
+
 def _count(splits: dict[str, Any], which: str) -> int:
     for key in (f"{which}_rows", f"{which}_images", "train"):
         value = splits.get(key)
@@ -284,7 +319,31 @@ def main() -> None:
         help="cohort sizes the MONAI loop runs on (default: all)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_size.json")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=sorted(TASK_COMMANDS),
+        default=None,
+        help="instead: one epoch of each task with its defaults on the first cohort (no MONAI loop)",
+    )
     args = parser.parse_args()
+    if args.tasks:
+        n = args.n[0]
+        cohort = build_cohort(args.heads, n, args.work / f"cohort{n}")
+        tasks: dict[str, Any] = {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
+            "machine": machine(),
+            "n": n,
+            "tasks": {},
+        }
+        for task in args.tasks:
+            print(f"N={n}: neurodl {task} train, 1 epoch ...", file=sys.stderr, flush=True)
+            tasks["tasks"][task] = run_task(task, cohort, args.work / f"tasks{n}")
+            print(json.dumps(tasks["tasks"][task], indent=1), file=sys.stderr, flush=True)
+            out = args.out.with_name("real_size_tasks.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(tasks, indent=2) + "\n")
+        return
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
         "machine": machine(),
