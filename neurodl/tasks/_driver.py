@@ -202,16 +202,27 @@ class Training:
         resize: bool = True,
         label_values: Sequence[int] = (),
         fit_spacing: bool = False,
+        fit_within: Sequence[int] = (),
     ) -> ImagePreprocessing:
         """The preprocessing planned on the training images from the image options (``size``: another size).
 
         ``fit_spacing``: without ``--spacing``, coarsen the voxels so whole heads fit ``--size``
         (:func:`~neurodl.data.images.fitting_spacing`) rather than being cropped.
+        ``fit_within``: without ``--spacing`` or ``--size``, coarsen them so the median field of view
+        fits these sides (full-size 1 mm heads: fewer, coarser voxels; small images keep theirs).
         """
         images, paths = self.images, self.training_paths()
+        if images.spacing:
+            spacing: Sequence[float] = images.spacing
+        elif fit_spacing:
+            spacing = fitting_spacing(paths, images.size)
+        elif fit_within and not images.size:
+            spacing = fitting_spacing(paths, fit_within)
+        else:
+            spacing = ()
         return plan_preprocessing(
             paths,
-            spacing=images.spacing or (fitting_spacing(paths, images.size) if fit_spacing else ()),
+            spacing=spacing,
             size=images.size if size is None else size,
             normalize=images.normalize,
             crop_foreground=images.crop_foreground,

@@ -341,3 +341,20 @@ def test_two_processes_train_one_gan_run_through_ddp_wrappers(cohort: Path, tmp_
     assert list(history["epoch"]) == [1, 2] and {"train_d_loss", "val_mae"} <= set(history.columns)
     # The checkpointed networks are the plain ones: a single process loads the weights.
     assert (out / "model.safetensors").is_file()
+
+
+def test_wide_fields_of_view_are_planned_down_to_whole_volume_side_without_cropping(tmp_path: Path, run_cli):
+    rows = []
+    for k in range(4):  # 160 mm along R at 1 mm: more than 128 voxels a side
+        src = make_nifti(tmp_path / f"s{k}_T1w.nii.gz", shape=(160, 16, 16), affine=np.eye(4), seed=k)
+        tgt = make_nifti(tmp_path / f"s{k}_T2w.nii.gz", shape=(160, 16, 16), affine=np.eye(4), seed=10 + k)
+        rows.append({"participant_id": f"sub-{k}", "t1": src.name, "t2": tgt.name})
+    manifest = tmp_path / "wide.tsv"
+    pd.DataFrame(rows).to_csv(manifest, sep="\t", index=False)
+    args = ["translate", "train", manifest, "--source", "t1", "--target", "t2", "--epochs", "1", "--width", "4"]
+    result = run_cli(*args, "--quiet", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    images = json.loads((tmp_path / "run" / "preprocessing.json").read_text())["images"]
+    assert images["spacing"][0] == pytest.approx(1.25)  # 160 mm in 128 voxels
+    assert images["size"][0] == 128 and images["spacing"][1:] == [1.0, 1.0]
+    assert not images["crop_foreground"]
