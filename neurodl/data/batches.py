@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
 
-from neurodl.engine.batches import process_share
+from neurodl.data.sharding import Sharded
 
 
 class Items(Protocol):
@@ -20,7 +19,7 @@ class Items(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
 
-class ImageBatches:
+class ImageBatches(Sharded):
     """Mini-batches of a dataset (a :class:`~neurodl.data.volumes.VolumeDataset`'s subset, patches, slices ...),
     reshuffled each epoch from (seed, epoch).
 
@@ -39,28 +38,16 @@ class ImageBatches:
         self.epoch = 0
         self.rank, self.world_size, self.pad = 0, 1, False
 
-    def shard(self, rank: int, world_size: int, *, pad: bool) -> ImageBatches:
-        """The batches of process ``rank`` of ``world_size`` (see :func:`~neurodl.engine.batches.process_share`)."""
-        sharded = copy.copy(self)
-        sharded.rank, sharded.world_size, sharded.pad = rank, world_size, pad
-        return sharded
-
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if hasattr(self.dataset, "epoch"):
             self.dataset.epoch = epoch
 
     def __len__(self) -> int:
-        rows = len(process_share(range(len(self.dataset)), self.rank, self.world_size, pad=self.pad))
-        return math.ceil(rows / self.batch_size)
+        return math.ceil(self.own_count(len(self.dataset)) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-            order = torch.randperm(len(self.dataset), generator=generator).tolist()
-        else:
-            order = list(range(len(self.dataset)))
-        order = process_share(order, self.rank, self.world_size, pad=self.pad)
+        order = self.own_rows(len(self.dataset))
         loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
             self.dataset,  # type: ignore[arg-type]  # any sized, indexable dataset serves
             batch_size=self.batch_size,

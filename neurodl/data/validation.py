@@ -20,8 +20,8 @@ from typing import Any, Literal
 import numpy as np
 
 from neurodl.errors import ImageError
-from neurodl.io.manifest import Manifest, format_rows
-from neurodl.io.nifti import load_volume, read_image, require_3d_shape
+from neurodl.io.manifest import Manifest, format_rows, is_empty_cell
+from neurodl.io.nifti import finite_values, load_volume, read_image, require_3d_shape
 
 # Integer labels are class codes when they run without gaps from -1, 0 or 1 and number at most
 # MAX_CLASSES (0/1, 0..3, 1..5); other numbers (an age, a score such as 0, 3, 7, 12) are a
@@ -308,13 +308,7 @@ def _inspect(path: Path, *, is_mask: bool) -> _ImageFacts:
     require_3d_shape(path, shape)
     volume = load_volume(path, dtype=None, require_3d=True)
     data = volume.data
-    n_nan = n_inf = 0
-    finite = data
-    if data.dtype.kind in "fc":
-        n_nan = int(np.count_nonzero(np.isnan(data)))
-        n_inf = int(np.count_nonzero(np.isinf(data)))
-        if n_nan or n_inf:
-            finite = data[np.isfinite(data)]
+    finite, n_nan, n_inf = finite_values(data)
     minimum = float(finite.min()) if finite.size else None
     maximum = float(finite.max()) if finite.size else None
     integral = data.dtype.kind in "iub" or (is_mask and bool(np.all(np.equal(np.mod(finite, 1), 0))))
@@ -495,7 +489,7 @@ def _judge_labels(report: CheckReport, manifest: Manifest) -> None:
     column = manifest.label_column
     assert column is not None
     values = manifest.frame[column]
-    present = values[[not _missing(v) for v in values]]
+    present = values[[not is_empty_cell(v) for v in values]]
     if present.empty:
         report.problems.append(Problem(f"every label in column '{column}' is empty.", column=column))
         return
@@ -568,17 +562,6 @@ def _looks_like_class_codes(values: np.ndarray) -> bool:
     if set(distinct.tolist()) == {-1.0, 1.0}:
         return True
     return bool(contiguous and low in (-1, 0, 1) and len(distinct) <= MAX_CLASSES)
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    try:
-        return bool(value != value)
-    except (TypeError, ValueError):
-        return True
 
 
 def _describe_grid(cell: _Cell) -> str:

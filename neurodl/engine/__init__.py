@@ -6,11 +6,12 @@ checkpoints, resume and progress. Nothing here knows about a concrete task.
 """
 
 from neurodl.engine.batches import TensorBatches
-from neurodl.engine.loop import Callback, FitResult, Task, fit
+from neurodl.engine.loop import AdversarialTask, Callback, FitResult, Task, fit
 from neurodl.engine.optim import build_optimizer, build_scheduler
 from neurodl.engine.runtime import resolve_device, seed_everything
 
 __all__ = [
+    "AdversarialTask",
     "Callback",
     "FitResult",
     "Task",

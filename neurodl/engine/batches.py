@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 
-
-def process_share(order: Sequence[int], rank: int, world_size: int, *, pad: bool) -> list[int]:
-    """Process ``rank``'s contiguous, disjoint part of ``order`` (distributed training).
-
-    With ``pad`` the order is first extended by repeating its start, so every
-    process gets the same number of items and takes the same number of steps
-    (DDP needs that); without, the parts differ by at most one item and, joined
-    in rank order, give back ``order`` (validation: every item counted once).
-
-    Example:
-        >>> process_share([4, 0, 3, 1, 2], 1, 2, pad=True)
-        [1, 2, 4]
-    """
-    items = list(order)
-    if world_size <= 1:
-        return items
-    if pad and items:
-        per = -(-len(items) // world_size)
-        items = (items * (1 + per * world_size // len(items)))[: per * world_size]
-        return items[rank * per : (rank + 1) * per]
-    base, extra = divmod(len(items), world_size)
-    begin = rank * base + min(rank, extra)
-    return items[begin : begin + base + (1 if rank < extra else 0)]
+from neurodl.data.sharding import Sharded
 
 
-class TensorBatches:
+class TensorBatches(Sharded):
     """Iterate over aligned tensors in mini-batches, reshuffled every epoch.
 
     Args:
@@ -62,12 +39,6 @@ class TensorBatches:
         self.epoch = 0
         self.rank, self.world_size, self.pad = 0, 1, False
 
-    def shard(self, rank: int, world_size: int, *, pad: bool) -> TensorBatches:
-        """The batches of process ``rank`` of ``world_size`` (see :func:`process_share`)."""
-        sharded = copy.copy(self)
-        sharded.rank, sharded.world_size, sharded.pad = rank, world_size, pad
-        return sharded
-
     def set_epoch(self, epoch: int) -> None:
         """Fix the order of the next pass (the engine calls this every epoch)."""
         self.epoch = epoch
@@ -85,18 +56,13 @@ class TensorBatches:
         return moved
 
     def __len__(self) -> int:
-        rows = len(process_share(range(self.n), self.rank, self.world_size, pad=self.pad))
-        return (rows + self.batch_size - 1) // self.batch_size
+        return (self.own_count(self.n) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self.world_size > 1:
             yield from self._shared()
             return
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-            order = torch.randperm(self.n, generator=generator).to(self.tensors[0].device)
-        else:
-            order = None
+        order = self.permutation(self.n).to(self.tensors[0].device) if self.shuffle else None
         for start in range(0, self.n, self.batch_size):
             if order is None:
                 yield tuple(t[start : start + self.batch_size] for t in self.tensors)
@@ -105,14 +71,7 @@ class TensorBatches:
                 yield tuple(t[index] for t in self.tensors)
 
     def _shared(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-            order = torch.randperm(self.n, generator=generator).tolist()
-        else:
-            order = list(range(self.n))
-        mine = torch.as_tensor(
-            process_share(order, self.rank, self.world_size, pad=self.pad), device=self.tensors[0].device
-        )
+        mine = torch.as_tensor(self.own_rows(self.n), device=self.tensors[0].device)
         for start in range(0, len(mine), self.batch_size):
             index = mine[start : start + self.batch_size]
             yield tuple(t[index] for t in self.tensors)

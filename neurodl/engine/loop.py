@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
@@ -24,15 +24,30 @@ from neurodl.engine.runtime import (
 from neurodl.errors import Interrupted, TrainingFailed, UsageError
 from neurodl.io.state import load_state, save_state
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
 
-class Task(Protocol):
-    """What a task gives the engine.
 
-    A task that trains several networks (``optimizer_groups()``) and is to run with
-    ``--distributed`` or ``--compile`` also defines ``distribute(wrap)``: it replaces
-    each network its steps call by ``wrap(network)``. The engine calls it again with
-    an unwrapping function at the end; ``model`` stays the plain module whose state
-    dict is checkpointed (so checkpoints do not depend on the wrappers).
+class Validating(Protocol):
+    """What the engine needs of a task to validate it: its network, a step and the metrics."""
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Outputs of one validation batch, concatenated by the engine."""
+        ...
+
+    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics from all validation outputs; must include ``loss``."""
+        ...
+
+
+class Task(Validating, Protocol):
+    """What a task that trains one network gives the engine (which steps its optimiser).
+
+    ``model`` is replaced by its DDP or compiled wrapper during a ``--distributed`` or
+    ``--compile`` fit and restored at the end.
     """
 
     model: torch.nn.Module
@@ -42,13 +57,45 @@ class Task(Protocol):
         """Forward pass and loss of one batch: ``{"loss": ..., ...}``."""
         ...
 
-    def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Outputs of one validation batch, concatenated by the engine."""
+
+class AdversarialTask(Protocol):
+    """What a task that trains several networks (e.g. a GAN's generator and discriminator) gives the engine.
+
+    ``optimizer_groups()`` -> ``{name: (parameters, lr[, optimiser settings])}``: one optimiser
+    per network; ``training_step(batch, step)`` calls ``step(name, loss)`` once per network and
+    batch. ``distribute(wrap)`` replaces each network its steps call by ``wrap(network)`` (DDP,
+    ``torch.compile``); the engine calls it again with an unwrapping function at the end.
+    ``model`` stays the plain module whose state dict is checkpointed, so checkpoints do not
+    depend on the wrappers. Validated only when ``fit`` is given validation batches: then it
+    also has ``validation_step`` and ``validation_metrics`` (:class:`Validating`).
+    """
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    @property
+    def default_monitor(self) -> str: ...
+
+    def optimizer_groups(self) -> dict[str, tuple[Any, ...]]: ...
+
+    def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None: ...
+
+    def training_step(self, batch: Any, step: Callable[[str, torch.Tensor], None]) -> dict[str, torch.Tensor]:
+        """Losses of one batch (``"loss"`` first), each network already stepped through ``step``."""
         ...
 
-    def validation_metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metrics from all validation outputs; must include ``loss``."""
-        ...
+
+def _adversarial(task: Task | AdversarialTask) -> TypeIs[AdversarialTask]:
+    """Whether ``task`` steps its own networks (it has ``optimizer_groups``)."""
+    return hasattr(task, "optimizer_groups")
+
+
+def _validating(task: Task | AdversarialTask) -> Validating:
+    if not hasattr(task, "validation_step"):
+        raise TypeError(
+            f"{type(task).__name__} has no validation_step, so fit() cannot be given validation batches"
+        )
+    return task  # type: ignore[return-value]  # checked just above
 
 
 class Stepper:
@@ -177,16 +224,16 @@ def _training_wrapper(
     return wrap
 
 
-def _wrap_task(task: Task, wrap: Callable[[torch.nn.Module], torch.nn.Module], several: bool) -> None:
-    if hasattr(task, "distribute"):
+def _wrap_task(task: Task | AdversarialTask, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+    if not _adversarial(task):
+        task.model = wrap(task.model)
+    elif hasattr(task, "distribute"):
         task.distribute(wrap)
-    elif several:
+    else:
         raise UsageError(
             "this task trains several networks and does not support --distributed or --compile.",
             "Drop --distributed and --compile.",
         )
-    else:
-        task.model = wrap(task.model)
 
 
 def _shard(batches: Any, *, pad: bool) -> Any:
@@ -220,7 +267,11 @@ def _set_epoch(batches: Any, epoch: int) -> None:
 
 
 def validate(
-    task: Task, batches: Iterable[Any], device: torch.device, precision: str, channels_last: bool = False
+    task: Validating,
+    batches: Iterable[Any],
+    device: torch.device,
+    precision: str,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """Run the task's validation step over ``batches`` and return its metrics.
 
@@ -251,7 +302,7 @@ def validate(
 
 
 def fit(
-    task: Task,
+    task: Task | AdversarialTask,
     train: Iterable[Any],
     val: Iterable[Any] | None,
     options: TrainOptions,
@@ -309,9 +360,8 @@ def fit(
         monitor = "train_loss"
     mode = monitor_mode(monitor)
     # One optimiser per network: the task's own groups (it steps them itself), else the whole model.
-    own_groups = getattr(task, "optimizer_groups", None)
-    steps_itself = own_groups is not None
-    groups = own_groups() if own_groups is not None else {"model": (model.parameters(), None)}
+    steps_itself = _adversarial(task)
+    groups = task.optimizer_groups() if _adversarial(task) else {"model": (model.parameters(), None)}
     # A group may add optimiser settings: (parameters, lr, {"betas": (0.5, 0.999)}) for a GAN's Adam.
     optimizers = {
         name: build_optimizer(params, options, lr, **(settings[0] if settings else {}))
@@ -375,7 +425,7 @@ def fit(
 
     wrap = _training_wrapper(options, device)
     if wrap is not None:
-        _wrap_task(task, wrap, several=steps_itself)
+        _wrap_task(task, wrap)
     steps = len(train) if isinstance(train, Sized) else 0
     for cb in callbacks:
         cb.on_fit_start(epochs=options.epochs, steps=steps, start_epoch=start)
@@ -393,8 +443,8 @@ def fit(
                     batch = _to_device(batch, device, options.channels_last)
                     with autocast(device, options.precision):
                         out = (
-                            task.training_step(batch, stepper)  # type: ignore[call-arg]
-                            if steps_itself
+                            task.training_step(batch, stepper)
+                            if _adversarial(task)
                             else task.training_step(batch)
                         )
                     loss = out["loss"]
@@ -427,7 +477,7 @@ def fit(
                         {
                             f"val_{k}": float(v)
                             for k, v in validate(
-                                task, val, device, options.precision, options.channels_last
+                                _validating(task), val, device, options.precision, options.channels_last
                             ).items()
                         }
                     )
@@ -490,10 +540,10 @@ def fit(
     finally:
         if wrap is not None:
             # Predictions and saved weights after the fit use the plain network.
-            if hasattr(task, "distribute"):
-                task.distribute(_unwrap)
-            else:
+            if not _adversarial(task):
                 task.model = model
+            elif hasattr(task, "distribute"):
+                task.distribute(_unwrap)
     if val is not None:
         model.load_state_dict(best_state)
     else:

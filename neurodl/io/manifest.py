@@ -302,7 +302,7 @@ class Manifest:
 
 def looks_like_nifti_column(values: Iterable[Any]) -> bool:
     """True if most non-empty values end in ``.nii`` or ``.nii.gz``."""
-    texts = [str(v).strip() for v in values if not _is_empty(v)]
+    texts = [str(v).strip() for v in values if not is_empty_cell(v)]
     if not texts:
         return False
     hits = sum(text.lower().endswith(_NIFTI_SUFFIXES) for text in texts)
@@ -444,7 +444,7 @@ def load_manifest(
             )
         else:
             for row in range(len(frame)):
-                if _is_empty(cells[label_column][row]):
+                if is_empty_cell(cells[label_column][row]):
                     issues.append(ManifestIssue(row, label_column, "the label is empty."))
 
     participant_ids, source = _participants(frame, participant_column, columns[0], issues)
@@ -498,7 +498,7 @@ def _drop_unpaired(
     frame: pd.DataFrame, suffixes: Sequence[str], path: Path, warnings: list[str]
 ) -> pd.DataFrame:
     """Leave out a BIDS dataset's images that lack an image of another suffix (a T1w without its T2w)."""
-    empty = frame[list(suffixes)].map(_is_empty).to_numpy(dtype=bool)
+    empty = frame[list(suffixes)].map(is_empty_cell).to_numpy(dtype=bool)
     lacking = empty.any(axis=1)
     if not lacking.any():
         return frame
@@ -526,7 +526,7 @@ def _drop_unlabelled(frame: pd.DataFrame, label: str, path: Path, warnings: list
     """Leave out a BIDS dataset's images whose participant (or session) has no label value."""
     if label not in frame.columns:
         return frame  # require_columns names it with the columns there are
-    empty = frame[label].map(_is_empty).to_numpy(dtype=bool)
+    empty = frame[label].map(is_empty_cell).to_numpy(dtype=bool)
     if not empty.any():
         return frame
     if empty.all():
@@ -546,7 +546,7 @@ def _left_out(
 ) -> None:
     """Warn (log and keep) that rows are left out, naming their participant, session and run."""
     where = frame.iloc[rows][[c for c in ("participant_id", "session_id", "run") if c in frame.columns]]
-    names = [" ".join(str(v) for v in row if not _is_empty(v)) for row in where.itertuples(index=False)]
+    names = [" ".join(str(v) for v in row if not is_empty_cell(v)) for row in where.itertuples(index=False)]
     shown = ", ".join(names[:_LIST_LIMIT]) + (
         f" and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else ""
     )
@@ -577,7 +577,8 @@ def manifest_issues_error(manifest: Manifest) -> ManifestError:
     )
 
 
-def _is_empty(value: Any) -> bool:
+def is_empty_cell(value: Any) -> bool:
+    """Whether a manifest cell holds nothing: None, blank text, or NaN (pandas' empty cell)."""
     if value is None:
         return True
     if isinstance(value, str):
@@ -594,7 +595,7 @@ def _is_empty(value: Any) -> bool:
 def _resolve_cell(
     value: Any, row: int, column: str, root: Path, issues: list[ManifestIssue], what: str
 ) -> Path | None:
-    if _is_empty(value):
+    if is_empty_cell(value):
         message = (
             f"no {what} (no file with this suffix)." if "participant" in what else f"the {what} is empty."
         )
@@ -633,7 +634,7 @@ def _participants(
     if column in frame.columns:
         ids: list[str] = []
         for row, value in enumerate(frame[column]):
-            if _is_empty(value):
+            if is_empty_cell(value):
                 issues.append(ManifestIssue(row, column, "the participant ID is empty."))
                 ids.append(f"row-{row + 1}")
             else:
@@ -641,7 +642,7 @@ def _participants(
         return tuple(ids), "column"
     # Parse the path as written: folders above the manifest say nothing about the participant.
     parsed = [
-        None if _is_empty(value) else participant_from_path(str(value).strip())
+        None if is_empty_cell(value) else participant_from_path(str(value).strip())
         for value in frame[first_image_column]
     ]
     if any(p is not None for p in parsed):

@@ -7,6 +7,8 @@ and sets ``patch_multiple`` (patch sizes must be a multiple of it) and
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from neurodl.models._registry import register_model
@@ -19,21 +21,25 @@ def with_patch_limits(model: nn.Module, *, multiple: int, smallest: int) -> nn.M
     return model
 
 
+def _unet_levels(in_channels: int, out_channels: int, dropout: float) -> dict[str, Any]:
+    """The layout MONAI's UNet and AttentionUnet share here: 3D, 16-128 filters, 3 down-samplings."""
+    return {
+        "spatial_dims": 3,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "channels": (16, 32, 64, 128),
+        "strides": (2, 2, 2),
+        "dropout": dropout,
+    }
+
+
 @register_model(
     "segment", "unet", "MONAI residual U-Net (16-128 filters, 3 down-samplings); patches: multiple of 8"
 )
 def unet(in_channels: int = 1, out_channels: int = 2, dropout: float = 0.0, **_: object) -> nn.Module:
     from monai.networks.nets import UNet
 
-    model = UNet(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        channels=(16, 32, 64, 128),
-        strides=(2, 2, 2),
-        num_res_units=2,
-        dropout=dropout,
-    )
+    model = UNet(**_unet_levels(in_channels, out_channels, dropout), num_res_units=2)
     return with_patch_limits(model, multiple=8, smallest=16)
 
 
@@ -57,14 +63,7 @@ def attention_unet(
 ) -> nn.Module:
     from monai.networks.nets import AttentionUnet
 
-    model = AttentionUnet(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        channels=(16, 32, 64, 128),
-        strides=(2, 2, 2),
-        dropout=dropout,
-    )
+    model = AttentionUnet(**_unet_levels(in_channels, out_channels, dropout))
     return with_patch_limits(model, multiple=8, smallest=16)
 
 

@@ -72,9 +72,9 @@ class _LastOutput(nn.Module):
         return self.net(x)[-1]
 
 
-@register_model("discriminator", "patchgan", "PatchGAN discriminator (pix2pix, 3 layers: ~70-voxel patches)")
-def patchgan(spatial_dims: int, in_channels: int, width: int = 32) -> nn.Module:
-    from monai.networks.nets import PatchDiscriminator
+def _patch_discriminator(spatial_dims: int, in_channels: int, width: int, layers: int) -> nn.Module:
+    """MONAI's PatchDiscriminator (instance norm, one logit per patch) with ``layers`` strided layers."""
+    from monai.networks.nets import PatchDiscriminator  # heavy: only when a model is built
 
     return _LastOutput(
         PatchDiscriminator(
@@ -82,25 +82,19 @@ def patchgan(spatial_dims: int, in_channels: int, width: int = 32) -> nn.Module:
             channels=width,
             in_channels=in_channels,
             out_channels=1,
-            num_layers_d=3,
+            num_layers_d=layers,
             norm="INSTANCE",
         )
     )
+
+
+@register_model("discriminator", "patchgan", "PatchGAN discriminator (pix2pix, 3 layers: ~70-voxel patches)")
+def patchgan(spatial_dims: int, in_channels: int, width: int = 32) -> nn.Module:
+    return _patch_discriminator(spatial_dims, in_channels, width, layers=3)
 
 
 @register_model(
     "discriminator", "patchgan_small", "PatchGAN discriminator, 2 layers: smaller patches, fewer weights"
 )
 def patchgan_small(spatial_dims: int, in_channels: int, width: int = 32) -> nn.Module:
-    from monai.networks.nets import PatchDiscriminator
-
-    return _LastOutput(
-        PatchDiscriminator(
-            spatial_dims=spatial_dims,
-            channels=width,
-            in_channels=in_channels,
-            out_channels=1,
-            num_layers_d=2,
-            norm="INSTANCE",
-        )
-    )
+    return _patch_discriminator(spatial_dims, in_channels, width, layers=2)

@@ -30,7 +30,7 @@ import numpy as np
 from neurodl.config import from_dict, to_dict
 from neurodl.data.images import ImagePreprocessing, fitting_spacing, plan_preprocessing
 from neurodl.data.splits import split_by_participant
-from neurodl.engine import Callback, FitResult, fit
+from neurodl.engine import AdversarialTask, Callback, FitResult, Task, fit
 from neurodl.errors import UsageError
 from neurodl.io.manifest import Manifest, load_manifest
 from neurodl.io.rundir import RunDirectory
@@ -93,7 +93,7 @@ class Recipe:
     """
 
     preprocessing: ImagePreprocessing
-    module: Callable[[np.ndarray], Any]
+    module: Callable[[np.ndarray], Task | AdversarialTask]
     batches: Callable[[Any, np.ndarray, bool], Any]
     predict: Callable[[Fitted, np.ndarray], np.ndarray]
     score: Callable[[np.ndarray, np.ndarray], dict[str, Any]]
@@ -249,7 +249,7 @@ class Training:
 
     def fit(
         self,
-        module: Any,
+        module: Task | AdversarialTask,
         train_batches: Any,
         val_batches: Any,
         *,

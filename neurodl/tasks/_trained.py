@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
 from neurodl.io.manifest import Manifest, load_manifest, require_columns
@@ -147,6 +147,21 @@ class Evaluation:
         return metrics, per_image, failures, self.warnings
 
 
+class EvaluationSettings(TypedDict, total=False):
+    """How every image task's ``evaluate`` reads its manifest and writes its report: the keywords it
+    passes on to :func:`open_evaluation`.
+
+    ``allow_overlap``: accept participants the model was trained or selected on (default: refused);
+    ``report_dir``: where the report is written (default: none); ``overwrite``: replace a report
+    already there; ``bids_filter``: ``ENTITY=VALUE`` filters of a BIDS dataset's images.
+    """
+
+    allow_overlap: bool
+    report_dir: Path | None
+    overwrite: bool
+    bids_filter: Sequence[str]
+
+
 def open_evaluation(
     loaded: Any,
     manifest_path: Path,
@@ -154,9 +169,9 @@ def open_evaluation(
     label: str | None,
     required: Sequence[str] = (),
     fix: str = "",
-    allow_overlap: bool,
-    report_dir: Path | None,
-    overwrite: bool,
+    allow_overlap: bool = False,
+    report_dir: Path | None = None,
+    overwrite: bool = False,
     bids_filter: Sequence[str] = (),
     bids_images: Sequence[str] = (),
     mask_column: str | None = None,

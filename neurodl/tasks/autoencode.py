@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, require
 from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import image_scores
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 TASK = "autoencode"
 METRICS = ("mse", "mae", "psnr", "ssim")
@@ -455,11 +458,8 @@ def evaluate(
     manifest_path: Path,
     *,
     mask_column: str | None = None,
-    allow_overlap: bool = False,
-    report_dir: Path | None = None,
-    overwrite: bool = False,
     on_image: Any = None,
-    bids_filter: Sequence[str] = (),
+    **settings: Unpack[trained.EvaluationSettings],
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """MSE, MAE, PSNR and SSIM per image in the preprocessed (normalised) space, optionally inside a mask."""
     evaluation = trained.open_evaluation(
@@ -467,10 +467,7 @@ def evaluate(
         manifest_path,
         label=mask_column,
         mask_column=mask_column,
-        allow_overlap=allow_overlap,
-        report_dir=report_dir,
-        overwrite=overwrite,
-        bids_filter=bids_filter,
+        **settings,
     )
 
     def scored(image: InputImage) -> dict[str, Any]:

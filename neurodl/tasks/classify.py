@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._supervised import ClassifyModule, RegressModule, SupervisedModule
 from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import classification_metrics, regression_metrics
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 TASK = "classify"
 METHODS = ("gradcam", "saliency", "occlusion")
@@ -410,12 +413,9 @@ def evaluate(
     manifest_path: Path,
     *,
     label_column: str | None = None,
-    allow_overlap: bool = False,
-    report_dir: Path | None = None,
-    overwrite: bool = False,
     color_by: str = "",
     on_image: Any = None,
-    bids_filter: Sequence[str] = (),
+    **settings: Unpack[trained.EvaluationSettings],
 ) -> tuple[dict[str, Any], list[Failure], list[str]]:
     """Predict a manifest and score it against its label column (default: the trained label).
 
@@ -430,14 +430,15 @@ def evaluate(
         manifest_path,
         label=label,
         required=[label, *([color_by] if color_by else [])],
-        allow_overlap=allow_overlap,
-        report_dir=report_dir,
-        overwrite=overwrite,
-        bids_filter=bids_filter,
         resolve=False,  # predict reads the manifest's images
+        **settings,
     )
     frame, failures, kept = predict(
-        loaded, [manifest_path], label_column=label, on_image=on_image, bids_filter=bids_filter
+        loaded,
+        [manifest_path],
+        label_column=label,
+        on_image=on_image,
+        bids_filter=settings.get("bids_filter", ()),
     )
     trained.require_some(kept, failures, manifest_path, "processed")
     target = loaded.target

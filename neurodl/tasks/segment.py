@@ -15,7 +15,7 @@ import warnings as warnings_module
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,9 @@ from neurodl.tasks._segmentation import (
     parse_labels,
 )
 from neurodl.tasks._trained import Failure
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 TASK = "segment"
 
@@ -436,12 +439,9 @@ def evaluate(
     manifest_path: Path,
     *,
     mask_column: str | None = None,
-    allow_overlap: bool = False,
-    report_dir: Path | None = None,
-    overwrite: bool = False,
     tta: bool = False,
     on_image: Any = None,
-    bids_filter: Sequence[str] = (),
+    **settings: Unpack[trained.EvaluationSettings],
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """Dice and 95th-percentile Hausdorff distance (mm) per label and image, in each input's own grid."""
     from monai.metrics import compute_hausdorff_distance
@@ -453,11 +453,8 @@ def evaluate(
         manifest_path,
         label=column,
         required=[column],
-        allow_overlap=allow_overlap,
-        report_dir=report_dir,
-        overwrite=overwrite,
-        bids_filter=bids_filter,
         image_label=column,
+        **settings,
     )
     manifest, warnings = evaluation.manifest, evaluation.warnings
     n = len(loaded.labels.values)

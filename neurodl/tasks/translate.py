@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,9 @@ from neurodl.tasks._pix2pix import (
 from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import image_scores
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 TASK = "translate"
 METRICS = ("mae", "psnr", "ssim")
@@ -422,11 +425,8 @@ def evaluate(
     manifest_path: Path,
     *,
     mask_column: str | None = None,
-    allow_overlap: bool = False,
-    report_dir: Path | None = None,
-    overwrite: bool = False,
     on_image: Any = None,
-    bids_filter: Sequence[str] = (),
+    **settings: Unpack[trained.EvaluationSettings],
 ) -> tuple[dict[str, Any], pd.DataFrame, list[Failure], list[str]]:
     """MAE, PSNR and SSIM per image of the synthetic vs the real target, in the source's grid and the target's units.
 
@@ -439,11 +439,8 @@ def evaluate(
         required=[loaded.target_column],
         fix=f"The model synthesises '{loaded.target_column}' images: give a manifest with that column of real targets.",
         mask_column=mask_column,
-        allow_overlap=allow_overlap,
-        report_dir=report_dir,
-        overwrite=overwrite,
-        bids_filter=bids_filter,
         bids_images=[loaded.target_column],
+        **settings,
     )
     manifest = evaluation.manifest
 

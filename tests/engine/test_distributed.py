@@ -20,8 +20,8 @@ from torch import nn
 from neurodl.config import TrainOptions
 from neurodl.data.batches import ImageBatches
 from neurodl.data.phantom import generate_cohort
+from neurodl.data.sharding import process_share
 from neurodl.engine import TensorBatches, fit
-from neurodl.engine.batches import process_share
 from neurodl.errors import UsageError
 from neurodl.io.state import load_state
 from neurodl_testing.engine import Regression, line_data, torchrun
