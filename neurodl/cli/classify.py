@@ -157,11 +157,12 @@ def evaluate(
         console.print(f"[yellow]Warning:[/yellow] {warning}")
     if json_output:
         print_json(metrics)
-    console.print(
-        metrics_table(f"{loaded.target.column} on {manifest.name} ({metrics['images']} images)", metrics)
-    )
-    if out is not None and not failures:
-        console.print(f"Predictions, metrics and plots written to {out}")
+    if not quiet:
+        console.print(
+            metrics_table(f"{loaded.target.column} on {manifest.name} ({metrics['images']} images)", metrics)
+        )
+        if out is not None and not failures:
+            console.print(f"Predictions, metrics and plots written to {out}")
     report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)
 
 

@@ -198,9 +198,10 @@ def evaluate(
         console.print(f"[yellow]Warning:[/yellow] {warning}")
     if json_output:
         print_json(metrics)
-    console.print(
-        metrics_table(f"{loaded.mask_column} on {manifest.name} ({metrics['images']} images)", metrics)
-    )
-    if out is not None and not failures:
-        console.print(f"Per-image scores and metrics written to {out}")
+    if not quiet:
+        console.print(
+            metrics_table(f"{loaded.mask_column} on {manifest.name} ({metrics['images']} images)", metrics)
+        )
+        if out is not None and not failures:
+            console.print(f"Per-image scores and metrics written to {out}")
     report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)

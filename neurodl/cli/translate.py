@@ -169,6 +169,6 @@ def evaluate(
                 {k: v for k, v in metrics.items() if k not in ("units",)},
             )
         )
-        if out is not None:
+        if out is not None and not failures:
             console.print(f"Per-image scores and metrics written to {out}")
-    report_failures(console, failures, metrics["images"] + len(failures))
+    report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)
