@@ -18,7 +18,7 @@ from neurodl.cli._batch import (
     write_table,
 )
 from neurodl.cli._console import err_console
-from neurodl.cli._launch import train_and_report
+from neurodl.cli._launch import train_and_report, trained_on_images
 from neurodl.cli._model_command import BATCH, SINGLE, Evaluation, ModelRun, evaluate_command, model_command
 from neurodl.cli._options import ImageInputs, mask_column, output_folder, output_table
 from neurodl.cli._render import counted
@@ -31,11 +31,7 @@ app = typer.Typer(
 )
 
 
-@train_command(
-    app,
-    AutoencodeOptions,
-    source_help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
-)
+@train_command(app, AutoencodeOptions)
 def train(manifest: Path | None, options: AutoencodeOptions, run: TrainRun) -> None:
     """Train an autoencoder to reconstruct images; write a run directory (monitored on validation loss).
 
@@ -43,15 +39,7 @@ def train(manifest: Path | None, options: AutoencodeOptions, run: TrainRun) -> N
     """
     from neurodl.tasks import autoencode  # heavy (torch, monai): only when the command runs
 
-    train_and_report(
-        autoencode.train,
-        manifest,
-        options,
-        run,
-        describe=lambda s: (
-            f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, size {s['preprocessing']['size']}"
-        ),
-    )
+    train_and_report(autoencode.train, manifest, options, run, describe=trained_on_images("size {size}"))
 
 
 @model_command(app, "encode", BATCH[:-1])

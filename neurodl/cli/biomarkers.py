@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from neurodl.cli._batch import check_output_file, write_table
-from neurodl.cli._console import err_console, print_json
+from neurodl.cli._console import err_console
+from neurodl.cli._launch import train_and_report
 from neurodl.cli._model_command import ModelRun, model_command
 from neurodl.cli._options import AllowOverlapFlag, output_folder, output_table
-from neurodl.cli._render import counted, metrics_table, render_train_summary, show_metrics
+from neurodl.cli._render import counted, metrics_table, show_metrics
 from neurodl.cli._train_command import TrainRun, train_command
-from neurodl.cli.report import report_after_training
 from neurodl.config import BiomarkersOptions
 
 app = typer.Typer(
@@ -40,31 +40,16 @@ def train(table: Path | None, options: BiomarkersOptions, run: TrainRun) -> None
     Example: neurodl biomarkers train sample_data/participants.tsv --target diagnosis --features csf_volume_ml,brain_metabolism --cv 5 --out runs/dx
     """
     from neurodl.tasks import biomarkers  # heavy (torch, pandas): only when the command runs
-    from neurodl.tracking import tracked  # the tracking libraries only with --track
 
-    console = err_console()
-    with tracked(options.train, run.out, task="biomarkers", console=console) as tracking:
-        summary = biomarkers.train(
-            table,
-            options,
-            run.out,
-            resume=run.resume,
-            overwrite=run.overwrite,
-            console=console,
-            quiet=run.quiet,
-        )
-        if run.json_output:
-            print_json(summary)
-        if not run.quiet:
-            render_train_summary(
-                console,
-                summary,
-                f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}",
-            )
-            for warning in summary["warnings"]:
-                console.print(f"[yellow]Warning:[/yellow] {warning}")
-        report_after_training(console, summary["run"], quiet=run.quiet)
-        tracking.summary = summary
+    train_and_report(
+        biomarkers.train,
+        table,
+        options,
+        run,
+        describe=lambda s: (
+            f"{s['rows']} rows, {s['participants']} participants; features: {', '.join(s['features'])}"
+        ),
+    )
 
 
 @model_command(app, "predict", ("overwrite",))

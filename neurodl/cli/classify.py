@@ -16,7 +16,7 @@ from neurodl.cli._batch import (
     write_table,
 )
 from neurodl.cli._console import err_console
-from neurodl.cli._launch import train_and_report
+from neurodl.cli._launch import train_and_report, trained_on_images
 from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
 from neurodl.cli._options import ImageInputs, output_folder, output_table
 from neurodl.cli._render import counted
@@ -50,9 +50,7 @@ def train(manifest: Path | None, options: ClassifyOptions, run: TrainRun) -> Non
         manifest,
         options,
         run,
-        describe=lambda s: (
-            f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, size {s['preprocessing']['size']}, {s['preprocessing']['normalize']} intensities"
-        ),
+        describe=trained_on_images("size {size}, {normalize} intensities"),
     )
 
 

@@ -9,7 +9,7 @@ import typer
 
 from neurodl.cli._batch import show_made
 from neurodl.cli._console import err_console
-from neurodl.cli._launch import train_and_report
+from neurodl.cli._launch import train_and_report, trained_on_images
 from neurodl.cli._model_command import SINGLE, ModelRun, model_command
 from neurodl.cli._options import SeedOption, output_folder
 from neurodl.cli._render import show_metrics
@@ -32,11 +32,7 @@ ConditionOption = Annotated[
 ]
 
 
-@train_command(
-    app,
-    GenerateOptions,
-    source_help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
-)
+@train_command(app, GenerateOptions)
 def train(manifest: Path | None, options: GenerateOptions, run: TrainRun) -> None:
     """Train a GAN to make new images from noise (conditional on --condition); the last epoch is kept.
 
@@ -46,15 +42,7 @@ def train(manifest: Path | None, options: GenerateOptions, run: TrainRun) -> Non
     """
     from neurodl.tasks import generate  # heavy (torch, monai): only when the command runs
 
-    train_and_report(
-        generate.train,
-        manifest,
-        options,
-        run,
-        describe=lambda s: (
-            f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, resized to {s['preprocessing']['size']}"
-        ),
-    )
+    train_and_report(generate.train, manifest, options, run, describe=trained_on_images("resized to {size}"))
 
 
 @model_command(app, "sample", SINGLE)

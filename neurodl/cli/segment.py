@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from neurodl.cli._batch import at_work, check_output_file, evaluate_images, kept, report_written, write_table
-from neurodl.cli._launch import train_and_report
+from neurodl.cli._launch import train_and_report, trained_on_images
 from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
 from neurodl.cli._options import ImageInputs, output_folder
 from neurodl.cli._train_command import TrainRun, train_command
@@ -37,11 +37,7 @@ def train(manifest: Path | None, options: SegmentOptions, run: TrainRun) -> None
     """
     from neurodl.tasks import segment  # heavy (torch, monai): only when the command runs
 
-    def describe(summary: dict) -> str:
-        names = ", ".join(f"{v}={n}" for v, n in summary["labels"].items() if int(v) != 0)
-        return f"{summary['images']} images, {summary['participants']} participants; labels {names}; resampled to {summary['preprocessing']['spacing']} mm"
-
-    train_and_report(segment.train, manifest, options, run, describe=describe)
+    train_and_report(segment.train, manifest, options, run, describe=trained_on_images())
 
 
 @model_command(app, "predict", (*BATCH, "workers"))

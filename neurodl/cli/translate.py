@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from neurodl.cli._batch import at_work, evaluate_images, kept, report_written
-from neurodl.cli._launch import train_and_report
+from neurodl.cli._launch import train_and_report, trained_on_images
 from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
 from neurodl.cli._options import ImageInputs, mask_column, output_folder
 from neurodl.cli._train_command import TrainRun, train_command
@@ -39,9 +39,7 @@ def train(manifest: Path | None, options: TranslateOptions, run: TrainRun) -> No
         manifest,
         options,
         run,
-        describe=lambda s: (
-            f"{s['images']} image pairs, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, padded to {s['preprocessing']['size']}"
-        ),
+        describe=trained_on_images("padded to {size}", images="image pairs"),
     )
 
 
