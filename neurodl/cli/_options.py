@@ -103,6 +103,11 @@ def output_table(help: str = "CSV to write (default: stdout).") -> Any:
     return typer.Option(None, "--output", "-o", help=help, dir_okay=False)
 
 
+def column_option(*names: str, help: str) -> Any:
+    """An option that names a column of the manifest (none by default)."""
+    return typer.Option(None, *names, help=help, metavar="COLUMN", show_default=False)
+
+
 def mask_column(scored: str) -> Any:
     """``--mask`` of an image-quality ``evaluate``: what is ``scored`` only inside the mask."""
     return typer.Option(
