@@ -68,8 +68,10 @@ class Evaluation(ModelRun):
     bids_filter: BidsFilter = None
 
 
-# The shared flags of the commands that process many inputs, and of those that make or score one result.
+# The shared flags of the commands that process many inputs; of those whose output is one table, on
+# stdout or -o (the table is what a machine reads: no --json); of those that make or score one result.
 BATCH = ("overwrite", "shard", "device", "quiet", "json_output")
+TABLE = ("overwrite", "shard", "device", "quiet")
 SINGLE = ("overwrite", "device", "quiet", "json_output")
 
 _REPORT = "Folder for per_image.csv and metrics.json."

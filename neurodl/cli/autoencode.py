@@ -19,7 +19,15 @@ from neurodl.cli._batch import (
 )
 from neurodl.cli._console import err_console
 from neurodl.cli._launch import train_and_report, trained_on_images
-from neurodl.cli._model_command import BATCH, SINGLE, Evaluation, ModelRun, evaluate_command, model_command
+from neurodl.cli._model_command import (
+    BATCH,
+    SINGLE,
+    TABLE,
+    Evaluation,
+    ModelRun,
+    evaluate_command,
+    model_command,
+)
 from neurodl.cli._options import ImageInputs, mask_column, output_folder, output_table
 from neurodl.cli._render import counted
 from neurodl.cli._train_command import TrainRun, train_command
@@ -42,7 +50,7 @@ def train(manifest: Path | None, options: AutoencodeOptions, run: TrainRun) -> N
     train_and_report(autoencode.train, manifest, options, run, describe=trained_on_images("size {size}"))
 
 
-@model_command(app, "encode", BATCH[:-1])
+@model_command(app, "encode", TABLE)
 def encode(
     run: ModelRun,
     inputs: ImageInputs,

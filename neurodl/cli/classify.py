@@ -17,7 +17,7 @@ from neurodl.cli._batch import (
 )
 from neurodl.cli._console import err_console
 from neurodl.cli._launch import train_and_report, trained_on_images
-from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
+from neurodl.cli._model_command import BATCH, TABLE, Evaluation, ModelRun, evaluate_command, model_command
 from neurodl.cli._options import ImageInputs, output_folder, output_table
 from neurodl.cli._render import counted
 from neurodl.cli._train_command import TrainRun, train_command
@@ -54,7 +54,7 @@ def train(manifest: Path | None, options: ClassifyOptions, run: TrainRun) -> Non
     )
 
 
-@model_command(app, "predict", BATCH[:-1])
+@model_command(app, "predict", TABLE)
 def predict(run: ModelRun, inputs: ImageInputs, output: Path | None = output_table()) -> None:
     """Predict the class of each image (predicted class, one probability per class) or its value.
 
