@@ -35,10 +35,10 @@ def train_and_report(
     *,
     describe: Callable[[dict[str, Any]], str],
 ) -> None:
-    """Run an image task's ``train`` (alone, or as one of torchrun's processes), then show what it made.
+    """Run a task's ``train`` (alone, or as one of torchrun's processes), then show what it made.
 
-    The reporting process prints the summary table (with ``describe(summary)`` as
-    its data line), the ``--json`` summary, and writes ``report.html``.
+    The reporting process prints the summary table (with ``describe(summary)`` as its
+    data line, then the summary's warnings), the ``--json`` summary, and writes ``report.html``.
     """
     from neurodl.cli._console import err_console, print_json
     from neurodl.cli._render import render_train_summary
@@ -65,5 +65,28 @@ def train_and_report(
             print_json(summary)
         if not run.quiet:
             render_train_summary(console, summary, describe(summary))
+            for warning in summary.get("warnings", ()):
+                console.print(f"[yellow]Warning:[/yellow] {warning}")
         report_after_training(console, summary["run"], quiet=run.quiet)
         tracking.summary = summary
+
+
+def trained_on_images(size: str = "", *, images: str = "images") -> Callable[[dict[str, Any]], str]:
+    """The data line of an image task: ``12 images, 6 participants; resampled to (2.0, 2.0, 2.0) mm, size ...``.
+
+    ``size`` is formatted with the summary's preprocessing (``"padded to {size}"``) and
+    ends the line; a segmenter's labels (``1=csf, 2=gm``) come before the resampling.
+    """
+
+    def describe(summary: dict[str, Any]) -> str:
+        pre = summary["preprocessing"]
+        labels = summary.get("labels") or {}  # a segmenter's: value -> name, background 0 left out
+        named = ", ".join(f"{v}={n}" for v, n in labels.items() if int(v) != 0)
+        return (
+            f"{summary['images']} {images}, {summary['participants']} participants; "
+            + (f"labels {named}; " if labels else "")
+            + f"resampled to {pre['spacing']} mm"
+            + (f", {size.format(**pre)}" if size else "")
+        )
+
+    return describe

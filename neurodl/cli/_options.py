@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,9 @@ ModelDirOption = Annotated[
     Path, typer.Option("--model", "-m", help="Run directory written by the matching `train` command.")
 ]
 OverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]
+AllowOverlapFlag = Annotated[
+    bool, typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic).")
+]
 
 
 def _check_shard(value: str | None) -> str | None:
@@ -87,3 +90,26 @@ BidsFilter = Annotated[
         rich_help_panel=_BIDS_FILTER.panel,
     ),
 ]
+
+
+# Options whose help differs from command to command: the ``typer.Option`` is the parameter's default.
+def output_folder(default: Path | None, help: str) -> Any:
+    """``-o/--out``: the folder a command writes its files to (``help`` says which)."""
+    return typer.Option(default, "--out", "-o", help=help, file_okay=False)
+
+
+def output_table(help: str = "CSV to write (default: stdout).") -> Any:
+    """``-o/--output``: the table a command writes, on stdout without it."""
+    return typer.Option(None, "--output", "-o", help=help, dir_okay=False)
+
+
+def column_option(*names: str, help: str) -> Any:
+    """An option that names a column of the manifest (none by default)."""
+    return typer.Option(None, *names, help=help, metavar="COLUMN", show_default=False)
+
+
+def mask_column(scored: str) -> Any:
+    """``--mask`` of an image-quality ``evaluate``: what is ``scored`` only inside the mask."""
+    return typer.Option(
+        None, "--mask", help=f"Column of label images: {scored} only inside mask > 0 (SSIM: whole image)."
+    )

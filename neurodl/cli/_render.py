@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-_SKIP = ("confusion_matrix", "rows", "images", "best_epoch")
+from neurodl.cli._console import print_json
+
+if TYPE_CHECKING:
+    from neurodl.cli._model_command import ModelRun
+
+_SKIP = ("confusion_matrix", "rows", "images", "best_epoch", "units")
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -50,3 +56,28 @@ def render_train_summary(console: Console, summary: dict[str, Any], data_line: s
     console.print(
         f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epochs for the final model)."
     )
+
+
+def show_metrics(
+    console: Console,
+    run: ModelRun,
+    metrics: dict[str, Any],
+    warnings: list[str],
+    table: Table,
+    *,
+    saved: str,
+    out: Path | None,
+) -> None:
+    """An ``evaluate``'s result: its warnings, the ``metrics`` (--json on stdout) and their ``table``.
+
+    Then, with ``out`` and a ``saved`` (what the report holds), where the report was written.
+    """
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/yellow] {warning}")
+    if run.json_output:
+        print_json(metrics)
+    if run.quiet:
+        return
+    console.print(table)
+    if out is not None and saved:
+        console.print(f"{saved} written to {out}")

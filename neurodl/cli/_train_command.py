@@ -48,6 +48,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "batch_size": parse_batch_size,
 }
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
+# The positional argument of a task trained on a manifest of images, one image column.
+IMAGE_MANIFEST = (
+    "Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). "
+    "Not needed with --resume."
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,12 @@ def _run_parameters(source: str, task: str) -> list[inspect.Parameter]:
 
 
 def train_command(
-    app: typer.Typer, cls: type[T], *, source: str = "manifest", source_help: str, table: bool = False
+    app: typer.Typer,
+    cls: type[T],
+    *,
+    source: str = "manifest",
+    source_help: str = IMAGE_MANIFEST,
+    table: bool = False,
 ) -> Callable[[Callable[[Path | None, T, TrainRun], None]], Callable[..., None]]:
     """Register ``train`` on ``app`` with the flags of ``cls``; the decorated body receives the options.
 

@@ -7,20 +7,29 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._console import err_console, print_json
-from neurodl.cli._launch import train_and_report
-from neurodl.cli._options import (
-    BidsFilter,
-    DeviceOption,
-    ImageInputs,
-    JsonFlag,
-    ModelDirOption,
-    OverwriteFlag,
-    QuietFlag,
-    ShardOption,
+from neurodl.cli._batch import (
+    at_work,
+    check_output_file,
+    evaluate_images,
+    kept,
+    report_failures,
+    report_written,
+    show_made,
+    write_table,
 )
-from neurodl.cli._render import counted, metrics_table
+from neurodl.cli._console import err_console
+from neurodl.cli._launch import train_and_report, trained_on_images
+from neurodl.cli._model_command import (
+    BATCH,
+    SINGLE,
+    TABLE,
+    Evaluation,
+    ModelRun,
+    evaluate_command,
+    model_command,
+)
+from neurodl.cli._options import ImageInputs, mask_column, output_folder, output_table
+from neurodl.cli._render import counted
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import AutoencodeOptions
 
@@ -30,11 +39,7 @@ app = typer.Typer(
 )
 
 
-@train_command(
-    app,
-    AutoencodeOptions,
-    source_help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
-)
+@train_command(app, AutoencodeOptions)
 def train(manifest: Path | None, options: AutoencodeOptions, run: TrainRun) -> None:
     """Train an autoencoder to reconstruct images; write a run directory (monitored on validation loss).
 
@@ -42,31 +47,14 @@ def train(manifest: Path | None, options: AutoencodeOptions, run: TrainRun) -> N
     """
     from neurodl.tasks import autoencode  # heavy (torch, monai): only when the command runs
 
-    train_and_report(
-        autoencode.train,
-        manifest,
-        options,
-        run,
-        describe=lambda s: (
-            f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, size {s['preprocessing']['size']}"
-        ),
-    )
+    train_and_report(autoencode.train, manifest, options, run, describe=trained_on_images("size {size}"))
 
 
-@app.command("encode")
+@model_command(app, "encode", TABLE)
 def encode(
-    model: ModelDirOption,
+    run: ModelRun,
     inputs: ImageInputs,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="CSV of latent features to write (default: stdout).", dir_okay=False
-        ),
-    ] = None,
-    overwrite: OverwriteFlag = False,
-    shard: ShardOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
+    output: Path | None = output_table("CSV of latent features to write (default: stdout)."),
 ) -> None:
     """Latent code per image: participant_id, image, latent_1..latent_k (+ the manifest's other columns).
 
@@ -74,53 +62,31 @@ def encode(
 
     Example: neurodl autoencode encode --model runs/ae sample_data/participants.tsv -o latents.csv
     """
-    import sys
-
-    from neurodl.io.atomic import atomic_output
     from neurodl.tasks import autoencode  # heavy: only when the command runs
 
-    check_output_file(output, inputs, overwrite)
-    console = err_console()
-    loaded = autoencode.load(model, device=device)
-    with file_progress(console, "encoding", quiet=quiet) as advance:
-        table, failures = autoencode.encode(loaded, inputs, shard=shard, on_image=advance)
+    check_output_file(output, inputs, run.overwrite)
+    with at_work(autoencode, run, "encoding") as (loaded, advance):
+        table, failures = autoencode.encode(loaded, inputs, shard=run.shard, on_image=advance)
     if len(table):
-        if output is None:
-            table.to_csv(sys.stdout, index=False)
-        else:
-            with atomic_output(output) as tmp:
-                table.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
-            if not quiet:
-                console.print(
-                    f"{counted(len(table), 'latent code')} ({loaded.latent_dim} features) written to {output}"
-                )
-    report_failures(console, failures, len(table) + len(failures))
+        codes = f"{counted(len(table), 'latent code')} ({loaded.latent_dim} features)"
+        write_table(table, output, "" if run.quiet else codes)
+    report_failures(err_console(), failures, len(table) + len(failures))
 
 
-@app.command("reconstruct")
+@model_command(app, "reconstruct", BATCH)
 def reconstruct(
-    model: ModelDirOption,
+    run: ModelRun,
     inputs: ImageInputs,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for <image>_recon.nii.gz and <image>_error.nii.gz (each input's grid and affine).",
-            file_okay=False,
-        ),
-    ] = Path("reconstructions"),
+    out: Path = output_folder(
+        Path("reconstructions"),
+        "Folder for <image>_recon.nii.gz and <image>_error.nii.gz (each input's grid and affine).",
+    ),
     preview: Annotated[
         bool,
         typer.Option(
             "--preview/--no-preview", help="Also write a PNG of input, reconstruction and error slices."
         ),
     ] = True,
-    overwrite: OverwriteFlag = False,
-    shard: ShardOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
 ) -> None:
     """Reconstruct images and write the absolute reconstruction error (an anomaly map) in each input's grid.
 
@@ -131,101 +97,39 @@ def reconstruct(
     """
     from neurodl.tasks import autoencode  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = autoencode.load(model, device=device)
-    with file_progress(console, "reconstructing", quiet=quiet) as advance:
+    with at_work(autoencode, run, "reconstructing") as (loaded, advance):
         table, failures = autoencode.reconstruct(
-            loaded, inputs, out, overwrite=overwrite, preview=preview, shard=shard, on_image=advance
+            loaded, inputs, out, overwrite=run.overwrite, preview=preview, shard=run.shard, on_image=advance
         )
-    if json_output:
-        print_json(table.to_dict(orient="records"))
-    written = int((table["status"] == "written").sum()) if len(table) else 0
-    kept = len(table) - written
-    console.print(
-        f"{counted(written, 'reconstruction')} written to {out}"
-        + (f"; {kept} existing kept (--overwrite to redo)" if kept else "")
+    report_written(
+        run, table.to_dict(orient="records"), failures, kept=kept(table), noun="reconstruction", out=out
     )
-    report_failures(console, failures, len(table) + len(failures))
 
 
-@app.command("evaluate")
-def evaluate(
-    model: ModelDirOption,
-    manifest: Annotated[
-        Path, typer.Argument(help="Manifest with the model's image columns, or a BIDS dataset root.")
-    ],
-    mask: Annotated[
-        str | None,
-        typer.Option(
-            "--mask", help="Column of label images: score only inside mask > 0 (SSIM: whole image)."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Folder for per_image.csv and metrics.json.", file_okay=False),
-    ] = None,
-    allow_overlap: Annotated[
-        bool,
-        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
-    ] = False,
-    bids_filter: BidsFilter = None,
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
-) -> None:
+@evaluate_command(app, "Manifest with the model's image columns, or a BIDS dataset root.", after="mask")
+def evaluate(run: Evaluation, mask: str | None = mask_column("score")) -> None:
     """MSE, MAE, PSNR and SSIM of the reconstructions, per image, in the preprocessed (normalised) space.
 
     Example: neurodl autoencode evaluate --model runs/ae runs/ae/test_manifest.tsv --out runs/ae/test
     """
     from neurodl.tasks import autoencode  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = autoencode.load(model, device=device)
-    with file_progress(console, "evaluating", quiet=quiet) as advance:
-        metrics, _, failures, warnings = autoencode.evaluate(
-            loaded,
-            manifest,
-            mask_column=mask,
-            allow_overlap=allow_overlap,
-            bids_filter=bids_filter or (),
-            report_dir=out,
-            overwrite=overwrite,
-            on_image=advance,
-        )
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
-    if json_output:
-        print_json(metrics)
-    if not quiet:
-        console.print(
-            metrics_table(f"reconstruction on {manifest.name} ({metrics['images']} images)", metrics)
-        )
-        if out is not None and not failures:
-            console.print(f"Per-image scores and metrics written to {out}")
-    report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)
+    evaluate_images(
+        autoencode, run, lambda _: "reconstruction", saved="Per-image scores and metrics", mask_column=mask
+    )
 
 
-@app.command("sample")
+@model_command(app, "sample", SINGLE)
 def sample(
-    model: ModelDirOption,
+    run: ModelRun,
     n: Annotated[int, typer.Option("--n", "-n", help="Number of images to draw.")] = 20,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed: the same seed gives the same images.")
     ] = 0,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for sample-NNN.nii.gz (the training grid and its affine), samples.csv and samples.png.",
-            file_okay=False,
-        ),
-    ] = Path("vae-samples"),
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
+    out: Path = output_folder(
+        Path("vae-samples"),
+        "Folder for sample-NNN.nii.gz (the training grid and its affine), samples.csv and samples.png.",
+    ),
 ) -> None:
     """Draw new images from a VAE: decode codes drawn from its prior N(0, I).
 
@@ -235,33 +139,21 @@ def sample(
     """
     from neurodl.tasks import autoencode, autoencode_sampling  # heavy: only when the command runs
 
-    loaded = autoencode.load(model, device=device)
-    table = autoencode_sampling.sample(loaded, out, n=n, seed=seed, overwrite=overwrite)
-    if json_output:
-        print_json(table.to_dict(orient="records"))
-    if not quiet:
-        err_console().print(f"{counted(len(table), 'sample')} written to {out} (samples.csv, samples.png)")
+    loaded = autoencode.load(run.model, device=run.device)
+    table = autoencode_sampling.sample(loaded, out, n=n, seed=seed, overwrite=run.overwrite)
+    show_made(run, table, f"{counted(len(table), 'sample')} written to {out} (samples.csv, samples.png)")
 
 
-@app.command("interpolate")
+@model_command(app, "interpolate", SINGLE)
 def interpolate(
-    model: ModelDirOption,
+    run: ModelRun,
     first: Annotated[Path, typer.Argument(help="Image at the start of the path (NIfTI).", dir_okay=False)],
     second: Annotated[Path, typer.Argument(help="Image at the end of the path (NIfTI).", dir_okay=False)],
     steps: Annotated[int, typer.Option("--steps", help="Images on the path, both ends included.")] = 8,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for interp-NN.nii.gz (the training grid and its affine), interpolation.csv and .png.",
-            file_okay=False,
-        ),
-    ] = Path("interpolation"),
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
+    out: Path = output_folder(
+        Path("interpolation"),
+        "Folder for interp-NN.nii.gz (the training grid and its affine), interpolation.csv and .png.",
+    ),
 ) -> None:
     """Decode the straight line between two images' codes: what the model varies between them.
 
@@ -269,9 +161,6 @@ def interpolate(
     """
     from neurodl.tasks import autoencode, autoencode_sampling  # heavy: only when the command runs
 
-    loaded = autoencode.load(model, device=device)
-    table = autoencode_sampling.interpolate(loaded, first, second, out, steps=steps, overwrite=overwrite)
-    if json_output:
-        print_json(table.to_dict(orient="records"))
-    if not quiet:
-        err_console().print(f"{len(table)} images from {first.name} to {second.name} written to {out}")
+    loaded = autoencode.load(run.model, device=run.device)
+    table = autoencode_sampling.interpolate(loaded, first, second, out, steps=steps, overwrite=run.overwrite)
+    show_made(run, table, f"{len(table)} images from {first.name} to {second.name} written to {out}")

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli._batch import check_output_file
-from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import JsonFlag, ModelDirOption, OverwriteFlag
-from neurodl.cli._render import counted, metrics_table, render_train_summary
+from neurodl.cli._batch import check_output_file, write_table
+from neurodl.cli._console import err_console
+from neurodl.cli._launch import train_and_report
+from neurodl.cli._model_command import ModelRun, model_command
+from neurodl.cli._options import AllowOverlapFlag, output_folder, output_table
+from neurodl.cli._render import counted, metrics_table, show_metrics
 from neurodl.cli._train_command import TrainRun, train_command
-from neurodl.cli.report import report_after_training
 from neurodl.config import BiomarkersOptions
 
 app = typer.Typer(
@@ -39,81 +40,39 @@ def train(table: Path | None, options: BiomarkersOptions, run: TrainRun) -> None
     Example: neurodl biomarkers train sample_data/participants.tsv --target diagnosis --features csf_volume_ml,brain_metabolism --cv 5 --out runs/dx
     """
     from neurodl.tasks import biomarkers  # heavy (torch, pandas): only when the command runs
-    from neurodl.tracking import tracked  # the tracking libraries only with --track
 
-    console = err_console()
-    with tracked(options.train, run.out, task="biomarkers", console=console) as tracking:
-        summary = biomarkers.train(
-            table,
-            options,
-            run.out,
-            resume=run.resume,
-            overwrite=run.overwrite,
-            console=console,
-            quiet=run.quiet,
-        )
-        if run.json_output:
-            print_json(summary)
-        if not run.quiet:
-            render_train_summary(
-                console,
-                summary,
-                f"{summary['rows']} rows, {summary['participants']} participants; features: {', '.join(summary['features'])}",
-            )
-            for warning in summary["warnings"]:
-                console.print(f"[yellow]Warning:[/yellow] {warning}")
-        report_after_training(console, summary["run"], quiet=run.quiet)
-        tracking.summary = summary
+    train_and_report(
+        biomarkers.train,
+        table,
+        options,
+        run,
+        describe=lambda s: (
+            f"{s['rows']} rows, {s['participants']} participants; features: {', '.join(s['features'])}"
+        ),
+    )
 
 
-@app.command("predict")
-def predict(
-    model: ModelDirOption,
-    table: Table,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)
-    ] = None,
-    overwrite: OverwriteFlag = False,
-) -> None:
+@model_command(app, "predict", ("overwrite",))
+def predict(run: ModelRun, table: Table, output: Path | None = output_table()) -> None:
     """Predict every row of a table: id columns, the predicted class and one probability per class (or the value).
 
     Example: neurodl biomarkers predict --model runs/dx new_subjects.csv -o predictions.csv
     """
-    import sys
-
-    from neurodl.io.atomic import atomic_output
     from neurodl.tasks import biomarkers  # heavy: only when the command runs
 
-    check_output_file(output, [table], overwrite)
-    loaded = biomarkers.load(model)
-    predictions = biomarkers.predict(loaded, table)
-    if output is None:
-        predictions.to_csv(sys.stdout, index=False)
-        return
-    with atomic_output(output) as tmp:
-        predictions.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
-    err_console().print(f"{counted(len(predictions), 'prediction')} written to {output}")
+    check_output_file(output, [table], run.overwrite)
+    predictions = biomarkers.predict(biomarkers.load(run.model), table)
+    write_table(predictions, output, counted(len(predictions), "prediction"))
 
 
-@app.command("evaluate")
+@model_command(app, "evaluate", ("overwrite", "json_output"))
 def evaluate(
-    model: ModelDirOption,
+    run: ModelRun,
     table: Table,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for predictions.csv, metrics.json and plots (ROC, confusion matrix).",
-            file_okay=False,
-        ),
-    ] = None,
-    allow_overlap: Annotated[
-        bool,
-        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
-    ] = False,
-    overwrite: OverwriteFlag = False,
-    json_output: JsonFlag = False,
+    out: Path | None = output_folder(
+        None, "Folder for predictions.csv, metrics.json and plots (ROC, confusion matrix)."
+    ),
+    allow_overlap: AllowOverlapFlag = False,
 ) -> None:
     """Score a trained model on a table that has the target column.
 
@@ -121,15 +80,17 @@ def evaluate(
     """
     from neurodl.tasks import biomarkers  # heavy: only when the command runs
 
-    loaded = biomarkers.load(model)
+    loaded = biomarkers.load(run.model)
     metrics, warnings = biomarkers.evaluate(
-        loaded, table, allow_overlap=allow_overlap, report_dir=out, overwrite=overwrite
+        loaded, table, allow_overlap=allow_overlap, report_dir=out, overwrite=run.overwrite
     )
-    console = err_console()
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
-    if json_output:
-        print_json(metrics)
-    console.print(metrics_table(f"{loaded.target.column} on {table.name} ({metrics['rows']} rows)", metrics))
-    if out is not None:
-        console.print(f"Predictions, metrics and plots written to {out}")
+    title = f"{loaded.target.column} on {table.name} ({metrics['rows']} rows)"
+    show_metrics(
+        err_console(),
+        run,
+        metrics,
+        warnings,
+        metrics_table(title, metrics),
+        saved="Predictions, metrics and plots",
+        out=out,
+    )

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import JsonFlag, QuietFlag
+from neurodl.cli._options import JsonFlag, QuietFlag, column_option
 
 if TYPE_CHECKING:
     from neurodl.data.validation import CheckReport, Problem
@@ -26,26 +26,6 @@ ManifestArgument = Annotated[
         help="CSV/TSV manifest, one row per image (image paths relative to its folder), or a BIDS "
         "dataset root (--image then names a suffix, e.g. T1w).",
         metavar="MANIFEST",
-        show_default=False,
-    ),
-]
-ImageOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--image",
-        "-i",
-        help="Image column; repeat for several channels. Default: every column of .nii/.nii.gz paths.",
-        metavar="COLUMN",
-        show_default=False,
-    ),
-]
-LabelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--label",
-        "-l",
-        help="Label column: classes, a continuous target, or segmentation mask paths.",
-        metavar="COLUMN",
         show_default=False,
     ),
 ]
@@ -72,8 +52,14 @@ ParticipantOption = Annotated[
 
 def check(
     manifest: ManifestArgument,
-    image: ImageOption = None,
-    label: LabelOption = None,
+    image: list[str] | None = column_option(
+        "--image",
+        "-i",
+        help="Image column; repeat for several channels. Default: every column of .nii/.nii.gz paths.",
+    ),
+    label: str | None = column_option(
+        "--label", "-l", help="Label column: classes, a continuous target, or segmentation mask paths."
+    ),
     participant: ParticipantOption = "participant_id",
     bids_filter: BidsFilterOption = None,
     json_output: JsonFlag = False,

@@ -7,20 +7,19 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._console import err_console, print_json
-from neurodl.cli._launch import train_and_report
-from neurodl.cli._options import (
-    BidsFilter,
-    DeviceOption,
-    ImageInputs,
-    JsonFlag,
-    ModelDirOption,
-    OverwriteFlag,
-    QuietFlag,
-    ShardOption,
+from neurodl.cli._batch import (
+    at_work,
+    check_output_file,
+    evaluate_images,
+    report_failures,
+    report_written,
+    write_table,
 )
-from neurodl.cli._render import counted, metrics_table
+from neurodl.cli._console import err_console
+from neurodl.cli._launch import train_and_report, trained_on_images
+from neurodl.cli._model_command import BATCH, TABLE, Evaluation, ModelRun, evaluate_command, model_command
+from neurodl.cli._options import ImageInputs, output_folder, output_table
+from neurodl.cli._render import counted
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import ClassifyOptions
 
@@ -51,24 +50,12 @@ def train(manifest: Path | None, options: ClassifyOptions, run: TrainRun) -> Non
         manifest,
         options,
         run,
-        describe=lambda s: (
-            f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, size {s['preprocessing']['size']}, {s['preprocessing']['normalize']} intensities"
-        ),
+        describe=trained_on_images("size {size}, {normalize} intensities"),
     )
 
 
-@app.command("predict")
-def predict(
-    model: ModelDirOption,
-    inputs: ImageInputs,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="CSV to write (default: stdout).", dir_okay=False)
-    ] = None,
-    overwrite: OverwriteFlag = False,
-    shard: ShardOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-) -> None:
+@model_command(app, "predict", TABLE)
+def predict(run: ModelRun, inputs: ImageInputs, output: Path | None = output_table()) -> None:
     """Predict the class of each image (predicted class, one probability per class) or its value.
 
     A regression model given a manifest with its target column also writes the true value and the
@@ -76,62 +63,36 @@ def predict(
 
     Example: neurodl classify predict --model runs/cnn scans/ -o predictions.csv
     """
-    import sys
-
-    from neurodl.io.atomic import atomic_output
     from neurodl.tasks import classify  # heavy: only when the command runs
 
-    check_output_file(output, inputs, overwrite)
-    console = err_console()
-    loaded = classify.load(model, device=device)
-    with file_progress(console, "predicting", quiet=quiet) as advance:
-        predictions, failures, _ = classify.predict(loaded, inputs, shard=shard, on_image=advance)
-    if output is None:
-        predictions.to_csv(sys.stdout, index=False)
-    elif len(predictions):  # no empty table when every input failed: a retry would find it in the way
-        with atomic_output(output) as tmp:
-            predictions.to_csv(tmp, index=False, sep="\t" if output.suffix.lower() == ".tsv" else ",")
-        console.print(f"{counted(len(predictions), 'prediction')} written to {output}")
-    report_failures(console, failures, len(predictions) + len(failures))
+    check_output_file(output, inputs, run.overwrite)
+    with at_work(classify, run, "predicting") as (loaded, advance):
+        predictions, failures, _ = classify.predict(loaded, inputs, shard=run.shard, on_image=advance)
+    if output is None or len(
+        predictions
+    ):  # no empty table when every input failed: a retry would find it in the way
+        write_table(predictions, output, counted(len(predictions), "prediction"))
+    report_failures(err_console(), failures, len(predictions) + len(failures))
 
 
-@app.command("evaluate")
+@evaluate_command(
+    app,
+    "Manifest with the model's image columns and the label column, or a BIDS dataset root.",
+    after="label",
+    out="Folder for predictions.csv, metrics.json, ROC and confusion-matrix (or predicted-vs-true) PNGs.",
+)
 def evaluate(
-    model: ModelDirOption,
-    manifest: Annotated[
-        Path,
-        typer.Argument(
-            help="Manifest with the model's image columns and the label column, or a BIDS dataset root."
-        ),
-    ],
+    run: Evaluation,
     label: Annotated[
         str | None,
         typer.Option("--label", "-l", help="Label column (default: the one the model was trained on)."),
     ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for predictions.csv, metrics.json, ROC and confusion-matrix (or predicted-vs-true) PNGs.",
-            file_okay=False,
-        ),
-    ] = None,
-    allow_overlap: Annotated[
-        bool,
-        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
-    ] = False,
-    bids_filter: BidsFilter = None,
     color_by: Annotated[
         str,
         typer.Option(
             "--color-by", help="Regression: colour the plots by this column and plot residuals per group."
         ),
     ] = "",
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
 ) -> None:
     """Score a trained classifier (or regressor) on a labelled manifest of held-out participants.
 
@@ -139,50 +100,26 @@ def evaluate(
     """
     from neurodl.tasks import classify  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = classify.load(model, device=device)
-    with file_progress(console, "evaluating", quiet=quiet) as advance:
-        metrics, failures, warnings = classify.evaluate(
-            loaded,
-            manifest,
-            label_column=label,
-            allow_overlap=allow_overlap,
-            bids_filter=bids_filter or (),
-            report_dir=out,
-            overwrite=overwrite,
-            color_by=color_by,
-            on_image=advance,
-        )
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
-    if json_output:
-        print_json(metrics)
-    console.print(
-        metrics_table(f"{loaded.target.column} on {manifest.name} ({metrics['images']} images)", metrics)
+    evaluate_images(
+        classify,
+        run,
+        lambda loaded: loaded.target.column,
+        saved="Predictions, metrics and plots",
+        label_column=label,
+        color_by=color_by,
     )
-    if out is not None and not failures:
-        console.print(f"Predictions, metrics and plots written to {out}")
-    report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)
 
 
-@app.command("interpret")
+@model_command(app, "interpret", BATCH)
 def interpret(
-    model: ModelDirOption,
+    run: ModelRun,
     inputs: ImageInputs,
     method: Annotated[
         str, typer.Option("--method", help="gradcam, saliency (input gradients) or occlusion.")
     ] = "gradcam",
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out", "-o", help="Folder for <image>_<method>.nii.gz maps and PNG previews.", file_okay=False
-        ),
-    ] = Path("interpretation"),
-    overwrite: OverwriteFlag = False,
-    shard: ShardOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
+    out: Path = output_folder(
+        Path("interpretation"), "Folder for <image>_<method>.nii.gz maps and PNG previews."
+    ),
 ) -> None:
     """Explain predictions: one map per image, in the image's own grid and affine, plus a PNG of three slices.
 
@@ -192,17 +129,15 @@ def interpret(
     """
     from neurodl.tasks import classify  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = classify.load(model, device=device)
-    with file_progress(console, f"{method} maps", quiet=quiet) as advance:
+    with at_work(classify, run, f"{method} maps") as (loaded, advance):
         written, failures = classify.interpret(
-            loaded, inputs, method=method, out_dir=out, overwrite=overwrite, shard=shard, on_image=advance
+            loaded,
+            inputs,
+            method=method,
+            out_dir=out,
+            overwrite=run.overwrite,
+            shard=run.shard,
+            on_image=advance,
         )
-    if json_output:
-        print_json(written)
     skipped = sum(1 for w in written if w.get("skipped"))
-    console.print(
-        f"{counted(len(written) - skipped, 'map')} written to {out}"
-        + (f"; {skipped} existing kept (--overwrite to redo)" if skipped else "")
-    )
-    report_failures(console, failures, len(written) + len(failures))
+    report_written(run, written, failures, kept=skipped, noun="map", out=out)

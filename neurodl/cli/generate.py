@@ -7,16 +7,12 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli._console import err_console, print_json
-from neurodl.cli._launch import train_and_report
-from neurodl.cli._options import (
-    DeviceOption,
-    JsonFlag,
-    ModelDirOption,
-    OverwriteFlag,
-    QuietFlag,
-    SeedOption,
-)
+from neurodl.cli._batch import show_made
+from neurodl.cli._console import err_console
+from neurodl.cli._launch import train_and_report, trained_on_images
+from neurodl.cli._model_command import SINGLE, ModelRun, model_command
+from neurodl.cli._options import SeedOption, output_folder
+from neurodl.cli._render import show_metrics
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import GenerateOptions
 
@@ -36,11 +32,7 @@ ConditionOption = Annotated[
 ]
 
 
-@train_command(
-    app,
-    GenerateOptions,
-    source_help="Manifest (CSV/TSV): one row per image. Or a BIDS dataset root (--image names a suffix, e.g. T1w). Not needed with --resume.",
-)
+@train_command(app, GenerateOptions)
 def train(manifest: Path | None, options: GenerateOptions, run: TrainRun) -> None:
     """Train a GAN to make new images from noise (conditional on --condition); the last epoch is kept.
 
@@ -50,36 +42,19 @@ def train(manifest: Path | None, options: GenerateOptions, run: TrainRun) -> Non
     """
     from neurodl.tasks import generate  # heavy (torch, monai): only when the command runs
 
-    train_and_report(
-        generate.train,
-        manifest,
-        options,
-        run,
-        describe=lambda s: (
-            f"{s['images']} images, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, resized to {s['preprocessing']['size']}"
-        ),
-    )
+    train_and_report(generate.train, manifest, options, run, describe=trained_on_images("resized to {size}"))
 
 
-@app.command("sample")
+@model_command(app, "sample", SINGLE)
 def sample(
-    model: ModelDirOption,
+    run: ModelRun,
     n: Annotated[int, typer.Option("--n", "-n", help="Samples per condition.")] = 20,
     condition: ConditionOption = None,
     seed: SeedOption = 0,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for sample-*.nii.gz (training grid and affine, the training images' units), samples.csv and samples.png.",
-            file_okay=False,
-        ),
-    ] = Path("samples"),
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
+    out: Path = output_folder(
+        Path("samples"),
+        "Folder for sample-*.nii.gz (training grid and affine, the training images' units), samples.csv and samples.png.",
+    ),
 ) -> None:
     """Draw new images from a trained GAN: --n per condition (or of --condition only).
 
@@ -90,23 +65,20 @@ def sample(
     """
     from neurodl.tasks import generate  # heavy: only when the command runs
 
-    loaded = generate.load(model, device=device)
-    table = generate.sample(loaded, out, n=n, condition=condition, seed=seed, overwrite=overwrite)
-    if json_output:
-        print_json(table.to_dict(orient="records"))
-    if not quiet:
-        counts = (
-            table[loaded.condition_column].value_counts().sort_index().to_dict()
-            if loaded.condition_column
-            else {}
-        )
-        detail = f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if counts else ""
-        err_console().print(f"{len(table)} samples{detail} written to {out} (samples.csv, samples.png)")
+    loaded = generate.load(run.model, device=run.device)
+    table = generate.sample(loaded, out, n=n, condition=condition, seed=seed, overwrite=run.overwrite)
+    counts = (
+        table[loaded.condition_column].value_counts().sort_index().to_dict()
+        if loaded.condition_column
+        else {}
+    )
+    detail = f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if counts else ""
+    show_made(run, table, f"{len(table)} samples{detail} written to {out} (samples.csv, samples.png)")
 
 
-@app.command("evaluate")
+@model_command(app, "evaluate", SINGLE)
 def evaluate(
-    model: ModelDirOption,
+    run: ModelRun,
     manifest: Annotated[
         Path,
         typer.Argument(
@@ -128,20 +100,11 @@ def evaluate(
         ),
     ] = None,
     seed: SeedOption = 0,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", "-o", help="Folder for metrics.json and the samples scored (samples/).", file_okay=False
-        ),
-    ] = None,
+    out: Path | None = output_folder(None, "Folder for metrics.json and the samples scored (samples/)."),
     allow_overlap: Annotated[
         bool,
         typer.Option("--allow-overlap", help="Compare with images of participants the GAN was trained on."),
     ] = False,
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
 ) -> None:
     """Score samples against real images, beside real-vs-real (the floor): MMD, Fréchet, MS-SSIM, classifier accuracy.
 
@@ -154,8 +117,7 @@ def evaluate(
 
     from neurodl.tasks import generate, generate_metrics  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = generate.load(model, device=device)
+    loaded = generate.load(run.model, device=run.device)
     metrics, warnings = generate_metrics.evaluate(
         loaded,
         manifest,
@@ -164,24 +126,22 @@ def evaluate(
         seed=seed,
         allow_overlap=allow_overlap,
         report_dir=out,
-        overwrite=overwrite,
-        device=device,
+        overwrite=run.overwrite,
+        device=run.device,
     )
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
-    if json_output:
-        print_json(metrics)
-    if quiet:
-        return
-    table = Table(
-        title=f"{model.name}: {metrics['samples']} samples vs real half B ({metrics['half_b']} images); "
+    title = (
+        f"{run.model.name}: {metrics['samples']} samples vs real half B ({metrics['half_b']} images); "
         f"floor: real half A ({metrics['half_a']}) vs B"
     )
+    table = Table(title=title)
     for column in ("metric", "generated", "real (floor)", "meaning"):
         table.add_column(column, justify="right" if column in ("generated", "real (floor)") else "left")
     for row in metrics["table"]:
         table.add_row(row["metric"], f"{row['samples']:.4g}", f"{row['real']:.4g}", row["meaning"])
-    console.print(table)
+    console = err_console()
+    show_metrics(console, run, metrics, warnings, table, saved="", out=out)
+    if run.quiet:
+        return
     if metrics["note"]:
         console.print(metrics["note"])
     elif classifier is None:

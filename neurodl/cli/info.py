@@ -103,37 +103,29 @@ def _table(summaries: list[ImageSummary]) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
     for s in summaries:
         bad = s.n_nan + s.n_inf
-        table.add_row(
-            str(s.path),
-            "x".join(str(n) for n in s.shape),
-            "x".join(f"{v:.3g}" for v in s.voxel_size),
-            s.orientation,
-            s.dtype,
-            _number(s.minimum),
-            _number(s.maximum),
-            _number(s.mean),
-            Text(f"{s.n_nan}/{s.n_inf}", style="bold red" if bad else ""),
-        )
+        table.add_row(*_cells(s, ".3g"), Text(f"{s.n_nan}/{s.n_inf}", style="bold red" if bad else ""))
     return table
 
 
 def _tsv(summaries: list[ImageSummary]) -> str:
     lines = ["file\tshape\tvoxel_mm\torientation\tdtype\tmin\tmax\tmean\tnan\tinf"]
     for s in summaries:
-        cells = [
-            str(s.path),
-            "x".join(str(n) for n in s.shape),
-            "x".join(f"{v:.4g}" for v in s.voxel_size),
-            s.orientation,
-            s.dtype,
-            _number(s.minimum),
-            _number(s.maximum),
-            _number(s.mean),
-            str(s.n_nan),
-            str(s.n_inf),
-        ]
-        lines.append("\t".join(cells))
+        lines.append("\t".join([*_cells(s, ".4g"), str(s.n_nan), str(s.n_inf)]))
     return "\n".join(lines) + "\n"
+
+
+def _cells(s: ImageSummary, voxel: str) -> list[str]:
+    """The columns a table and a TSV share: file to mean (voxel sizes in the ``voxel`` format)."""
+    return [
+        str(s.path),
+        "x".join(str(n) for n in s.shape),
+        "x".join(f"{v:{voxel}}" for v in s.voxel_size),
+        s.orientation,
+        s.dtype,
+        _number(s.minimum),
+        _number(s.maximum),
+        _number(s.mean),
+    ]
 
 
 def _number(value: float | None) -> str:

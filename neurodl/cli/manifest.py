@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from neurodl.cli._console import err_console, print_json
-from neurodl.cli._options import JsonFlag, OverwriteFlag, QuietFlag
+from neurodl.cli._options import JsonFlag, OverwriteFlag, QuietFlag, column_option
 
 
 def manifest(
@@ -36,15 +36,11 @@ def manifest(
             "--mask", help="Suffix of label images (e.g. dseg), paired like a channel.", metavar="SUFFIX"
         ),
     ] = None,
-    label: Annotated[
-        str | None,
-        typer.Option(
-            "--label",
-            "-l",
-            help="Label column of participants.tsv/sessions.tsv: images without a value are left out, as training does.",
-            metavar="COLUMN",
-        ),
-    ] = None,
+    label: str | None = column_option(
+        "--label",
+        "-l",
+        help="Label column of participants.tsv/sessions.tsv: images without a value are left out, as training does.",
+    ),
     bids_filter: Annotated[
         list[str] | None,
         typer.Option(

@@ -7,21 +7,10 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli._batch import check_output_file, file_progress, report_failures
-from neurodl.cli._console import err_console, print_json
-from neurodl.cli._launch import train_and_report
-from neurodl.cli._options import (
-    BidsFilter,
-    DeviceOption,
-    ImageInputs,
-    JsonFlag,
-    ModelDirOption,
-    OverwriteFlag,
-    PredictWorkers,
-    QuietFlag,
-    ShardOption,
-)
-from neurodl.cli._render import counted, metrics_table
+from neurodl.cli._batch import at_work, check_output_file, evaluate_images, kept, report_written, write_table
+from neurodl.cli._launch import train_and_report, trained_on_images
+from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
+from neurodl.cli._options import ImageInputs, output_folder
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import SegmentOptions
 
@@ -48,26 +37,16 @@ def train(manifest: Path | None, options: SegmentOptions, run: TrainRun) -> None
     """
     from neurodl.tasks import segment  # heavy (torch, monai): only when the command runs
 
-    def describe(summary: dict) -> str:
-        names = ", ".join(f"{v}={n}" for v, n in summary["labels"].items() if int(v) != 0)
-        return f"{summary['images']} images, {summary['participants']} participants; labels {names}; resampled to {summary['preprocessing']['spacing']} mm"
-
-    train_and_report(segment.train, manifest, options, run, describe=describe)
+    train_and_report(segment.train, manifest, options, run, describe=trained_on_images())
 
 
-@app.command("predict")
+@model_command(app, "predict", (*BATCH, "workers"))
 def predict(
-    model: ModelDirOption,
+    run: ModelRun,
     inputs: ImageInputs,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for <image>_dseg.nii.gz masks (in each input's grid and affine).",
-            file_okay=False,
-        ),
-    ] = Path("segmentations"),
+    out: Path = output_folder(
+        Path("segmentations"), "Folder for <image>_dseg.nii.gz masks (in each input's grid and affine)."
+    ),
     volumes: Annotated[
         Path | None,
         typer.Option(
@@ -91,12 +70,6 @@ def predict(
     preview: Annotated[
         bool, typer.Option("--preview", help="Also write a PNG of three slices with the mask over the image.")
     ] = False,
-    overwrite: OverwriteFlag = False,
-    shard: ShardOption = None,
-    workers: PredictWorkers = 2,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
 ) -> None:
     """Segment images: one integer mask per input, in the input's own grid, orientation and affine.
 
@@ -105,14 +78,11 @@ def predict(
 
     Example: neurodl segment predict --model runs/seg sample_data/participants.tsv -o masks/ --volumes volumes.csv
     """
-    from neurodl.io.atomic import atomic_output
     from neurodl.tasks import segment  # heavy: only when the command runs
 
     # An existing volumes table is extended (a resumed batch), never refused.
     check_output_file(volumes, inputs, overwrite=True)
-    console = err_console()
-    loaded = segment.load(model, device=device, overlap=overlap)
-    with file_progress(console, "segmenting", quiet=quiet) as advance:
+    with at_work(segment, run, "segmenting", overlap=overlap) as (loaded, advance):
         table, failures = segment.predict(
             loaded,
             inputs,
@@ -120,59 +90,36 @@ def predict(
             tta=tta,
             probabilities=probabilities,
             preview=preview,
-            overwrite=overwrite,
-            shard=shard,
-            workers=workers,
+            overwrite=run.overwrite,
+            shard=run.shard,
+            workers=run.workers,
             on_image=advance,
         )
     if volumes is not None and len(table):
-        sep = "\t" if volumes.suffix.lower() == ".tsv" else ","
         written_table = table.drop(columns=["status"])
-        if volumes.exists() and not overwrite:
+        if volumes.exists() and not run.overwrite:
             from neurodl.io.manifest import read_table
 
             existing = read_table(volumes, text_columns=["participant_id"])
             written_table = segment.merge_volume_tables(existing, written_table, volumes)
-        with atomic_output(volumes) as tmp:
-            written_table.to_csv(tmp, index=False, sep=sep)
-    if json_output:
-        print_json(table.to_dict(orient="records"))
-    written = int((table["status"] == "written").sum()) if len(table) else 0
-    kept = len(table) - written
-    console.print(
-        f"{counted(written, 'mask')} written to {out}"
-        + (f"; {kept} existing kept (--overwrite to redo)" if kept else "")
-        + (f"; volumes in {volumes}" if volumes is not None else "")
+        write_table(written_table, volumes, "")
+    also = f"; volumes in {volumes}" if volumes is not None else ""
+    report_written(
+        run, table.to_dict(orient="records"), failures, kept=kept(table), noun="mask", out=out, also=also
     )
-    report_failures(console, failures, len(table) + len(failures))
 
 
-@app.command("evaluate")
+@evaluate_command(
+    app,
+    "Manifest with the model's image columns and a mask column, or a BIDS dataset root.",
+    after="mask",
+)
 def evaluate(
-    model: ModelDirOption,
-    manifest: Annotated[
-        Path,
-        typer.Argument(
-            help="Manifest with the model's image columns and a mask column, or a BIDS dataset root."
-        ),
-    ],
+    run: Evaluation,
     mask: Annotated[
         str | None, typer.Option("--mask", help="Mask column (default: the one the model was trained on).")
     ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Folder for per_image.csv and metrics.json.", file_okay=False),
-    ] = None,
-    allow_overlap: Annotated[
-        bool,
-        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
-    ] = False,
-    bids_filter: BidsFilter = None,
     tta: Annotated[bool, typer.Option("--tta", help="Flip test-time augmentation.")] = False,
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
 ) -> None:
     """Dice and 95th-percentile Hausdorff distance (mm) per label and per image, against true masks.
 
@@ -180,27 +127,11 @@ def evaluate(
     """
     from neurodl.tasks import segment  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = segment.load(model, device=device)
-    with file_progress(console, "evaluating", quiet=quiet) as advance:
-        metrics, _, failures, warnings = segment.evaluate(
-            loaded,
-            manifest,
-            mask_column=mask,
-            allow_overlap=allow_overlap,
-            bids_filter=bids_filter or (),
-            report_dir=out,
-            overwrite=overwrite,
-            tta=tta,
-            on_image=advance,
-        )
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
-    if json_output:
-        print_json(metrics)
-    console.print(
-        metrics_table(f"{loaded.mask_column} on {manifest.name} ({metrics['images']} images)", metrics)
+    evaluate_images(
+        segment,
+        run,
+        lambda loaded: loaded.mask_column,
+        saved="Per-image scores and metrics",
+        mask_column=mask,
+        tta=tta,
     )
-    if out is not None and not failures:
-        console.print(f"Per-image scores and metrics written to {out}")
-    report_failures(console, failures, metrics["images"] + len(failures), report=out is not None)

@@ -7,20 +7,10 @@ from typing import Annotated
 
 import typer
 
-from neurodl.cli._batch import file_progress, report_failures
-from neurodl.cli._console import err_console, print_json
-from neurodl.cli._launch import train_and_report
-from neurodl.cli._options import (
-    BidsFilter,
-    DeviceOption,
-    ImageInputs,
-    JsonFlag,
-    ModelDirOption,
-    OverwriteFlag,
-    QuietFlag,
-    ShardOption,
-)
-from neurodl.cli._render import metrics_table
+from neurodl.cli._batch import at_work, evaluate_images, kept, report_written
+from neurodl.cli._launch import train_and_report, trained_on_images
+from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
+from neurodl.cli._options import ImageInputs, mask_column, output_folder
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import TranslateOptions
 
@@ -49,25 +39,18 @@ def train(manifest: Path | None, options: TranslateOptions, run: TrainRun) -> No
         manifest,
         options,
         run,
-        describe=lambda s: (
-            f"{s['images']} image pairs, {s['participants']} participants; resampled to {s['preprocessing']['spacing']} mm, padded to {s['preprocessing']['size']}"
-        ),
+        describe=trained_on_images("padded to {size}", images="image pairs"),
     )
 
 
-@app.command("predict")
+@model_command(app, "predict", BATCH)
 def predict(
-    model: ModelDirOption,
+    run: ModelRun,
     inputs: ImageInputs,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Folder for <image>_to-<target>.nii.gz (each input's grid and affine, the target's units).",
-            file_okay=False,
-        ),
-    ] = Path("translations"),
+    out: Path = output_folder(
+        Path("translations"),
+        "Folder for <image>_to-<target>.nii.gz (each input's grid and affine, the target's units).",
+    ),
     preview: Annotated[
         bool,
         typer.Option(
@@ -75,11 +58,6 @@ def predict(
             help="Also write a PNG of source, synthetic (and real target, for manifest rows that have it).",
         ),
     ] = False,
-    overwrite: OverwriteFlag = False,
-    shard: ShardOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
 ) -> None:
     """Synthesise the target image of each input, written in the input's own grid and affine.
 
@@ -90,53 +68,21 @@ def predict(
     """
     from neurodl.tasks import translate  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = translate.load(model, device=device)
-    with file_progress(console, "translating", quiet=quiet) as advance:
+    with at_work(translate, run, "translating") as (loaded, advance):
         table, failures = translate.predict(
-            loaded, inputs, out, overwrite=overwrite, preview=preview, shard=shard, on_image=advance
+            loaded, inputs, out, overwrite=run.overwrite, preview=preview, shard=run.shard, on_image=advance
         )
-    if json_output:
-        print_json(table.to_dict(orient="records"))
-    written = int((table["status"] == "written").sum()) if len(table) else 0
-    kept = len(table) - written
-    if not quiet:
-        console.print(
-            f"{written} synthetic {loaded.target_column} {'image' if written == 1 else 'images'} written to {out}"
-            + (f"; {kept} existing kept (--overwrite to redo)" if kept else "")
-        )
-    report_failures(console, failures, len(table) + len(failures))
+    noun = f"synthetic {loaded.target_column} image"
+    records = table.to_dict(orient="records")
+    report_written(run, records, failures, kept=kept(table), noun=noun, out=out, quiet=run.quiet)
 
 
-@app.command("evaluate")
-def evaluate(
-    model: ModelDirOption,
-    manifest: Annotated[
-        Path,
-        typer.Argument(
-            help="Manifest with the model's source column(s) and the real target column, or a BIDS dataset root."
-        ),
-    ],
-    mask: Annotated[
-        str | None,
-        typer.Option(
-            "--mask", help="Column of label images: MAE and PSNR only inside mask > 0 (SSIM: whole image)."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Folder for per_image.csv and metrics.json.", file_okay=False),
-    ] = None,
-    allow_overlap: Annotated[
-        bool,
-        typer.Option("--allow-overlap", help="Score participants the model was trained on (optimistic)."),
-    ] = False,
-    bids_filter: BidsFilter = None,
-    overwrite: OverwriteFlag = False,
-    device: DeviceOption = "auto",
-    quiet: QuietFlag = False,
-    json_output: JsonFlag = False,
-) -> None:
+@evaluate_command(
+    app,
+    "Manifest with the model's source column(s) and the real target column, or a BIDS dataset root.",
+    after="mask",
+)
+def evaluate(run: Evaluation, mask: str | None = mask_column("MAE and PSNR")) -> None:
     """MAE, PSNR and SSIM of the synthetic vs the real target per image (input grid, target units).
 
     The trivial baseline (the source linearly rescaled to the target's range) is scored alongside.
@@ -145,30 +91,11 @@ def evaluate(
     """
     from neurodl.tasks import translate  # heavy: only when the command runs
 
-    console = err_console()
-    loaded = translate.load(model, device=device)
-    with file_progress(console, "evaluating", quiet=quiet) as advance:
-        metrics, _, failures, warnings = translate.evaluate(
-            loaded,
-            manifest,
-            mask_column=mask,
-            allow_overlap=allow_overlap,
-            bids_filter=bids_filter or (),
-            report_dir=out,
-            overwrite=overwrite,
-            on_image=advance,
-        )
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
-    if json_output:
-        print_json(metrics)
-    if not quiet:
-        console.print(
-            metrics_table(
-                f"{loaded.target_column} synthesis on {manifest.name} ({metrics['images']} images; baseline = source rescaled)",
-                {k: v for k, v in metrics.items() if k not in ("units",)},
-            )
-        )
-        if out is not None:
-            console.print(f"Per-image scores and metrics written to {out}")
-    report_failures(console, failures, metrics["images"] + len(failures))
+    evaluate_images(
+        translate,
+        run,
+        lambda loaded: f"{loaded.target_column} synthesis",
+        saved="Per-image scores and metrics",
+        note="; baseline = source rescaled",
+        mask_column=mask,
+    )
