@@ -98,7 +98,7 @@ def predict(
     if volumes is not None and len(table):
         written_table = table.drop(columns=["status"])
         if volumes.exists() and not run.overwrite:
-            from neurodl.io.manifest import read_table
+            from neurodl.io.tables import read_table
 
             existing = read_table(volumes, text_columns=["participant_id"])
             written_table = segment.merge_volume_tables(existing, written_table, volumes)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from neurodl.errors import DataError, ManifestError
-from neurodl.io.manifest import format_rows, require_columns
+from neurodl.io.tables import format_rows, require_columns
 
 MAX_LEVELS = 20
 MAX_AUTO_CLASSES = 5

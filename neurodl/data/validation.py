@@ -20,8 +20,9 @@ from typing import Any, Literal
 import numpy as np
 
 from neurodl.errors import ImageError
-from neurodl.io.manifest import Manifest, format_rows, is_empty_cell
+from neurodl.io.manifest import Manifest, is_empty_cell
 from neurodl.io.nifti import finite_values, load_volume, read_image, require_3d_shape
+from neurodl.io.tables import format_rows
 
 # Integer labels are class codes when they run without gaps from -1, 0 or 1 and number at most
 # MAX_CLASSES (0/1, 0..3, 1..5); other numbers (an age, a score such as 0, 3, 7, 12) are a

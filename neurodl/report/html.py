@@ -242,7 +242,7 @@ def _input_table(summary: RunSummary, participant_column: str) -> Any:
     source = summary.options.get("input")
     if not source or not Path(str(source)).is_file():
         return None
-    from neurodl.io.manifest import read_table
+    from neurodl.io.tables import read_table
 
     try:
         return read_table(str(source), text_columns=[participant_column] if participant_column else [])

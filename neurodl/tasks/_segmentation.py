@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from neurodl.errors import DataError, ImageError, UsageError
-from neurodl.io.manifest import read_table
 from neurodl.io.nifti import load_volume
+from neurodl.io.tables import read_table
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
-from neurodl.io.manifest import Manifest, load_manifest, require_columns
+from neurodl.io.manifest import Manifest, load_manifest
 from neurodl.io.rundir import RunDirectory
+from neurodl.io.tables import require_columns
 from neurodl.tasks._run import check_leakage, check_report_dir
 
 T = TypeVar("T")

@@ -20,8 +20,8 @@ from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import FeatureEncoder, TargetEncoder, is_id_column, label_text, select_features
 from neurodl.engine import Callback, FitResult, TensorBatches, fit
 from neurodl.errors import DataError, ManifestError, RunDirectoryError
-from neurodl.io.manifest import read_table, require_columns
 from neurodl.io.rundir import RunDirectory
+from neurodl.io.tables import read_table, require_columns
 from neurodl.models import create_model
 from neurodl.tasks._classification import (
     balanced_class_weights,

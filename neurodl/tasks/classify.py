@@ -30,9 +30,9 @@ from neurodl.data.tabular import TargetEncoder, label_text
 from neurodl.data.volumes import VolumeDataset
 from neurodl.engine.memory import require_step_fits
 from neurodl.errors import NeurodlError, UsageError
-from neurodl.io.manifest import require_columns
 from neurodl.io.nifti import load_volume, save_volume
 from neurodl.io.rundir import RunDirectory
+from neurodl.io.tables import require_columns
 from neurodl.models import create_model
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._classification import balanced_class_weights, save_classification_plots
@@ -349,7 +349,7 @@ def _outputs(loaded: LoadedClassifier, image: InputImage) -> tuple[np.ndarray, A
 def _true_value_column(loaded: LoadedClassifier, inputs: Sequence[Path]) -> str | None:
     """A regression model's target column when the only input is a table that has it (for the gap)."""
     from neurodl.data.inputs import TABLE_SUFFIXES
-    from neurodl.io.manifest import read_table
+    from neurodl.io.tables import read_table
 
     if (
         loaded.target.kind != "regression"

@@ -32,8 +32,8 @@ from neurodl.data.images import ImagePreprocessing
 from neurodl.data.volumes import PairedVolumes
 from neurodl.engine import Callback
 from neurodl.errors import DataError, OutputError, UsageError
-from neurodl.io.manifest import require_columns
 from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
+from neurodl.io.tables import require_columns
 from neurodl.models import create_model
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Training, trains

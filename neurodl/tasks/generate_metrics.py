@@ -31,8 +31,9 @@ from neurodl.data.images import preprocess
 from neurodl.data.splits import split_by_participant
 from neurodl.data.volumes import PairedVolumes
 from neurodl.errors import DataError, UsageError
-from neurodl.io.manifest import load_manifest, require_columns
+from neurodl.io.manifest import load_manifest
 from neurodl.io.rundir import RunDirectory
+from neurodl.io.tables import require_columns
 from neurodl.tasks._run import check_leakage, check_report_dir
 from neurodl.tasks.generate import LoadedGenerator, condition_codes, write_samples
 

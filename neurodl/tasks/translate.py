@@ -33,9 +33,9 @@ from neurodl.data.loading import LoadTargetd, load_channels
 from neurodl.data.volumes import PairedVolumes
 from neurodl.engine import Callback
 from neurodl.errors import DataError, ImageError, UsageError
-from neurodl.io.manifest import require_columns
 from neurodl.io.nifti import Volume, load_volume, save_volume
 from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
+from neurodl.io.tables import require_columns
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, trains
 from neurodl.tasks._gan import TargetScale, check_networks

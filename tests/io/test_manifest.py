@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from neurodl.errors import InputFileError, ManifestError
-from neurodl.io.manifest import (
-    format_rows,
-    load_manifest,
-    looks_like_nifti_column,
-    participant_from_path,
-    read_table,
-    require_columns,
-)
+from neurodl.io.manifest import load_manifest, looks_like_nifti_column, participant_from_path
+from neurodl.io.tables import format_rows, read_table, require_columns
 from neurodl_testing import make_nifti
 
 

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neurodl.errors import NeurodlError
-from neurodl.io.manifest import load_manifest, read_table
+from neurodl.io.manifest import load_manifest
 from neurodl.io.nifti import load_volume
+from neurodl.io.tables import read_table
 
 SETTINGS = settings(
     max_examples=40,

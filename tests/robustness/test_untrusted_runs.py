@@ -55,11 +55,12 @@ def test_loading_and_predicting_never_unpickles(
     def refuse(*args, **kwargs):
         raise AssertionError("a model directory was unpickled")
 
+    run = runs[task]  # trained (on first use) before the patch: only loading is under test
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
-    result = run_cli(*predict_args(task, runs[task], cohort, tmp_path / "out"))
+    result = run_cli(*predict_args(task, run, cohort, tmp_path / "out"))
     assert result.exit_code == 0, result.output
 
 

@@ -351,7 +351,19 @@ def test_wide_fields_of_view_are_planned_down_to_whole_volume_side_without_cropp
         rows.append({"participant_id": f"sub-{k}", "t1": src.name, "t2": tgt.name})
     manifest = tmp_path / "wide.tsv"
     pd.DataFrame(rows).to_csv(manifest, sep="\t", index=False)
-    args = ["translate", "train", manifest, "--source", "t1", "--target", "t2", "--epochs", "1", "--width", "4"]
+    args = [
+        "translate",
+        "train",
+        manifest,
+        "--source",
+        "t1",
+        "--target",
+        "t2",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+    ]
     result = run_cli(*args, "--quiet", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     images = json.loads((tmp_path / "run" / "preprocessing.json").read_text())["images"]
