@@ -54,7 +54,7 @@ def render_train_summary(console: Console, summary: dict[str, Any], data_line: s
     console.print(data_line)
     console.print(f"Evaluation: {summary['evaluation']}")
     console.print(
-        f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epochs for the final model)."
+        f"Run written to [bold]{summary['run']}[/bold] ({summary['epochs']} epoch{'' if summary['epochs'] == 1 else 's'} for the final model)."
     )
 
 

@@ -194,7 +194,11 @@ def _headline(summary: RunSummary) -> str:
     else:
         source = "on the validation split, at the best epoch"
     best = f"best epoch {summary.best_epoch}" if summary.best_epoch is not None else ""
-    run = f"{summary.epochs_run} epochs for the final model" if summary.epochs_run is not None else ""
+    run = (
+        f"{summary.epochs_run} epoch{'' if summary.epochs_run == 1 else 's'} for the final model"
+        if summary.epochs_run is not None
+        else ""
+    )
     note = "; ".join(x for x in (f"Headline metrics {source}", best, run) if x)
     return f'<div class="cards">{cards}</div><p class="muted">{_e(note)}.</p>'
 
