@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_size import ROOT, machine, measured  # noqa: E402
+from real_size import ROOT, machine, measured, tutorial_transforms  # noqa: E402
 
 
 def split_cohort(heads: Path, n_test: int, seed: int, work: Path) -> tuple[Path, Path]:
@@ -131,14 +131,6 @@ def tutorial_loop(
     import torch
     from monai.data import DataLoader, Dataset
     from monai.networks.nets import DenseNet121
-    from monai.transforms import (
-        Compose,
-        EnsureChannelFirstd,
-        LoadImaged,
-        RandRotate90d,
-        Resized,
-        ScaleIntensityd,
-    )
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     torch.manual_seed(0)
@@ -155,9 +147,7 @@ def tutorial_loop(
 
     train_items = items([r for r in rows if r["participant_id"] not in val_ids])
     val_items = items([r for r in rows if r["participant_id"] in val_ids])
-    base = [LoadImaged(keys=["img"]), EnsureChannelFirstd(keys=["img"]), ScaleIntensityd(keys=["img"])]
-    base.append(Resized(keys=["img"], spatial_size=size))
-    train_tf = Compose([*base, RandRotate90d(keys=["img"], prob=0.8, spatial_axes=[0, 2])])
+    train_tf, val_tf = tutorial_transforms(size)
     loader = DataLoader(Dataset(train_items, train_tf), batch_size=4, shuffle=True, num_workers=2)
     if network == "densenet121":
         model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=len(classes))
@@ -173,7 +163,7 @@ def tutorial_loop(
         model.eval()
         probabilities, labels, losses = [], [], []
         with torch.no_grad():
-            for batch in DataLoader(Dataset(subset, Compose(base)), batch_size=4, num_workers=2):
+            for batch in DataLoader(Dataset(subset, val_tf), batch_size=4, num_workers=2):
                 output = model(batch["img"])
                 losses.append(float(loss_fn(output, batch["label"])) * len(batch["label"]))
                 probabilities.append(torch.softmax(output, 1).numpy())

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,22 @@ def run_monai(manifest: Path, work: Path, size: list[int], val_fraction: float, 
     return result
 
 
+def tutorial_transforms(size: Sequence[int]) -> tuple[Any, Any]:
+    """The training and validation transforms of MONAI's densenet_training_dict.py, resizing to ``size``."""
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        RandRotate90d,
+        Resized,
+        ScaleIntensityd,
+    )
+
+    base = [LoadImaged(keys=["img"]), EnsureChannelFirstd(keys=["img"]), ScaleIntensityd(keys=["img"])]
+    base.append(Resized(keys=["img"], spatial_size=size))
+    return Compose([*base, RandRotate90d(keys=["img"], prob=0.8, spatial_axes=[0, 2])]), Compose(base)
+
+
 def monai_loop(
     manifest: Path,
     size: tuple[int, ...],
@@ -216,14 +233,6 @@ def monai_loop(
     import torch
     from monai.data import DataLoader, Dataset
     from monai.networks.nets import DenseNet121
-    from monai.transforms import (
-        Compose,
-        EnsureChannelFirstd,
-        LoadImaged,
-        RandRotate90d,
-        Resized,
-        ScaleIntensityd,
-    )
 
     torch.manual_seed(seed)
     with manifest.open() as handle:
@@ -233,11 +242,9 @@ def monai_loop(
     order = np.random.default_rng(seed).permutation(len(data))
     n_val = max(1, round(val_fraction * len(data)))
     val, train = [data[i] for i in order[:n_val]], [data[i] for i in order[n_val:]]
-    base = [LoadImaged(keys=["img"]), EnsureChannelFirstd(keys=["img"]), ScaleIntensityd(keys=["img"])]
-    base.append(Resized(keys=["img"], spatial_size=size))
-    train_tf = Compose([*base, RandRotate90d(keys=["img"], prob=0.8, spatial_axes=[0, 2])])
+    train_tf, val_tf = tutorial_transforms(size)
     loader = DataLoader(Dataset(train, train_tf), batch_size=4, shuffle=True, num_workers=2)
-    val_loader = DataLoader(Dataset(val, Compose(base)), batch_size=4, num_workers=2)
+    val_loader = DataLoader(Dataset(val, val_tf), batch_size=4, num_workers=2)
     if network == "densenet121":
         model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=len(classes))
     else:

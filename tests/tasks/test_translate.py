@@ -246,10 +246,12 @@ def test_training_participants_are_refused_by_evaluate_unless_allowed(trained: P
     assert result.exit_code == 2 and "--allow-overlap" in result.output
 
 
-def _pair_manifest(tmp_path: Path, target_affine: np.ndarray, target_shape=(16, 16, 16)) -> Path:
+def _pair_manifest(
+    tmp_path: Path, target_affine: np.ndarray, target_shape=(16, 16, 16), source_shape=(16, 16, 16)
+) -> Path:
     rows = []
     for k in range(4):
-        src = make_nifti(tmp_path / f"s{k}_T1w.nii.gz", shape=(16, 16, 16), seed=k)
+        src = make_nifti(tmp_path / f"s{k}_T1w.nii.gz", shape=source_shape, seed=k)
         tgt = make_nifti(tmp_path / f"s{k}_T2w.nii.gz", shape=target_shape, affine=target_affine, seed=10 + k)
         rows.append({"participant_id": f"sub-{k}", "t1": src.name, "t2": tgt.name})
     path = tmp_path / "pairs.tsv"
@@ -344,13 +346,8 @@ def test_two_processes_train_one_gan_run_through_ddp_wrappers(cohort: Path, tmp_
 
 
 def test_wide_fields_of_view_are_planned_down_to_whole_volume_side_without_cropping(tmp_path: Path, run_cli):
-    rows = []
-    for k in range(4):  # 160 mm along R at 1 mm: more than 128 voxels a side
-        src = make_nifti(tmp_path / f"s{k}_T1w.nii.gz", shape=(160, 16, 16), affine=np.eye(4), seed=k)
-        tgt = make_nifti(tmp_path / f"s{k}_T2w.nii.gz", shape=(160, 16, 16), affine=np.eye(4), seed=10 + k)
-        rows.append({"participant_id": f"sub-{k}", "t1": src.name, "t2": tgt.name})
-    manifest = tmp_path / "wide.tsv"
-    pd.DataFrame(rows).to_csv(manifest, sep="\t", index=False)
+    wide = (160, 16, 16)  # 160 mm along R at 1 mm: more than 128 voxels a side
+    manifest = _pair_manifest(tmp_path, np.eye(4), target_shape=wide, source_shape=wide)
     args = [
         "translate",
         "train",
