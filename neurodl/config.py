@@ -755,6 +755,19 @@ class GenerateOptions:
     width: int = option(16, "--width", help="Filters of the finest level of both networks.", panel=MODEL)
     lr_d: float = option(0.0, "--lr-d", help=_LR_D, panel=MODEL)
     slices: int = option(8, "--slices", help="2D: central axial slices per volume to learn.", panel=MODEL)
+    # A run whose config.json lacks these keys (made before they existed) keeps the old behaviour (0).
+    aux_weight: float = option(
+        1.0,
+        "--aux-weight",
+        help="Conditional: weight of the auxiliary-classifier loss (AC-GAN: the discriminator also names the condition of real images, and the generator is rewarded when it names the asked one in its samples); 0: projection only.",
+        panel=MODEL,
+    )
+    minibatch_std: int = option(
+        1,
+        "--minibatch-std",
+        help="1: the discriminator sees how much each batch of images varies (real and synthetic apart), against samples that all look alike; 0: off.",
+        panel=MODEL,
+    )
     test_fraction: float = option(
         0.0,
         "--test-fraction",
@@ -789,6 +802,10 @@ class GenerateOptions:
             )
         if self.lr_d < 0 or self.slices < 1:
             raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
+        if not 0 <= self.aux_weight <= 100 or self.minibatch_std not in (0, 1):
+            raise UsageError(
+                f"--aux-weight must be in [0, 100] and --minibatch-std 0 or 1 (got {self.aux_weight}, {self.minibatch_std})."
+            )
         if not 0 <= self.test_fraction < 0.9:
             raise UsageError(f"--test-fraction must be in [0, 0.9), not {self.test_fraction}.")
         sides = self.images.size[: self.dims] if len(self.images.size) == 3 else self.images.size

@@ -64,17 +64,28 @@ def trained(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def _tiny_module(gan_loss: str = "hinge", dims: int = 2) -> NoiseGAN:
+def _tiny_module(
+    gan_loss: str = "hinge", dims: int = 2, *, aux_weight: float = 0.0, minibatch_std: bool = False
+) -> NoiseGAN:
     torch.manual_seed(0)
     return NoiseGAN(
         create_model(
             "generate", "dcgan", spatial_dims=dims, size=[16] * dims, latent_dim=8, classes=2, width=4
         ),
-        create_model("gan_discriminator", "projection", spatial_dims=dims, classes=2, width=4),
+        create_model(
+            "gan_discriminator",
+            "projection",
+            spatial_dims=dims,
+            classes=2,
+            width=4,
+            auxiliary=aux_weight > 0,
+            minibatch_std=minibatch_std,
+        ),
         gan_loss=gan_loss,
         lr=1e-3,
         lr_d=1e-3,
         latent_dim=8,
+        aux_weight=aux_weight,
     )
 
 
@@ -97,9 +108,14 @@ def test_every_registered_generator_and_discriminator_runs_forward_and_backward(
             assert all(p.grad is not None for p in discriminator.parameters())
 
 
-@pytest.mark.parametrize("gan_loss", ["vanilla", "hinge"])
-def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(gan_loss: str):
-    module = _tiny_module(gan_loss)
+@pytest.mark.parametrize(
+    ("gan_loss", "aux_weight", "minibatch_std"),
+    [("vanilla", 0.0, False), ("hinge", 0.0, False), ("vanilla", 1.0, True), ("hinge", 0.5, False)],
+)
+def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
+    gan_loss: str, aux_weight: float, minibatch_std: bool
+):
+    module = _tiny_module(gan_loss, aux_weight=aux_weight, minibatch_std=minibatch_std)
     optimizers = {
         n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
         for n, (p, lr, _) in module.optimizer_groups().items()
@@ -125,8 +141,60 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(gan
 
     assert same(g0, g1) and not same(d0, d1), "the D step must move D only"
     assert same(d1, d2) and not same(g1, g2), "the G step must move G only"
-    assert set(out) == {"loss", "d_loss", "d_real", "d_fake"}
+    extra = {"d_aux", "g_aux", "d_class_real", "d_class_fake"} if aux_weight else set()
+    assert set(out) == {"loss", "d_loss", "d_real", "d_fake"} | extra
     assert all(p.requires_grad for p in module.discriminator.parameters())
+
+
+def test_the_auxiliary_loss_alone_moves_the_classifier_head_in_the_d_step_and_g_in_the_g_step():
+    """The D step's loss reaches the classifier head (not G); the G step's reaches G (not the frozen head)."""
+    module = _tiny_module("hinge", aux_weight=1.0)
+    real, labels = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 0, 1])
+    grads: dict[str, dict[str, torch.Tensor | None]] = {}
+
+    def step(name: str, loss: torch.Tensor) -> None:
+        for p in (*module.generator.parameters(), *module.discriminator.parameters()):
+            p.grad = None
+        loss.backward()
+        grads[name] = {
+            "head": module.discriminator.classifier.weight.grad,  # type: ignore[union-attr]
+            "g": next(module.generator.parameters()).grad,
+        }
+
+    module.training_step((real, labels), step)
+    assert grads["discriminator"]["head"] is not None and grads["discriminator"]["g"] is None
+    assert grads["generator"]["head"] is None and grads["generator"]["g"] is not None
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_auxiliary_head_gives_one_logit_per_class_and_minibatch_std_keeps_groups_apart(dims: int):
+    torch.manual_seed(0)
+    d = create_model(
+        "gan_discriminator",
+        "projection",
+        spatial_dims=dims,
+        classes=3,
+        width=4,
+        auxiliary=True,
+        minibatch_std=True,
+    )
+    x, labels = torch.randn(6, 1, *[16] * dims), torch.tensor([0, 1, 2, 0, 1, 2])
+    logits, classes = d(x, labels, groups=2, return_classes=True)
+    assert logits.shape == (6, 1) and classes.shape == (6, 3)
+    assert d(x, labels).shape == (6, 1)
+    with pytest.raises(ValueError, match="equal groups"):
+        d(x, labels, groups=4)
+    from neurodl.models.generators import minibatch_std
+
+    same = torch.zeros(3, 2, 4, 4)
+    varied = torch.randn(3, 2, 4, 4)
+    channel = minibatch_std(torch.cat([same, varied]), groups=2)
+    assert channel.shape == (6, 1, 4, 4)
+    assert float(channel[:3].max()) < 1e-3 < float(channel[3:].min()), "each group's spread on its own"
+    plain = create_model("gan_discriminator", "projection", spatial_dims=dims, classes=3, width=4)
+    assert plain.classifier is None and not plain.minibatch_std
+    with pytest.raises(ValueError, match="no auxiliary classifier"):
+        plain(x, labels, return_classes=True)
 
 
 def test_the_condition_changes_the_generated_image_and_the_discriminator_score():
@@ -255,13 +323,41 @@ def test_distances_are_zero_for_one_distribution_and_grow_with_a_shift():
     assert mean_pairwise_ms_ssim(same) > 0.99 > mean_pairwise_ms_ssim(varied)
 
 
+def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_networks(trained: Path):
+    from neurodl.config import GenerateOptions, from_dict, to_dict
+    from neurodl.tasks.generate import build_discriminator, model_spec
+
+    options = GenerateOptions(aux_weight=0.25, minibatch_std=0)
+    saved = json.loads(json.dumps(to_dict(options)))
+    again = from_dict(GenerateOptions, saved)
+    assert (again.aux_weight, again.minibatch_std) == (0.25, 0)
+    config = json.loads((trained / "config.json").read_text())["options"]
+    assert (config["aux_weight"], config["minibatch_std"]) == (1.0, 1)  # the defaults, recorded
+    spec = json.loads((trained / "preprocessing.json").read_text())["model"]
+    assert spec["auxiliary"] is True and spec["minibatch_std"] is True
+    trained_d = load_file(str(trained / "discriminator.safetensors"))
+    build_discriminator(spec).load_state_dict(trained_d)  # strict: the recorded layout
+    # A config.json from before the options: no head, no minibatch-std channel (the old weights' layout).
+    old = {k: v for k, v in saved.items() if k not in ("aux_weight", "minibatch_std")}
+    old_spec = model_spec(from_dict(GenerateOptions, old), [16, 16, 16], 2, old)
+    assert old_spec["auxiliary"] is False and old_spec["minibatch_std"] is False
+    old_d = build_discriminator(old_spec)
+    assert not any(k.startswith("classifier") for k in old_d.state_dict())
+    assert set(old_d.state_dict()) == set(trained_d) - {"classifier.weight", "classifier.bias"}
+    assert model_spec(options, [16, 16, 16], 0)["auxiliary"] is False  # unconditional: no classes to name
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("old_format", [False, True])
 def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
-    run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_format: bool
 ) -> None:
+    """Also for a run made before --aux-weight and --minibatch-std (its config.json lacks them)."""
     from neurodl.tasks import generate
 
     args = (*TINY, "--condition", "diagnosis", "--epochs", "3", "--seed", "2", "--deterministic")
+    if old_format:
+        args += ("--aux-weight", "0", "--minibatch-std", "0")
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert run_cli("generate", "train", cohort, *args, "--out", whole).exit_code == 0
 
@@ -276,6 +372,11 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     stopped = run_cli("generate", "train", cohort, *args, "--out", interrupted)
     assert stopped.exit_code == 130 and "neurodl generate train --resume" in stopped.stderr
     monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", original)
+    if old_format:
+        config = json.loads((interrupted / "config.json").read_text())
+        for key in ("aux_weight", "minibatch_std"):
+            del config["options"][key]
+        (interrupted / "config.json").write_text(json.dumps(config))
     resumed = run_cli("generate", "train", "--resume", "--out", interrupted, "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert list(pd.read_csv(interrupted / "history.csv")["epoch"]) == [1, 2, 3]
