@@ -757,7 +757,7 @@ class GenerateOptions:
     slices: int = option(8, "--slices", help="2D: central axial slices per volume to learn.", panel=MODEL)
     # A run whose config.json lacks these keys (made before they existed) keeps the old behaviour (0).
     aux_weight: float = option(
-        1.0,
+        5.0,
         "--aux-weight",
         help="Conditional: weight of the auxiliary-classifier loss (AC-GAN: the discriminator also names the condition of real images, and the generator is rewarded when it names the asked one in its samples); 0: projection only.",
         panel=MODEL,
@@ -766,6 +766,12 @@ class GenerateOptions:
         1,
         "--minibatch-std",
         help="1: the discriminator sees how much each batch of images varies (real and synthetic apart), against samples that all look alike; 0: off.",
+        panel=MODEL,
+    )
+    mode_seeking: float = option(
+        0.2,
+        "--mode-seeking",
+        help="Weight of the mode-seeking term: the generator is penalised when two noise vectors give alike images of one condition (against mode collapse); 0: off.",
         panel=MODEL,
     )
     test_fraction: float = option(
@@ -802,9 +808,10 @@ class GenerateOptions:
             )
         if self.lr_d < 0 or self.slices < 1:
             raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
-        if not 0 <= self.aux_weight <= 100 or self.minibatch_std not in (0, 1):
+        weights = (self.aux_weight, self.mode_seeking)
+        if not all(0 <= w <= 100 for w in weights) or self.minibatch_std not in (0, 1):
             raise UsageError(
-                f"--aux-weight must be in [0, 100] and --minibatch-std 0 or 1 (got {self.aux_weight}, {self.minibatch_std})."
+                f"--aux-weight and --mode-seeking must be in [0, 100], --minibatch-std 0 or 1 (got {self.aux_weight}, {self.mode_seeking}, {self.minibatch_std})."
             )
         if not 0 <= self.test_fraction < 0.9:
             raise UsageError(f"--test-fraction must be in [0, 0.9), not {self.test_fraction}.")

@@ -55,7 +55,10 @@ class NoiseGAN(AdversarialPair):
     the discriminator also learns to name the condition of real images (cross-entropy,
     times ``aux_weight``) and the generator is rewarded when it names the asked
     condition in its samples: the projection alone let the samples of one condition
-    look like the other's.
+    look like the other's. With ``mode_seeking`` > 0 the generator also draws a second
+    image of each asked condition from other noise and is penalised (times
+    ``mode_seeking``) by the inverse of their distance per unit of noise distance,
+    against samples that ignore the noise (mode collapse).
     """
 
     default_monitor = "train_loss"
@@ -70,12 +73,14 @@ class NoiseGAN(AdversarialPair):
         *,
         latent_dim: int,
         aux_weight: float = 0.0,
+        mode_seeking: float = 0.0,
         **losses: Any,
     ) -> None:
         """``losses``: the GAN loss and learning rates of :class:`~neurodl.tasks._gan.AdversarialPair`."""
         super().__init__(generator, discriminator, **losses)
         self.latent_dim = latent_dim
         self.aux_weight = aux_weight
+        self.mode_seeking = mode_seeking
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], step: Callable[[str, torch.Tensor], None]
@@ -84,7 +89,12 @@ class NoiseGAN(AdversarialPair):
         auxiliary = self.aux_weight > 0
         # Drawn from the global generator, which the engine seeds per epoch: a resumed run draws the same noise.
         z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
-        fake = self._train_generator(z, labels)
+        if self.mode_seeking > 0:
+            # Mode seeking (Mao et al. 2019): a second image of each asked condition from other noise.
+            z2 = torch.randn(real.shape[0], self.latent_dim, device=real.device)
+            fake, fake2 = self._train_generator(torch.cat([z, z2]), torch.cat([labels, labels])).chunk(2)
+        else:
+            fake = self._train_generator(z, labels)
         # Real and synthetic images in one forward pass (one DDP reduction; instance norm keeps samples
         # apart; the two halves are separate groups for a minibatch-std channel).
         extra: dict[str, Any] = {"groups": 2} if getattr(self.discriminator, "minibatch_std", False) else {}
@@ -119,6 +129,12 @@ class NoiseGAN(AdversarialPair):
                 metrics["d_class_fake"] = (fake_classes.detach().argmax(1) == labels).float().mean()
             else:
                 g_adversarial = g_loss = self._adversarial(self.discriminator(fake, labels), True, False)
+            if self.mode_seeking > 0:
+                # Two noise vectors, one condition: the generator is penalised when their images are alike
+                # (the inverse of the images' mean distance per unit of noise distance).
+                spread = (fake - fake2).abs().mean() / (z - z2).abs().mean()
+                g_loss = g_loss + self.mode_seeking / (spread + 1e-5)
+                metrics["g_spread"] = spread.detach()
             step("generator", g_loss)
         # "loss" is the generator's adversarial loss; d_real/d_fake: the share of real and
         # synthetic images the discriminator (before its step) judged correctly.
@@ -332,6 +348,8 @@ def train(training: Training) -> dict[str, Any]:
         lr_d=options.lr_d,
         latent_dim=options.latent_dim,
         aux_weight=options.aux_weight if spec["auxiliary"] else 0.0,
+        # A run from before --mode-seeking existed keeps the old loss.
+        mode_seeking=float(training.run.options.get("mode_seeking", 0.0)),
     )
     # The output starts at the training images' mean level (mostly background), not at 0.
     level = float(torch.stack([scale.normalize(volumes.pair(int(r))[1]).mean() for r in rows]).mean())

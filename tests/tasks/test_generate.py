@@ -65,7 +65,12 @@ def trained(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_module(
-    gan_loss: str = "hinge", dims: int = 2, *, aux_weight: float = 0.0, minibatch_std: bool = False
+    gan_loss: str = "hinge",
+    dims: int = 2,
+    *,
+    aux_weight: float = 0.0,
+    minibatch_std: bool = False,
+    mode_seeking: float = 0.0,
 ) -> NoiseGAN:
     torch.manual_seed(0)
     return NoiseGAN(
@@ -86,6 +91,7 @@ def _tiny_module(
         lr_d=1e-3,
         latent_dim=8,
         aux_weight=aux_weight,
+        mode_seeking=mode_seeking,
     )
 
 
@@ -109,13 +115,21 @@ def test_every_registered_generator_and_discriminator_runs_forward_and_backward(
 
 
 @pytest.mark.parametrize(
-    ("gan_loss", "aux_weight", "minibatch_std"),
-    [("vanilla", 0.0, False), ("hinge", 0.0, False), ("vanilla", 1.0, True), ("hinge", 0.5, False)],
+    ("gan_loss", "aux_weight", "minibatch_std", "mode_seeking"),
+    [
+        ("vanilla", 0.0, False, 0.0),
+        ("hinge", 0.0, False, 0.0),
+        ("vanilla", 1.0, True, 1.0),
+        ("hinge", 0.5, False, 0.0),
+        ("hinge", 0.0, True, 2.0),
+    ],
 )
 def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
-    gan_loss: str, aux_weight: float, minibatch_std: bool
+    gan_loss: str, aux_weight: float, minibatch_std: bool, mode_seeking: float
 ):
-    module = _tiny_module(gan_loss, aux_weight=aux_weight, minibatch_std=minibatch_std)
+    module = _tiny_module(
+        gan_loss, aux_weight=aux_weight, minibatch_std=minibatch_std, mode_seeking=mode_seeking
+    )
     optimizers = {
         n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
         for n, (p, lr, _) in module.optimizer_groups().items()
@@ -142,6 +156,7 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
     assert same(g0, g1) and not same(d0, d1), "the D step must move D only"
     assert same(d1, d2) and not same(g1, g2), "the G step must move G only"
     extra = {"d_aux", "g_aux", "d_class_real", "d_class_fake"} if aux_weight else set()
+    extra |= {"g_spread"} if mode_seeking else set()
     assert set(out) == {"loss", "d_loss", "d_real", "d_fake"} | extra
     assert all(p.requires_grad for p in module.discriminator.parameters())
 
@@ -327,18 +342,23 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
     from neurodl.config import GenerateOptions, from_dict, to_dict
     from neurodl.tasks.generate import build_discriminator, model_spec
 
-    options = GenerateOptions(aux_weight=0.25, minibatch_std=0)
+    options = GenerateOptions(aux_weight=0.25, minibatch_std=0, mode_seeking=0.5)
     saved = json.loads(json.dumps(to_dict(options)))
     again = from_dict(GenerateOptions, saved)
-    assert (again.aux_weight, again.minibatch_std) == (0.25, 0)
+    assert (again.aux_weight, again.minibatch_std, again.mode_seeking) == (0.25, 0, 0.5)
     config = json.loads((trained / "config.json").read_text())["options"]
-    assert (config["aux_weight"], config["minibatch_std"]) == (1.0, 1)  # the defaults, recorded
+    defaults = GenerateOptions()
+    assert (config["aux_weight"], config["minibatch_std"], config["mode_seeking"]) == (
+        defaults.aux_weight,
+        defaults.minibatch_std,
+        defaults.mode_seeking,
+    )  # recorded
     spec = json.loads((trained / "preprocessing.json").read_text())["model"]
     assert spec["auxiliary"] is True and spec["minibatch_std"] is True
     trained_d = load_file(str(trained / "discriminator.safetensors"))
     build_discriminator(spec).load_state_dict(trained_d)  # strict: the recorded layout
     # A config.json from before the options: no head, no minibatch-std channel (the old weights' layout).
-    old = {k: v for k, v in saved.items() if k not in ("aux_weight", "minibatch_std")}
+    old = {k: v for k, v in saved.items() if k not in ("aux_weight", "minibatch_std", "mode_seeking")}
     old_spec = model_spec(from_dict(GenerateOptions, old), [16, 16, 16], 2, old)
     assert old_spec["auxiliary"] is False and old_spec["minibatch_std"] is False
     old_d = build_discriminator(old_spec)
@@ -352,12 +372,12 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
 def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_format: bool
 ) -> None:
-    """Also for a run made before --aux-weight and --minibatch-std (its config.json lacks them)."""
+    """Also for a run made before --aux-weight, --minibatch-std and --mode-seeking (config.json lacks them)."""
     from neurodl.tasks import generate
 
     args = (*TINY, "--condition", "diagnosis", "--epochs", "3", "--seed", "2", "--deterministic")
     if old_format:
-        args += ("--aux-weight", "0", "--minibatch-std", "0")
+        args += ("--aux-weight", "0", "--minibatch-std", "0", "--mode-seeking", "0")
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert run_cli("generate", "train", cohort, *args, "--out", whole).exit_code == 0
 
@@ -374,7 +394,7 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", original)
     if old_format:
         config = json.loads((interrupted / "config.json").read_text())
-        for key in ("aux_weight", "minibatch_std"):
+        for key in ("aux_weight", "minibatch_std", "mode_seeking"):
             del config["options"][key]
         (interrupted / "config.json").write_text(json.dumps(config))
     resumed = run_cli("generate", "train", "--resume", "--out", interrupted, "--quiet")
