@@ -774,6 +774,12 @@ class GenerateOptions:
         help="Weight of the mode-seeking term: the generator is penalised when two noise vectors give alike images of one condition (against mode collapse); 0: off.",
         panel=MODEL,
     )
+    diff_augment: int = option(
+        1,
+        "--diff-augment",
+        help="1: the discriminator sees every image (real and synthetic) randomly flipped left-right and shifted (differentiable augmentation), so that on few images its condition head does not memorise them; 0: off.",
+        panel=MODEL,
+    )
     test_fraction: float = option(
         0.0,
         "--test-fraction",
@@ -809,9 +815,13 @@ class GenerateOptions:
         if self.lr_d < 0 or self.slices < 1:
             raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
         weights = (self.aux_weight, self.mode_seeking)
-        if not all(0 <= w <= 100 for w in weights) or self.minibatch_std not in (0, 1):
+        if (
+            not all(0 <= w <= 100 for w in weights)
+            or self.minibatch_std not in (0, 1)
+            or self.diff_augment not in (0, 1)
+        ):
             raise UsageError(
-                f"--aux-weight and --mode-seeking must be in [0, 100], --minibatch-std 0 or 1 (got {self.aux_weight}, {self.mode_seeking}, {self.minibatch_std})."
+                f"--aux-weight and --mode-seeking must be in [0, 100], --minibatch-std and --diff-augment 0 or 1 (got {self.aux_weight}, {self.mode_seeking}, {self.minibatch_std}, {self.diff_augment})."
             )
         if not 0 <= self.test_fraction < 0.9:
             raise UsageError(f"--test-fraction must be in [0, 0.9), not {self.test_fraction}.")

@@ -58,7 +58,11 @@ class NoiseGAN(AdversarialPair):
     look like the other's. With ``mode_seeking`` > 0 the generator also draws a second
     image of each asked condition from other noise and is penalised (times
     ``mode_seeking``) by the inverse of their distance per unit of noise distance,
-    against samples that ignore the noise (mode collapse).
+    against samples that ignore the noise (mode collapse). With ``diff_augment`` the
+    discriminator sees every image, real or synthetic, in both of its steps, randomly
+    flipped left-right and shifted (differentiable augmentation, Zhao et al. 2020):
+    on a few dozen images its condition head otherwise memorised them, and the
+    generator learnt to satisfy it with features no other classifier shares.
     """
 
     default_monitor = "train_loss"
@@ -74,6 +78,7 @@ class NoiseGAN(AdversarialPair):
         latent_dim: int,
         aux_weight: float = 0.0,
         mode_seeking: float = 0.0,
+        diff_augment: bool = False,
         **losses: Any,
     ) -> None:
         """``losses``: the GAN loss and learning rates of :class:`~neurodl.tasks._gan.AdversarialPair`."""
@@ -81,6 +86,7 @@ class NoiseGAN(AdversarialPair):
         self.latent_dim = latent_dim
         self.aux_weight = aux_weight
         self.mode_seeking = mode_seeking
+        self.diff_augment = diff_augment
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], step: Callable[[str, torch.Tensor], None]
@@ -101,7 +107,7 @@ class NoiseGAN(AdversarialPair):
         if auxiliary:
             extra["return_classes"] = True
         out = self._train_discriminator(
-            torch.cat([real, fake.detach()]), torch.cat([labels, labels]), **extra
+            self._augment(torch.cat([real, fake.detach()])), torch.cat([labels, labels]), **extra
         )
         logits, class_logits = out if auxiliary else (out, None)
         real_logits, fake_logits = logits.chunk(2)
@@ -120,7 +126,7 @@ class NoiseGAN(AdversarialPair):
         with self.frozen_discriminator():
             # The plain discriminator (not its DDP wrapper): its weights are frozen for this step.
             if auxiliary:
-                judged, fake_classes = self.discriminator(fake, labels, return_classes=True)
+                judged, fake_classes = self.discriminator(self._augment(fake), labels, return_classes=True)
                 g_adversarial = self._adversarial(judged, True, False)
                 g_aux = self._cross_entropy(fake_classes, labels)
                 g_loss = g_adversarial + self.aux_weight * g_aux
@@ -128,7 +134,9 @@ class NoiseGAN(AdversarialPair):
                 # The share of samples whose asked condition the discriminator (after its step) names.
                 metrics["d_class_fake"] = (fake_classes.detach().argmax(1) == labels).float().mean()
             else:
-                g_adversarial = g_loss = self._adversarial(self.discriminator(fake, labels), True, False)
+                g_adversarial = g_loss = self._adversarial(
+                    self.discriminator(self._augment(fake), labels), True, False
+                )
             if self.mode_seeking > 0:
                 # Two noise vectors, one condition: the generator is penalised when their images are alike
                 # (the inverse of the images' mean distance per unit of noise distance).
@@ -146,10 +154,31 @@ class NoiseGAN(AdversarialPair):
             **metrics,
         }
 
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """With ``diff_augment``: each image flipped left-right (p 0.5) and shifted by up to 1/8 of each side."""
+        return diff_augment(images) if self.diff_augment else images
+
     @staticmethod
     def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
+def diff_augment(images: torch.Tensor) -> torch.Tensor:
+    """Differentiable augmentation of a batch (N, C, *spatial): per image a left-right flip (first
+    spatial axis, p 0.5) and a circular shift of up to 1/8 of each side (the borders are background).
+
+    Drawn from the global generator, which the engine seeds per epoch.
+    """
+    sides = images.shape[2:]
+    flips = torch.rand(images.shape[0]) < 0.5
+    shifts = [torch.randint(-(s // 8), s // 8 + 1, (images.shape[0],)) for s in sides]
+    out = []
+    for i, image in enumerate(images):
+        if flips[i]:
+            image = image.flip(1)
+        out.append(image.roll([int(t[i]) for t in shifts], dims=list(range(1, len(sides) + 1))))
+    return torch.stack(out)
 
 
 class GanImages(torch.utils.data.Dataset):
@@ -350,6 +379,8 @@ def train(training: Training) -> dict[str, Any]:
         aux_weight=options.aux_weight if spec["auxiliary"] else 0.0,
         # A run from before --mode-seeking existed keeps the old loss.
         mode_seeking=float(training.run.options.get("mode_seeking", 0.0)),
+        # A run from before --diff-augment existed trains without it.
+        diff_augment=bool(training.run.options.get("diff_augment", 0)),
     )
     # The output starts at the training images' mean level (mostly background), not at 0.
     level = float(torch.stack([scale.normalize(volumes.pair(int(r))[1]).mean() for r in rows]).mean())

@@ -71,6 +71,7 @@ def _tiny_module(
     aux_weight: float = 0.0,
     minibatch_std: bool = False,
     mode_seeking: float = 0.0,
+    diff_augment: bool = False,
 ) -> NoiseGAN:
     torch.manual_seed(0)
     return NoiseGAN(
@@ -92,6 +93,7 @@ def _tiny_module(
         latent_dim=8,
         aux_weight=aux_weight,
         mode_seeking=mode_seeking,
+        diff_augment=diff_augment,
     )
 
 
@@ -115,20 +117,26 @@ def test_every_registered_generator_and_discriminator_runs_forward_and_backward(
 
 
 @pytest.mark.parametrize(
-    ("gan_loss", "aux_weight", "minibatch_std", "mode_seeking"),
+    ("gan_loss", "aux_weight", "minibatch_std", "mode_seeking", "diff_augment"),
     [
-        ("vanilla", 0.0, False, 0.0),
-        ("hinge", 0.0, False, 0.0),
-        ("vanilla", 1.0, True, 1.0),
-        ("hinge", 0.5, False, 0.0),
-        ("hinge", 0.0, True, 2.0),
+        ("vanilla", 0.0, False, 0.0, False),
+        ("hinge", 0.0, False, 0.0, False),
+        ("vanilla", 1.0, True, 1.0, True),
+        ("hinge", 0.5, False, 0.0, False),
+        ("hinge", 0.0, True, 2.0, False),
+        ("hinge", 5.0, True, 0.2, True),
+        ("vanilla", 0.0, False, 0.0, True),
     ],
 )
 def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
-    gan_loss: str, aux_weight: float, minibatch_std: bool, mode_seeking: float
+    gan_loss: str, aux_weight: float, minibatch_std: bool, mode_seeking: float, diff_augment: bool
 ):
     module = _tiny_module(
-        gan_loss, aux_weight=aux_weight, minibatch_std=minibatch_std, mode_seeking=mode_seeking
+        gan_loss,
+        aux_weight=aux_weight,
+        minibatch_std=minibatch_std,
+        mode_seeking=mode_seeking,
+        diff_augment=diff_augment,
     )
     optimizers = {
         n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
@@ -159,6 +167,24 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
     extra |= {"g_spread"} if mode_seeking else set()
     assert set(out) == {"loss", "d_loss", "d_real", "d_fake"} | extra
     assert all(p.requires_grad for p in module.discriminator.parameters())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_diff_augment_flips_and_shifts_each_image_and_lets_gradients_through(dims: int):
+    from neurodl.tasks.generate import diff_augment
+
+    torch.manual_seed(0)
+    images = torch.randn(16, 1, *[16] * dims, requires_grad=True)
+    out = diff_augment(images)
+    assert out.shape == images.shape
+    # Each image is a flipped and/or shifted copy of its own: the same values, rearranged.
+    for a, b in zip(images.detach(), out.detach(), strict=True):
+        assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)
+    assert not torch.equal(out, images), "16 images: some are flipped or shifted"
+    out.sum().backward()
+    assert images.grad is not None and torch.allclose(images.grad, torch.ones_like(images))
+    module = _tiny_module(dims=dims)
+    assert module._augment(images) is images, "off by default: the images as they are"
 
 
 def test_the_auxiliary_loss_alone_moves_the_classifier_head_in_the_d_step_and_g_in_the_g_step():
@@ -342,23 +368,25 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
     from neurodl.config import GenerateOptions, from_dict, to_dict
     from neurodl.tasks.generate import build_discriminator, model_spec
 
-    options = GenerateOptions(aux_weight=0.25, minibatch_std=0, mode_seeking=0.5)
+    options = GenerateOptions(aux_weight=0.25, minibatch_std=0, mode_seeking=0.5, diff_augment=0)
     saved = json.loads(json.dumps(to_dict(options)))
     again = from_dict(GenerateOptions, saved)
-    assert (again.aux_weight, again.minibatch_std, again.mode_seeking) == (0.25, 0, 0.5)
+    assert (again.aux_weight, again.minibatch_std, again.mode_seeking, again.diff_augment) == (
+        0.25,
+        0,
+        0.5,
+        0,
+    )
     config = json.loads((trained / "config.json").read_text())["options"]
     defaults = GenerateOptions()
-    assert (config["aux_weight"], config["minibatch_std"], config["mode_seeking"]) == (
-        defaults.aux_weight,
-        defaults.minibatch_std,
-        defaults.mode_seeking,
-    )  # recorded
+    keys = ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment")
+    assert tuple(config[k] for k in keys) == tuple(getattr(defaults, k) for k in keys)  # recorded
     spec = json.loads((trained / "preprocessing.json").read_text())["model"]
     assert spec["auxiliary"] is True and spec["minibatch_std"] is True
     trained_d = load_file(str(trained / "discriminator.safetensors"))
     build_discriminator(spec).load_state_dict(trained_d)  # strict: the recorded layout
     # A config.json from before the options: no head, no minibatch-std channel (the old weights' layout).
-    old = {k: v for k, v in saved.items() if k not in ("aux_weight", "minibatch_std", "mode_seeking")}
+    old = {k: v for k, v in saved.items() if k not in keys}
     old_spec = model_spec(from_dict(GenerateOptions, old), [16, 16, 16], 2, old)
     assert old_spec["auxiliary"] is False and old_spec["minibatch_std"] is False
     old_d = build_discriminator(old_spec)
@@ -372,12 +400,12 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
 def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_format: bool
 ) -> None:
-    """Also for a run made before --aux-weight, --minibatch-std and --mode-seeking (config.json lacks them)."""
+    """Also for a run made before --aux-weight, --minibatch-std, --mode-seeking and --diff-augment (config.json lacks them)."""
     from neurodl.tasks import generate
 
     args = (*TINY, "--condition", "diagnosis", "--epochs", "3", "--seed", "2", "--deterministic")
     if old_format:
-        args += ("--aux-weight", "0", "--minibatch-std", "0", "--mode-seeking", "0")
+        args += ("--aux-weight", "0", "--minibatch-std", "0", "--mode-seeking", "0", "--diff-augment", "0")
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert run_cli("generate", "train", cohort, *args, "--out", whole).exit_code == 0
 
@@ -394,7 +422,7 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", original)
     if old_format:
         config = json.loads((interrupted / "config.json").read_text())
-        for key in ("aux_weight", "minibatch_std", "mode_seeking"):
+        for key in ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment"):
             del config["options"][key]
         (interrupted / "config.json").write_text(json.dumps(config))
     resumed = run_cli("generate", "train", "--resume", "--out", interrupted, "--quiet")
