@@ -774,8 +774,14 @@ class GenerateOptions:
         help="Weight of the mode-seeking term: the generator is penalised when two noise vectors give alike images of one condition (against mode collapse); 0: off.",
         panel=MODEL,
     )
+    class_moments: float = option(
+        10.0,
+        "--class-moments",
+        help="Conditional: weight of the class-moment term: the generator is penalised by the squared distance between the mean of its samples of each condition and the mean real image of that condition in the batch (on a 4x coarser grid); 0: off.",
+        panel=MODEL,
+    )
     diff_augment: int = option(
-        1,
+        0,
         "--diff-augment",
         help="1: the discriminator sees every image (real and synthetic) randomly flipped left-right and shifted (differentiable augmentation), so that on few images its condition head does not memorise them; 0: off.",
         panel=MODEL,
@@ -814,14 +820,14 @@ class GenerateOptions:
             )
         if self.lr_d < 0 or self.slices < 1:
             raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
-        weights = (self.aux_weight, self.mode_seeking)
+        weights = (self.aux_weight, self.mode_seeking, self.class_moments)
         if (
             not all(0 <= w <= 100 for w in weights)
             or self.minibatch_std not in (0, 1)
             or self.diff_augment not in (0, 1)
         ):
             raise UsageError(
-                f"--aux-weight and --mode-seeking must be in [0, 100], --minibatch-std and --diff-augment 0 or 1 (got {self.aux_weight}, {self.mode_seeking}, {self.minibatch_std}, {self.diff_augment})."
+                f"--aux-weight, --mode-seeking and --class-moments must be in [0, 100], --minibatch-std and --diff-augment 0 or 1 (got {self.aux_weight}, {self.mode_seeking}, {self.class_moments}, {self.minibatch_std}, {self.diff_augment})."
             )
         if not 0 <= self.test_fraction < 0.9:
             raise UsageError(f"--test-fraction must be in [0, 0.9), not {self.test_fraction}.")

@@ -63,6 +63,11 @@ class NoiseGAN(AdversarialPair):
     flipped left-right and shifted (differentiable augmentation, Zhao et al. 2020):
     on a few dozen images its condition head otherwise memorised them, and the
     generator learnt to satisfy it with features no other classifier shares.
+    With ``class_moments`` > 0 the generator is also penalised (times ``class_moments``)
+    by the squared distance, on a grid coarsened 4 times per side, between the mean of
+    its samples of each condition and the mean of the batch's real images of that
+    condition: a signal of what tells the conditions apart that a few dozen images
+    cannot be memorised into.
     """
 
     default_monitor = "train_loss"
@@ -79,6 +84,7 @@ class NoiseGAN(AdversarialPair):
         aux_weight: float = 0.0,
         mode_seeking: float = 0.0,
         diff_augment: bool = False,
+        class_moments: float = 0.0,
         **losses: Any,
     ) -> None:
         """``losses``: the GAN loss and learning rates of :class:`~neurodl.tasks._gan.AdversarialPair`."""
@@ -87,6 +93,7 @@ class NoiseGAN(AdversarialPair):
         self.aux_weight = aux_weight
         self.mode_seeking = mode_seeking
         self.diff_augment = diff_augment
+        self.class_moments = class_moments
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], step: Callable[[str, torch.Tensor], None]
@@ -143,6 +150,10 @@ class NoiseGAN(AdversarialPair):
                 spread = (fake - fake2).abs().mean() / (z - z2).abs().mean()
                 g_loss = g_loss + self.mode_seeking / (spread + 1e-5)
                 metrics["g_spread"] = spread.detach()
+            if self.class_moments > 0:
+                moments = class_mean_distance(fake, real, labels)
+                g_loss = g_loss + self.class_moments * moments
+                metrics["g_moments"] = moments.detach()
             step("generator", g_loss)
         # "loss" is the generator's adversarial loss; d_real/d_fake: the share of real and
         # synthetic images the discriminator (before its step) judged correctly.
@@ -162,6 +173,17 @@ class NoiseGAN(AdversarialPair):
     def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
+def class_mean_distance(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the classes in ``labels`` of the squared distance between the mean synthetic and the
+    mean real image of that class (each image ``labels[i]``), on a grid coarsened 4 times per side."""
+    pool = torch.nn.functional.avg_pool3d if fake.dim() == 5 else torch.nn.functional.avg_pool2d
+    fake, real = pool(fake.float(), 4, ceil_mode=True), pool(real.float(), 4, ceil_mode=True)
+    distances = [
+        (fake[labels == c].mean(0) - real[labels == c].mean(0)).pow(2).mean() for c in labels.unique()
+    ]
+    return torch.stack(distances).mean()
 
 
 def diff_augment(images: torch.Tensor) -> torch.Tensor:
@@ -381,6 +403,8 @@ def train(training: Training) -> dict[str, Any]:
         mode_seeking=float(training.run.options.get("mode_seeking", 0.0)),
         # A run from before --diff-augment existed trains without it.
         diff_augment=bool(training.run.options.get("diff_augment", 0)),
+        # A run from before --class-moments existed trains without it; unconditional: one class.
+        class_moments=float(training.run.options.get("class_moments", 0.0)) if classes else 0.0,
     )
     # The output starts at the training images' mean level (mostly background), not at 0.
     level = float(torch.stack([scale.normalize(volumes.pair(int(r))[1]).mean() for r in rows]).mean())

@@ -72,6 +72,7 @@ def _tiny_module(
     minibatch_std: bool = False,
     mode_seeking: float = 0.0,
     diff_augment: bool = False,
+    class_moments: float = 0.0,
 ) -> NoiseGAN:
     torch.manual_seed(0)
     return NoiseGAN(
@@ -94,6 +95,7 @@ def _tiny_module(
         aux_weight=aux_weight,
         mode_seeking=mode_seeking,
         diff_augment=diff_augment,
+        class_moments=class_moments,
     )
 
 
@@ -117,19 +119,25 @@ def test_every_registered_generator_and_discriminator_runs_forward_and_backward(
 
 
 @pytest.mark.parametrize(
-    ("gan_loss", "aux_weight", "minibatch_std", "mode_seeking", "diff_augment"),
+    ("gan_loss", "aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments"),
     [
-        ("vanilla", 0.0, False, 0.0, False),
-        ("hinge", 0.0, False, 0.0, False),
-        ("vanilla", 1.0, True, 1.0, True),
-        ("hinge", 0.5, False, 0.0, False),
-        ("hinge", 0.0, True, 2.0, False),
-        ("hinge", 5.0, True, 0.2, True),
-        ("vanilla", 0.0, False, 0.0, True),
+        ("vanilla", 0.0, False, 0.0, False, 0.0),
+        ("hinge", 0.0, False, 0.0, False, 0.0),
+        ("vanilla", 1.0, True, 1.0, True, 0.0),
+        ("hinge", 0.5, False, 0.0, False, 0.0),
+        ("hinge", 0.0, True, 2.0, False, 0.0),
+        ("hinge", 5.0, True, 0.2, True, 50.0),
+        ("vanilla", 0.0, False, 0.0, True, 0.0),
+        ("vanilla", 0.0, False, 0.0, False, 10.0),
     ],
 )
 def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
-    gan_loss: str, aux_weight: float, minibatch_std: bool, mode_seeking: float, diff_augment: bool
+    gan_loss: str,
+    aux_weight: float,
+    minibatch_std: bool,
+    mode_seeking: float,
+    diff_augment: bool,
+    class_moments: float,
 ):
     module = _tiny_module(
         gan_loss,
@@ -137,6 +145,7 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
         minibatch_std=minibatch_std,
         mode_seeking=mode_seeking,
         diff_augment=diff_augment,
+        class_moments=class_moments,
     )
     optimizers = {
         n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
@@ -165,6 +174,7 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
     assert same(d1, d2) and not same(g1, g2), "the G step must move G only"
     extra = {"d_aux", "g_aux", "d_class_real", "d_class_fake"} if aux_weight else set()
     extra |= {"g_spread"} if mode_seeking else set()
+    extra |= {"g_moments"} if class_moments else set()
     assert set(out) == {"loss", "d_loss", "d_real", "d_fake"} | extra
     assert all(p.requires_grad for p in module.discriminator.parameters())
 
@@ -185,6 +195,22 @@ def test_diff_augment_flips_and_shifts_each_image_and_lets_gradients_through(dim
     assert images.grad is not None and torch.allclose(images.grad, torch.ones_like(images))
     module = _tiny_module(dims=dims)
     assert module._augment(images) is images, "off by default: the images as they are"
+
+
+def test_the_class_moment_distance_compares_each_class_with_its_own_real_images():
+    from neurodl.tasks.generate import class_mean_distance
+
+    torch.manual_seed(0)
+    real = torch.randn(4, 1, 16, 16, 16)
+    labels = torch.tensor([0, 1, 0, 1])
+    assert float(class_mean_distance(real, real, labels)) == 0.0
+    # Swapping the images of the two classes keeps the batch mean but not the class means.
+    swapped = real[[1, 0, 3, 2]].clone().requires_grad_(True)
+    distance = class_mean_distance(swapped, real, labels)
+    assert float(distance) > 0
+    distance.backward()
+    assert swapped.grad is not None and swapped.grad.abs().sum() > 0
+    assert float(class_mean_distance(real[:, :, 0], real[:, :, 0], labels)) == 0.0  # 2D
 
 
 def test_the_auxiliary_loss_alone_moves_the_classifier_head_in_the_d_step_and_g_in_the_g_step():
@@ -368,18 +394,15 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
     from neurodl.config import GenerateOptions, from_dict, to_dict
     from neurodl.tasks.generate import build_discriminator, model_spec
 
-    options = GenerateOptions(aux_weight=0.25, minibatch_std=0, mode_seeking=0.5, diff_augment=0)
+    options = GenerateOptions(
+        aux_weight=0.25, minibatch_std=0, mode_seeking=0.5, diff_augment=1, class_moments=3.0
+    )
     saved = json.loads(json.dumps(to_dict(options)))
     again = from_dict(GenerateOptions, saved)
-    assert (again.aux_weight, again.minibatch_std, again.mode_seeking, again.diff_augment) == (
-        0.25,
-        0,
-        0.5,
-        0,
-    )
+    keys = ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments")
+    assert tuple(getattr(again, k) for k in keys) == (0.25, 0, 0.5, 1, 3.0)
     config = json.loads((trained / "config.json").read_text())["options"]
     defaults = GenerateOptions()
-    keys = ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment")
     assert tuple(config[k] for k in keys) == tuple(getattr(defaults, k) for k in keys)  # recorded
     spec = json.loads((trained / "preprocessing.json").read_text())["model"]
     assert spec["auxiliary"] is True and spec["minibatch_std"] is True
@@ -400,12 +423,13 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
 def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_format: bool
 ) -> None:
-    """Also for a run made before --aux-weight, --minibatch-std, --mode-seeking and --diff-augment (config.json lacks them)."""
+    """Also for a run made before --aux-weight, --minibatch-std, --mode-seeking, --diff-augment and --class-moments (config.json lacks them)."""
     from neurodl.tasks import generate
 
     args = (*TINY, "--condition", "diagnosis", "--epochs", "3", "--seed", "2", "--deterministic")
     if old_format:
         args += ("--aux-weight", "0", "--minibatch-std", "0", "--mode-seeking", "0", "--diff-augment", "0")
+        args += ("--class-moments", "0")
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert run_cli("generate", "train", cohort, *args, "--out", whole).exit_code == 0
 
@@ -422,7 +446,7 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", original)
     if old_format:
         config = json.loads((interrupted / "config.json").read_text())
-        for key in ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment"):
+        for key in ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments"):
             del config["options"][key]
         (interrupted / "config.json").write_text(json.dumps(config))
     resumed = run_cli("generate", "train", "--resume", "--out", interrupted, "--quiet")
