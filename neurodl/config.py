@@ -775,7 +775,7 @@ class GenerateOptions:
         panel=MODEL,
     )
     class_moments: float = option(
-        10.0,
+        0.0,
         "--class-moments",
         help="Conditional: weight of the class-moment term: the generator is penalised by the squared distance between the mean of its samples of each condition and the mean real image of that condition in the batch (on a 4x coarser grid); 0: off.",
         panel=MODEL,
