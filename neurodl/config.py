@@ -769,19 +769,19 @@ class GenerateOptions:
         panel=MODEL,
     )
     mode_seeking: float = option(
-        0.2,
+        0.1,
         "--mode-seeking",
         help="Weight of the mode-seeking term: the generator is penalised when two noise vectors give alike images of one condition (against mode collapse); 0: off.",
         panel=MODEL,
     )
     class_moments: float = option(
-        0.0,
+        100.0,
         "--class-moments",
         help="Conditional: weight of the class-moment term: the generator is penalised by the squared distance between the mean of its samples of each condition and the mean real image of that condition in the batch (on a 4x coarser grid); 0: off.",
         panel=MODEL,
     )
     diff_augment: int = option(
-        0,
+        1,
         "--diff-augment",
         help="1: the discriminator sees every image (real and synthetic) randomly flipped left-right and shifted (differentiable augmentation), so that on few images its condition head does not memorise them; 0: off.",
         panel=MODEL,
