@@ -151,6 +151,37 @@ class GenerateOptions:
     width: int = option(16, "--width", help="Filters of the finest level of both networks.", panel=MODEL)
     lr_d: float = option(0.0, "--lr-d", help=_LR_D, panel=MODEL)
     slices: int = option(8, "--slices", help="2D: central axial slices per volume to learn.", panel=MODEL)
+    # A run whose config.json lacks these keys (made before they existed) keeps the old behaviour (0).
+    aux_weight: float = option(
+        5.0,
+        "--aux-weight",
+        help="Conditional: weight of the auxiliary-classifier loss (AC-GAN: the discriminator also names the condition of real images, and the generator is rewarded when it names the asked one in its samples); 0: projection only.",
+        panel=MODEL,
+    )
+    minibatch_std: int = option(
+        1,
+        "--minibatch-std",
+        help="1: the discriminator sees how much each batch of images varies (real and synthetic apart), against samples that all look alike; 0: off.",
+        panel=MODEL,
+    )
+    mode_seeking: float = option(
+        0.1,
+        "--mode-seeking",
+        help="Weight of the mode-seeking term: the generator is penalised when two noise vectors give alike images of one condition (against mode collapse); 0: off.",
+        panel=MODEL,
+    )
+    class_moments: float = option(
+        100.0,
+        "--class-moments",
+        help="Conditional: weight of the class-moment term: the generator is penalised by the squared distance between the mean of its samples of each condition and the mean real image of that condition in the batch (on a 4x coarser grid); 0: off.",
+        panel=MODEL,
+    )
+    diff_augment: int = option(
+        1,
+        "--diff-augment",
+        help="1: the discriminator sees every image (real and synthetic) randomly flipped left-right and shifted (differentiable augmentation), so that on few images its condition head does not memorise them; 0: off.",
+        panel=MODEL,
+    )
     test_fraction: float = option(
         0.0,
         "--test-fraction",
@@ -185,6 +216,15 @@ class GenerateOptions:
             )
         if self.lr_d < 0 or self.slices < 1:
             raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
+        weights = (self.aux_weight, self.mode_seeking, self.class_moments)
+        if (
+            not all(0 <= w <= 100 for w in weights)
+            or self.minibatch_std not in (0, 1)
+            or self.diff_augment not in (0, 1)
+        ):
+            raise UsageError(
+                f"--aux-weight, --mode-seeking and --class-moments must be in [0, 100], --minibatch-std and --diff-augment 0 or 1 (got {self.aux_weight}, {self.mode_seeking}, {self.class_moments}, {self.minibatch_std}, {self.diff_augment})."
+            )
         if not 0 <= self.test_fraction < 0.9:
             raise UsageError(f"--test-fraction must be in [0, 0.9), not {self.test_fraction}.")
         sides = self.images.size[: self.dims] if len(self.images.size) == 3 else self.images.size

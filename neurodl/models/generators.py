@@ -6,7 +6,10 @@ in the range -1..1, and has ``start_at(level)`` (its output starts near the trai
 images' mean). A discriminator maps an image (and the class index) to one logit
 per image. Conditioning: one generator for every class, the class entering as a
 learned embedding concatenated to the noise; the discriminator is a projection
-discriminator (Miyato & Koyama 2018): ``linear(h) + <embed(y), h>`` of its pooled features.
+discriminator (Miyato & Koyama 2018): ``linear(h) + <embed(y), h>`` of its pooled features,
+optionally with an auxiliary classifier head (AC-GAN, Odena et al. 2017: ``classes`` logits
+from the same pooled features) and a minibatch-standard-deviation channel (Karras et al.
+2018: the spread of features across the batch, which lets it see samples that all look alike).
 """
 
 from __future__ import annotations
@@ -94,18 +97,29 @@ class ProjectionDiscriminator(nn.Module):
         torch.Size([3, 1])
     """
 
-    def __init__(self, spatial_dims: int, classes: int = 0, width: int = 16, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        classes: int = 0,
+        width: int = 16,
+        in_channels: int = 1,
+        auxiliary: bool = False,
+        minibatch_std: bool = False,
+    ) -> None:
         from monai.networks.blocks import Convolution  # heavy: only when a model is built
 
         super().__init__()
         blocks: list[nn.Module] = []
         channels = in_channels
+        self.minibatch_std = minibatch_std
         for level in range(LEVELS + 1):
             filters = width * 2**level
+            # The minibatch-std channel joins the input of the last block (the coarsest grid).
+            extra = 1 if minibatch_std and level == LEVELS else 0
             blocks.append(
                 Convolution(
                     spatial_dims,
-                    channels,
+                    channels + extra,
                     filters,
                     # Three halvings (a side of 8 ends at 1), then a last block at that resolution.
                     strides=2 if level < LEVELS else 1,
@@ -122,15 +136,53 @@ class ProjectionDiscriminator(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.linear = nn.Linear(channels, 1)
         self.embed = nn.Embedding(classes, channels) if classes else None
+        # AC-GAN: the discriminator also names the class of an image, from the same pooled features.
+        self.classifier = nn.Linear(channels, classes) if auxiliary and classes else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x).flatten(2).mean(dim=2)
+    def forward(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        groups: int = 1,
+        return_classes: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One logit per image (real: positive); with ``return_classes`` also (N, classes) class logits.
+
+        ``groups``: the batch is that many equal consecutive parts (e.g. real images, then
+        synthetic ones) whose minibatch standard deviations are computed apart.
+        """
+        h = x
+        for index, block in enumerate(self.features):
+            if self.minibatch_std and index == LEVELS:
+                h = torch.cat([h, minibatch_std(h, groups)], dim=1)
+            h = block(h)
+        h = h.flatten(2).mean(dim=2)
         out = self.linear(h)
         if self.embed is not None:
             if labels is None:
                 raise ValueError("a conditional discriminator needs the class of each image")
             out = out + (self.embed(labels) * h).sum(dim=1, keepdim=True)
-        return out
+        if not return_classes:
+            return out
+        if self.classifier is None:
+            raise ValueError("this discriminator has no auxiliary classifier (auxiliary=True, classes > 0)")
+        return out, self.classifier(h)
+
+
+def minibatch_std(h: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """A (N, 1, ...) channel: per group of the batch, the mean standard deviation of ``h`` across its images.
+
+    Images that all look alike give a small value, which the discriminator can learn to
+    call synthetic: the generator is pushed to vary. The batch is ``groups`` equal parts.
+    """
+    n = h.shape[0]
+    if groups < 1 or n % groups:
+        raise ValueError(f"a batch of {n} does not split into {groups} equal groups")
+    parts = h.float().reshape(groups, n // groups, *h.shape[1:])
+    spread = (parts.var(dim=1, unbiased=False) + 1e-8).sqrt().flatten(1).mean(dim=1)  # (groups,)
+    value = spread.repeat_interleave(n // groups).to(h.dtype)
+    return value.reshape(n, *[1] * (h.ndim - 1)).expand(n, 1, *h.shape[2:])
 
 
 @register_model(
@@ -151,7 +203,15 @@ def dcgan(
 @register_model(
     "gan_discriminator",
     "projection",
-    "projection discriminator (strided MONAI convolutions, leaky ReLU, mean pooling, class-embedding projection)",
+    "projection discriminator (strided MONAI convolutions, leaky ReLU, mean pooling, class-embedding projection; optional auxiliary classifier head and minibatch-std channel)",
 )
-def projection(spatial_dims: int = 3, classes: int = 0, width: int = 16) -> ProjectionDiscriminator:
-    return ProjectionDiscriminator(spatial_dims, classes, width)
+def projection(
+    spatial_dims: int = 3,
+    classes: int = 0,
+    width: int = 16,
+    auxiliary: bool = False,
+    minibatch_std: bool = False,
+) -> ProjectionDiscriminator:
+    return ProjectionDiscriminator(
+        spatial_dims, classes, width, auxiliary=auxiliary, minibatch_std=minibatch_std
+    )

@@ -64,17 +64,38 @@ def trained(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def _tiny_module(gan_loss: str = "hinge", dims: int = 2) -> NoiseGAN:
+def _tiny_module(
+    gan_loss: str = "hinge",
+    dims: int = 2,
+    *,
+    aux_weight: float = 0.0,
+    minibatch_std: bool = False,
+    mode_seeking: float = 0.0,
+    diff_augment: bool = False,
+    class_moments: float = 0.0,
+) -> NoiseGAN:
     torch.manual_seed(0)
     return NoiseGAN(
         create_model(
             "generate", "dcgan", spatial_dims=dims, size=[16] * dims, latent_dim=8, classes=2, width=4
         ),
-        create_model("gan_discriminator", "projection", spatial_dims=dims, classes=2, width=4),
+        create_model(
+            "gan_discriminator",
+            "projection",
+            spatial_dims=dims,
+            classes=2,
+            width=4,
+            auxiliary=aux_weight > 0,
+            minibatch_std=minibatch_std,
+        ),
         gan_loss=gan_loss,
         lr=1e-3,
         lr_d=1e-3,
         latent_dim=8,
+        aux_weight=aux_weight,
+        mode_seeking=mode_seeking,
+        diff_augment=diff_augment,
+        class_moments=class_moments,
     )
 
 
@@ -97,9 +118,35 @@ def test_every_registered_generator_and_discriminator_runs_forward_and_backward(
             assert all(p.grad is not None for p in discriminator.parameters())
 
 
-@pytest.mark.parametrize("gan_loss", ["vanilla", "hinge"])
-def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(gan_loss: str):
-    module = _tiny_module(gan_loss)
+@pytest.mark.parametrize(
+    ("gan_loss", "aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments"),
+    [
+        ("vanilla", 0.0, False, 0.0, False, 0.0),
+        ("hinge", 0.0, False, 0.0, False, 0.0),
+        ("vanilla", 1.0, True, 1.0, True, 0.0),
+        ("hinge", 0.5, False, 0.0, False, 0.0),
+        ("hinge", 0.0, True, 2.0, False, 0.0),
+        ("hinge", 5.0, True, 0.2, True, 50.0),
+        ("vanilla", 0.0, False, 0.0, True, 0.0),
+        ("vanilla", 0.0, False, 0.0, False, 10.0),
+    ],
+)
+def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
+    gan_loss: str,
+    aux_weight: float,
+    minibatch_std: bool,
+    mode_seeking: float,
+    diff_augment: bool,
+    class_moments: float,
+):
+    module = _tiny_module(
+        gan_loss,
+        aux_weight=aux_weight,
+        minibatch_std=minibatch_std,
+        mode_seeking=mode_seeking,
+        diff_augment=diff_augment,
+        class_moments=class_moments,
+    )
     optimizers = {
         n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
         for n, (p, lr, _) in module.optimizer_groups().items()
@@ -125,8 +172,96 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(gan
 
     assert same(g0, g1) and not same(d0, d1), "the D step must move D only"
     assert same(d1, d2) and not same(g1, g2), "the G step must move G only"
-    assert set(out) == {"loss", "d_loss", "d_real", "d_fake"}
+    extra = {"d_aux", "g_aux", "d_class_real", "d_class_fake"} if aux_weight else set()
+    extra |= {"g_spread"} if mode_seeking else set()
+    extra |= {"g_moments"} if class_moments else set()
+    assert set(out) == {"loss", "d_loss", "d_real", "d_fake"} | extra
     assert all(p.requires_grad for p in module.discriminator.parameters())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_diff_augment_flips_and_shifts_each_image_and_lets_gradients_through(dims: int):
+    from neurodl.tasks.generate import diff_augment
+
+    torch.manual_seed(0)
+    images = torch.randn(16, 1, *[16] * dims, requires_grad=True)
+    out = diff_augment(images)
+    assert out.shape == images.shape
+    # Each image is a flipped and/or shifted copy of its own: the same values, rearranged.
+    for a, b in zip(images.detach(), out.detach(), strict=True):
+        assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)
+    assert not torch.equal(out, images), "16 images: some are flipped or shifted"
+    out.sum().backward()
+    assert images.grad is not None and torch.allclose(images.grad, torch.ones_like(images))
+    module = _tiny_module(dims=dims)
+    assert module._augment(images) is images, "off by default: the images as they are"
+
+
+def test_the_class_moment_distance_compares_each_class_with_its_own_real_images():
+    from neurodl.tasks.generate import class_mean_distance
+
+    torch.manual_seed(0)
+    real = torch.randn(4, 1, 16, 16, 16)
+    labels = torch.tensor([0, 1, 0, 1])
+    assert float(class_mean_distance(real, real, labels)) == 0.0
+    # Swapping the images of the two classes keeps the batch mean but not the class means.
+    swapped = real[[1, 0, 3, 2]].clone().requires_grad_(True)
+    distance = class_mean_distance(swapped, real, labels)
+    assert float(distance.detach()) > 0
+    distance.backward()
+    assert swapped.grad is not None and swapped.grad.abs().sum() > 0
+    assert float(class_mean_distance(real[:, :, 0], real[:, :, 0], labels)) == 0.0  # 2D
+
+
+def test_the_auxiliary_loss_alone_moves_the_classifier_head_in_the_d_step_and_g_in_the_g_step():
+    """The D step's loss reaches the classifier head (not G); the G step's reaches G (not the frozen head)."""
+    module = _tiny_module("hinge", aux_weight=1.0)
+    real, labels = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 0, 1])
+    grads: dict[str, dict[str, torch.Tensor | None]] = {}
+
+    def step(name: str, loss: torch.Tensor) -> None:
+        for p in (*module.generator.parameters(), *module.discriminator.parameters()):
+            p.grad = None
+        loss.backward()
+        grads[name] = {
+            "head": module.discriminator.classifier.weight.grad,  # type: ignore[union-attr]
+            "g": next(module.generator.parameters()).grad,
+        }
+
+    module.training_step((real, labels), step)
+    assert grads["discriminator"]["head"] is not None and grads["discriminator"]["g"] is None
+    assert grads["generator"]["head"] is None and grads["generator"]["g"] is not None
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_auxiliary_head_gives_one_logit_per_class_and_minibatch_std_keeps_groups_apart(dims: int):
+    torch.manual_seed(0)
+    d = create_model(
+        "gan_discriminator",
+        "projection",
+        spatial_dims=dims,
+        classes=3,
+        width=4,
+        auxiliary=True,
+        minibatch_std=True,
+    )
+    x, labels = torch.randn(6, 1, *[16] * dims), torch.tensor([0, 1, 2, 0, 1, 2])
+    logits, classes = d(x, labels, groups=2, return_classes=True)
+    assert logits.shape == (6, 1) and classes.shape == (6, 3)
+    assert d(x, labels).shape == (6, 1)
+    with pytest.raises(ValueError, match="equal groups"):
+        d(x, labels, groups=4)
+    from neurodl.models.generators import minibatch_std
+
+    same = torch.zeros(3, 2, 4, 4)
+    varied = torch.randn(3, 2, 4, 4)
+    channel = minibatch_std(torch.cat([same, varied]), groups=2)
+    assert channel.shape == (6, 1, 4, 4)
+    assert float(channel[:3].max()) < 1e-3 < float(channel[3:].min()), "each group's spread on its own"
+    plain = create_model("gan_discriminator", "projection", spatial_dims=dims, classes=3, width=4)
+    assert plain.classifier is None and not plain.minibatch_std
+    with pytest.raises(ValueError, match="no auxiliary classifier"):
+        plain(x, labels, return_classes=True)
 
 
 def test_the_condition_changes_the_generated_image_and_the_discriminator_score():
@@ -255,13 +390,46 @@ def test_distances_are_zero_for_one_distribution_and_grow_with_a_shift():
     assert mean_pairwise_ms_ssim(same) > 0.99 > mean_pairwise_ms_ssim(varied)
 
 
+def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_networks(trained: Path):
+    from neurodl.config import GenerateOptions, from_dict, to_dict
+    from neurodl.tasks.generate import build_discriminator, model_spec
+
+    options = GenerateOptions(
+        aux_weight=0.25, minibatch_std=0, mode_seeking=0.5, diff_augment=1, class_moments=3.0
+    )
+    saved = json.loads(json.dumps(to_dict(options)))
+    again = from_dict(GenerateOptions, saved)
+    keys = ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments")
+    assert tuple(getattr(again, k) for k in keys) == (0.25, 0, 0.5, 1, 3.0)
+    config = json.loads((trained / "config.json").read_text())["options"]
+    defaults = GenerateOptions()
+    assert tuple(config[k] for k in keys) == tuple(getattr(defaults, k) for k in keys)  # recorded
+    spec = json.loads((trained / "preprocessing.json").read_text())["model"]
+    assert spec["auxiliary"] is True and spec["minibatch_std"] is True
+    trained_d = load_file(str(trained / "discriminator.safetensors"))
+    build_discriminator(spec).load_state_dict(trained_d)  # strict: the recorded layout
+    # A config.json from before the options: no head, no minibatch-std channel (the old weights' layout).
+    old = {k: v for k, v in saved.items() if k not in keys}
+    old_spec = model_spec(from_dict(GenerateOptions, old), [16, 16, 16], 2, old)
+    assert old_spec["auxiliary"] is False and old_spec["minibatch_std"] is False
+    old_d = build_discriminator(old_spec)
+    assert not any(k.startswith("classifier") for k in old_d.state_dict())
+    assert set(old_d.state_dict()) == set(trained_d) - {"classifier.weight", "classifier.bias"}
+    assert model_spec(options, [16, 16, 16], 0)["auxiliary"] is False  # unconditional: no classes to name
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("old_format", [False, True])
 def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
-    run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_format: bool
 ) -> None:
+    """Also for a run made before --aux-weight, --minibatch-std, --mode-seeking, --diff-augment and --class-moments (config.json lacks them)."""
     from neurodl.tasks import generate
 
     args = (*TINY, "--condition", "diagnosis", "--epochs", "3", "--seed", "2", "--deterministic")
+    if old_format:
+        args += ("--aux-weight", "0", "--minibatch-std", "0", "--mode-seeking", "0", "--diff-augment", "0")
+        args += ("--class-moments", "0")
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert run_cli("generate", "train", cohort, *args, "--out", whole).exit_code == 0
 
@@ -276,6 +444,11 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     stopped = run_cli("generate", "train", cohort, *args, "--out", interrupted)
     assert stopped.exit_code == 130 and "neurodl generate train --resume" in stopped.stderr
     monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", original)
+    if old_format:
+        config = json.loads((interrupted / "config.json").read_text())
+        for key in ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments"):
+            del config["options"][key]
+        (interrupted / "config.json").write_text(json.dumps(config))
     resumed = run_cli("generate", "train", "--resume", "--out", interrupted, "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert list(pd.read_csv(interrupted / "history.csv")["epoch"]) == [1, 2, 3]
