@@ -259,11 +259,9 @@ def _pair_manifest(
     return path
 
 
-@pytest.mark.slow
-def test_a_target_on_another_grid_is_refused_unless_resample_target(tmp_path: Path, run_cli):
-    shifted = np.diag([2.0, 2.0, 2.0, 1.0])
-    manifest = _pair_manifest(tmp_path, shifted, target_shape=(8, 8, 8))
-    args = [
+def _one_epoch(manifest: Path) -> list:
+    """``translate train`` of t1 -> t2 on ``manifest``: one epoch of the smallest networks."""
+    return [
         "translate",
         "train",
         manifest,
@@ -275,8 +273,14 @@ def test_a_target_on_another_grid_is_refused_unless_resample_target(tmp_path: Pa
         "1",
         "--width",
         "4",
-        "--quiet",
     ]
+
+
+@pytest.mark.slow
+def test_a_target_on_another_grid_is_refused_unless_resample_target(tmp_path: Path, run_cli):
+    shifted = np.diag([2.0, 2.0, 2.0, 1.0])
+    manifest = _pair_manifest(tmp_path, shifted, target_shape=(8, 8, 8))
+    args = [*_one_epoch(manifest), "--quiet"]
     refused = run_cli(*args, "--out", tmp_path / "run")
     assert refused.exit_code == 2
     assert "s0_T2w.nii.gz" in refused.output and "--resample-target" in refused.output
@@ -348,19 +352,7 @@ def test_two_processes_train_one_gan_run_through_ddp_wrappers(cohort: Path, tmp_
 def test_wide_fields_of_view_are_planned_down_to_whole_volume_side_without_cropping(tmp_path: Path, run_cli):
     wide = (160, 16, 16)  # 160 mm along R at 1 mm: more than 128 voxels a side
     manifest = _pair_manifest(tmp_path, np.eye(4), target_shape=wide, source_shape=wide)
-    args = [
-        "translate",
-        "train",
-        manifest,
-        "--source",
-        "t1",
-        "--target",
-        "t2",
-        "--epochs",
-        "1",
-        "--width",
-        "4",
-    ]
+    args = _one_epoch(manifest)
     result = run_cli(*args, "--quiet", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     images = json.loads((tmp_path / "run" / "preprocessing.json").read_text())["images"]
