@@ -117,7 +117,6 @@ def tune(
     from neurodl.tracking.extras import require_extra
 
     require_extra("optuna", "neurodl tune")
-    from neurodl.engine.loop import monitor_mode  # heavy (torch): only when the command runs
     from neurodl.tune.results import write_results
     from neurodl.tune.space import SearchSpace
     from neurodl.tune.study import (
@@ -159,16 +158,7 @@ def tune(
     options = build_options(spec, base, source=str(config) if config else "options")
     base = typed_values(options, [k.replace("-", "_") for k in base])
     monitor = spec.monitor(options)
-    setup = TuneSetup(
-        task=spec,
-        source=source,
-        base=base,
-        space=search,
-        out=out,
-        monitor=monitor,
-        direction="minimize" if monitor_mode(monitor) == "min" else "maximize",
-        pruner=pruner,
-    )
+    setup = TuneSetup(spec, source, base, search, out, monitor, pruner)
     out.mkdir(parents=True, exist_ok=True)
     console = err_console()
 

@@ -226,8 +226,14 @@ class TuneSetup:
     space: SearchSpace
     out: Path
     monitor: str
-    direction: str
     pruner: str = "median"
+
+    @property
+    def direction(self) -> str:
+        """The study's direction: ``minimize`` a loss or error, ``maximize`` a score (as the monitor's mode)."""
+        from neurodl.engine.loop import monitor_mode  # heavy (torch): only when a study is opened
+
+        return "minimize" if monitor_mode(self.monitor) == "min" else "maximize"
 
 
 def run_trial(setup: TuneSetup, trial: Any, console: Any = None) -> float:

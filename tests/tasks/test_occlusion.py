@@ -23,14 +23,12 @@ class CountingModel(torch.nn.Module):
 def test_one_image_needs_a_few_hundred_forward_passes_at_any_size(shape):
     from monai.visualize import OcclusionSensitivity
 
-    mask, overlap, n_batch = occlusion_settings(shape)
+    settings = occlusion_settings(shape)
     model = CountingModel()
-    occlusion = OcclusionSensitivity(
-        model, mask_size=mask, overlap=overlap, n_batch=n_batch, verbose=False, activate=False
-    )
+    occlusion = OcclusionSensitivity(model, verbose=False, activate=False, **settings)
     with torch.no_grad():
         heat, _ = occlusion(torch.randn(1, 1, *shape))
 
     assert heat.shape[2:] == shape
     assert model.images <= 400  # MONAI's defaults as used before: 3,375 at 48^3
-    assert n_batch > 1  # occluded copies go through the network in batches
+    assert settings["n_batch"] > 1  # occluded copies go through the network in batches
