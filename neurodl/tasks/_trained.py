@@ -1,7 +1,8 @@
-"""A trained run in use: the two halves of every ``load()``, and the per-image loop of ``predict``/``evaluate``.
+"""A trained run in use: every ``load()``, and the per-image loop of ``predict``/``evaluate``.
 
-:func:`open_trained` reads a run's ``preprocessing.json`` (a damaged one is a clear
-error) and :func:`place` builds its network with the weights on a device;
+:func:`load_trained` opens an image task's run as its :class:`Trained` dataclass: it reads
+the run's ``preprocessing.json`` (:func:`open_trained`; a damaged one is a clear error)
+and builds its network with the weights on a device (:func:`place`);
 :func:`each_image` runs a task's work on each input image, where a bad image is a
 :class:`Failure` and the others still processed; :func:`open_evaluation` and
 :func:`write_report` begin and end every ``evaluate``.
@@ -18,10 +19,60 @@ from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryErr
 from neurodl.io.manifest import Manifest, load_manifest
 from neurodl.io.rundir import RunDirectory
 from neurodl.io.tables import require_columns
-from neurodl.tasks._run import check_leakage, check_report_dir
+from neurodl.tasks._run import check_leakage, check_report_dir, recorded_columns
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@dataclass
+class Trained:
+    """What every loaded image model holds: its run, its images' preprocessing, the columns it
+    reads (one image column per input channel, the participant column) and its device."""
+
+    run: RunDirectory
+    preprocessing: Any  # ImagePreprocessing
+    image_columns: list[str]
+    participant_column: str
+    device: Any  # torch.device
+
+
+L = TypeVar("L", bound=Trained)
+
+
+def load_trained(
+    run_dir: Path,
+    task: str,
+    loaded: type[L],
+    read: Callable[[dict[str, Any], Any, dict[str, Any]], dict[str, Any]],
+    build: Callable[[dict[str, Any]], Any],
+    device: str,
+    wrap: Callable[[Any, dict[str, Any]], Any] = lambda network, fields: network,
+    *,
+    network: str = "module",
+) -> L:
+    """Open a run of ``task`` as ``loaded`` (a :class:`Trained`), ready on ``device``.
+
+    ``read(prep, preprocessing, spec)`` checks the run's ``preprocessing.json`` (its images'
+    preprocessing and model description already parsed) and returns the task's own fields
+    of ``loaded``, raising ``ValueError`` on anything out of range (see :func:`open_trained`);
+    ``build(spec)`` makes the network, which gets the run's weights and goes to the device;
+    ``wrap(network, fields)`` makes field ``network`` of it (e.g. a module with its loss), from
+    what ``read`` returned (``read`` may leave under ``network`` the settings ``wrap`` needs).
+    """
+    from neurodl.data.images import ImagePreprocessing  # heavy (MONAI): only when a model is loaded
+
+    def parse(prep: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        preprocessing = ImagePreprocessing.from_dict(prep["images"])
+        spec = dict(prep["model"])
+        fields = read(prep, preprocessing, spec)
+        columns, participant = recorded_columns(prep, int(spec.get("in_channels", 1)))
+        return preprocessing, spec, {**fields, "image_columns": columns, "participant_column": participant}
+
+    run, (preprocessing, spec, fields) = open_trained(run_dir, task, parse)
+    model, target = place(run, lambda: build(spec), device)
+    fields[network] = wrap(model, fields)
+    return loaded(run=run, preprocessing=preprocessing, device=target, **fields)
 
 
 def open_trained(run_dir: Path, task: str, read: Callable[[dict[str, Any]], T]) -> tuple[RunDirectory, T]:

@@ -38,7 +38,6 @@ from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, require_known_model, trains
-from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import image_scores
 
@@ -282,26 +281,19 @@ def train(training: Training) -> dict[str, Any]:
 
 
 @dataclass
-class LoadedAutoencoder:
+class LoadedAutoencoder(trained.Trained):
     """A trained autoencoder, ready for new images."""
 
-    run: RunDirectory
     module: AutoencodeModule
-    preprocessing: ImagePreprocessing
-    image_columns: list[str]
-    participant_column: str
     dims: int
     latent_dim: int
     slices: int
-    device: torch.device
 
 
 def load(run_dir: Path, *, device: str = "auto") -> LoadedAutoencoder:
     """Open an autoencode run directory; tampered or foreign runs give a clear error."""
 
-    def read(prep: dict[str, Any]) -> tuple[Any, ...]:
-        preprocessing = ImagePreprocessing.from_dict(prep["images"])
-        spec = dict(prep["model"])
+    def read(prep: dict[str, Any], preprocessing: ImagePreprocessing, spec: dict[str, Any]) -> dict[str, Any]:
         dims, latent = int(spec["dims"]), int(spec["latent_dim"])
         if (
             dims not in (2, 3)
@@ -314,15 +306,13 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedAutoencoder:
         beta, slices = float(prep.get("beta", 0.0)), int(prep.get("slices", 8))
         if not (math.isfinite(beta) and beta >= 0 and 0 < slices <= 4096):
             raise ValueError("beta or slices out of range")
-        columns = recorded_columns(prep, int(spec["in_channels"]))
-        return preprocessing, spec, dims, latent, beta, slices, columns, str(prep.get("loss", "mse"))
+        loss = {"loss": str(prep.get("loss", "mse")), "beta": beta}
+        return {"dims": dims, "latent_dim": latent, "slices": slices, "module": loss}
 
-    run, (preprocessing, spec, dims, latent, beta, slices, columns, loss) = trained.open_trained(
-        run_dir, TASK, read
-    )
-    model, target = trained.place(run, lambda: build_model(spec), device)
-    module = AutoencodeModule(model, loss=loss, beta=beta)
-    return LoadedAutoencoder(run, module, preprocessing, columns[0], columns[1], dims, latent, slices, target)
+    def wrap(model: torch.nn.Module, fields: dict[str, Any]) -> AutoencodeModule:
+        return AutoencodeModule(model, **fields["module"])
+
+    return trained.load_trained(run_dir, TASK, LoadedAutoencoder, read, build_model, device, wrap)
 
 
 def _extra_columns(

@@ -38,7 +38,6 @@ from neurodl.tasks import _trained as trained
 from neurodl.tasks._classification import balanced_class_weights, save_classification_plots
 from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
 from neurodl.tasks._regression import save_regression_plots
-from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._supervised import ClassifyModule, RegressModule, SupervisedModule
 from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import classification_metrics, regression_metrics
@@ -300,25 +299,18 @@ def _write_predictions(
 
 
 @dataclass
-class LoadedClassifier:
+class LoadedClassifier(trained.Trained):
     """A trained classifier (or image regressor), ready for new images."""
 
-    run: RunDirectory
     module: SupervisedModule
-    preprocessing: ImagePreprocessing
-    image_columns: list[str]
-    participant_column: str
     target: TargetEncoder
-    device: torch.device
 
 
 def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
     """Open a classify run directory; tampered or foreign runs give a clear error."""
 
-    def read(prep: dict[str, Any]) -> tuple[Any, ...]:
-        preprocessing = ImagePreprocessing.from_dict(prep["images"])
+    def read(prep: dict[str, Any], preprocessing: ImagePreprocessing, spec: dict[str, Any]) -> dict[str, Any]:
         target = TargetEncoder.from_dict(prep["label"])
-        spec = dict(prep["model"])
         if (
             not 0 < int(spec["in_channels"]) <= 64
             or int(spec["out_features"]) != target.outputs
@@ -326,16 +318,13 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedClassifier:
             or not (target.kind == "classification" or np.isfinite([target.center, target.scale]).all())
         ):
             raise ValueError("model sizes out of range")
-        return preprocessing, target, spec, recorded_columns(prep, int(spec["in_channels"]))
+        return {"target": target}
 
-    run, (preprocessing, target, spec, (image_columns, participant_column)) = trained.open_trained(
-        run_dir, TASK, read
-    )
-    model, target_device = trained.place(run, lambda: build_model(spec), device)
-    module = RegressModule(model, target) if target.kind == "regression" else ClassifyModule(model)
-    return LoadedClassifier(
-        run, module, preprocessing, image_columns, participant_column, target, target_device
-    )
+    def wrap(model: torch.nn.Module, fields: dict[str, Any]) -> SupervisedModule:
+        target = fields["target"]
+        return RegressModule(model, target) if target.kind == "regression" else ClassifyModule(model)
+
+    return trained.load_trained(run_dir, TASK, LoadedClassifier, read, build_model, device, wrap)
 
 
 def _outputs(loaded: LoadedClassifier, image: InputImage) -> tuple[np.ndarray, Any]:

@@ -38,7 +38,7 @@ from neurodl.models import create_model
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Training, trains
 from neurodl.tasks._gan import AdversarialPair, TargetScale, check_networks
-from neurodl.tasks._run import recorded_columns, write_held_out_manifest
+from neurodl.tasks._run import write_held_out_manifest
 from neurodl.tasks._samples import contact_sheet, grid_slice_affine, save_in_grid, training_grid
 from neurodl.tasks.autoencode import central_slices
 
@@ -476,29 +476,27 @@ def train(training: Training) -> dict[str, Any]:
 
 
 @dataclass
-class LoadedGenerator:
+class LoadedGenerator(trained.Trained):
     """A trained generator, ready to sample."""
 
-    run: RunDirectory
     generator: torch.nn.Module
-    preprocessing: ImagePreprocessing
     scale: TargetScale
-    image_column: str
-    participant_column: str
     condition_column: str
     classes: list[str]
     dims: int
     latent_dim: int
     grid_affine: np.ndarray
-    device: torch.device
+
+    @property
+    def image_column(self) -> str:
+        """The column of the images it learnt from (and of its samples' table)."""
+        return self.image_columns[0]
 
 
 def load(run_dir: Path, *, device: str = "auto") -> LoadedGenerator:
     """Open a generate run directory; tampered or foreign runs give a clear error."""
 
-    def read(prep: dict[str, Any]) -> tuple[Any, ...]:
-        preprocessing = ImagePreprocessing.from_dict(prep["images"])
-        spec = dict(prep["model"])
+    def read(prep: dict[str, Any], preprocessing: ImagePreprocessing, spec: dict[str, Any]) -> dict[str, Any]:
         dims, latent = int(spec["dims"]), int(spec["latent_dim"])
         classes = [str(c) for c in prep["classes"]]
         if (
@@ -511,44 +509,23 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedGenerator:
             or any(not c or any(ch in c for ch in ("/", "\\", "\0")) for c in classes)
         ):
             raise ValueError("model description out of range")
-        scale = TargetScale.from_dict(prep["target_scale"])
         grid = np.asarray(prep["grid_affine"], dtype=float)
         if grid.shape != (4, 4) or not np.isfinite(grid).all() or abs(np.linalg.det(grid[:3, :3])) < 1e-9:
             raise ValueError("grid affine out of range")
-        columns, participant_column = recorded_columns(prep, 1)
         condition = str(prep.get("condition_column", ""))
         if bool(condition) != bool(classes):
             raise ValueError("condition column and classes disagree")
-        return (
-            preprocessing,
-            spec,
-            scale,
-            columns[0],
-            participant_column,
-            condition,
-            classes,
-            dims,
-            latent,
-            grid,
-        )
+        return {
+            "scale": TargetScale.from_dict(prep["target_scale"]),
+            "condition_column": condition,
+            "classes": classes,
+            "dims": dims,
+            "latent_dim": latent,
+            "grid_affine": grid,
+        }
 
-    run, (preprocessing, spec, scale, column, participant, condition, classes, dims, latent, grid) = (
-        trained.open_trained(run_dir, TASK, read)
-    )
-    generator, target = trained.place(run, lambda: build_generator(spec), device)
-    return LoadedGenerator(
-        run,
-        generator,
-        preprocessing,
-        scale,
-        column,
-        participant,
-        condition,
-        classes,
-        dims,
-        latent,
-        grid,
-        target,
+    return trained.load_trained(
+        run_dir, TASK, LoadedGenerator, read, build_generator, device, network="generator"
     )
 
 

@@ -38,7 +38,6 @@ from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
-from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._segmentation import (
     LabelTable,
     SegmentModule,
@@ -185,28 +184,21 @@ def train(training: Training) -> dict[str, Any]:
 
 
 @dataclass
-class LoadedSegmenter:
+class LoadedSegmenter(trained.Trained):
     """A trained segmenter, ready for new images."""
 
-    run: RunDirectory
     module: SegmentModule
-    preprocessing: ImagePreprocessing
-    image_columns: list[str]
     mask_column: str
-    participant_column: str
     labels: LabelTable
-    device: torch.device
 
 
 def load(run_dir: Path, *, device: str = "auto", overlap: float | None = None) -> LoadedSegmenter:
     """Open a segment run directory; tampered or foreign runs give a clear error."""
 
-    def read(prep: dict[str, Any]) -> tuple[Any, ...]:
-        preprocessing = ImagePreprocessing.from_dict(prep["images"])
+    def read(prep: dict[str, Any], preprocessing: ImagePreprocessing, spec: dict[str, Any]) -> dict[str, Any]:
         labels = LabelTable(
             tuple(int(v) for v in prep["labels"]["values"]), tuple(str(n) for n in prep["labels"]["names"])
         )
-        spec = dict(prep["model"])
         patch = tuple(int(p) for p in prep["patch"])
         recorded_overlap = float(prep.get("overlap", 0.25))
         if (
@@ -217,25 +209,13 @@ def load(run_dir: Path, *, device: str = "auto", overlap: float | None = None) -
             or not 0 <= recorded_overlap < 1
         ):
             raise ValueError("model sizes out of range")
-        columns = recorded_columns(prep, int(spec["in_channels"]))
-        return (
-            preprocessing,
-            labels,
-            spec,
-            patch,
-            recorded_overlap,
-            columns,
-            str(prep.get("mask_column", "dseg")),
-        )
+        windows = {"patch": patch, "overlap": recorded_overlap if overlap is None else overlap}
+        return {"labels": labels, "mask_column": str(prep.get("mask_column", "dseg")), "module": windows}
 
-    run, (preprocessing, labels, spec, patch, recorded, columns, mask_column) = trained.open_trained(
-        run_dir, TASK, read
-    )
-    model, target = trained.place(run, lambda: build_model(spec), device)
-    module = SegmentModule(
-        model, labels, loss="dicece", patch=patch, overlap=recorded if overlap is None else overlap
-    )
-    return LoadedSegmenter(run, module, preprocessing, columns[0], mask_column, columns[1], labels, target)
+    def wrap(model: torch.nn.Module, fields: dict[str, Any]) -> SegmentModule:
+        return SegmentModule(model, fields["labels"], loss="dicece", **fields["module"])
+
+    return trained.load_trained(run_dir, TASK, LoadedSegmenter, read, build_model, device, wrap)
 
 
 def segment_image(

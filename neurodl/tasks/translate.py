@@ -53,7 +53,6 @@ from neurodl.tasks._pix2pix import (
     round_up,
     translate_volume,
 )
-from neurodl.tasks._run import recorded_columns
 from neurodl.tasks._trained import Failure
 from neurodl.tasks.metrics import image_scores
 
@@ -271,28 +270,21 @@ def score_pair(
 
 
 @dataclass
-class LoadedTranslator:
+class LoadedTranslator(trained.Trained):
     """A trained translation model, ready for new images."""
 
-    run: RunDirectory
     generator: torch.nn.Module
-    preprocessing: ImagePreprocessing
     scale: TargetScale
-    image_columns: list[str]
     target_column: str
-    participant_column: str
     resample_target: bool
     dims: int
     window: list[int]
-    device: torch.device
 
 
 def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
     """Open a translate run directory; tampered or foreign runs give a clear error."""
 
-    def read(prep: dict[str, Any]) -> tuple[Any, ...]:
-        preprocessing = ImagePreprocessing.from_dict(prep["images"])
-        spec = dict(prep["model"])
+    def read(prep: dict[str, Any], preprocessing: ImagePreprocessing, spec: dict[str, Any]) -> dict[str, Any]:
         dims = int(spec["dims"])
         window = [int(w) for w in prep["window"]]
         if (
@@ -304,8 +296,6 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
             or not 0 < int(spec["width"]) <= 512
         ):
             raise ValueError("model description out of range")
-        scale = TargetScale.from_dict(prep["target_scale"])
-        columns = recorded_columns(prep, int(spec["in_channels"]))
         target_column = prep["target_column"]
         # The target column names every output file (<image>_to-<target>): no path separators.
         if (
@@ -314,24 +304,16 @@ def load(run_dir: Path, *, device: str = "auto") -> LoadedTranslator:
             or any(c in target_column for c in ("/", "\\", "\0"))
         ):
             raise ValueError("target column out of range")
-        resample = bool(prep.get("resample_target", False))
-        return preprocessing, spec, dims, window, scale, columns, target_column, resample
+        return {
+            "scale": TargetScale.from_dict(prep["target_scale"]),
+            "target_column": target_column,
+            "resample_target": bool(prep.get("resample_target", False)),
+            "dims": dims,
+            "window": window,
+        }
 
-    run, recorded = trained.open_trained(run_dir, TASK, read)
-    preprocessing, spec, dims, window, scale, columns, target_column, resample = recorded
-    generator, target = trained.place(run, lambda: build_generator(spec), device)
-    return LoadedTranslator(
-        run,
-        generator,
-        preprocessing,
-        scale,
-        list(columns[0]),
-        target_column,
-        columns[1],
-        resample,
-        dims,
-        window,
-        target,
+    return trained.load_trained(
+        run_dir, TASK, LoadedTranslator, read, build_generator, device, network="generator"
     )
 
 
