@@ -96,28 +96,25 @@ def report_written(
     noun: str,
     out: Path,
     also: str = "",
-    quiet: bool = False,
 ) -> None:
     """After a batch that writes a file per input: the records (--json), how many were written, the failures.
 
     ``kept`` of the ``records`` were there already; ``noun`` names one output (``mask``); ``also``
-    ends the line, which a batch's log keeps even with --quiet (unless ``quiet``).
+    ends the line, which a batch's log keeps with --quiet too (like every "written to" line).
     """
     console = err_console()
     if run.json_output:
         print_json(records)
-    if not quiet:
-        more = f"; {kept} existing kept (--overwrite to redo)" if kept else ""
-        console.print(f"{counted(len(records) - kept, noun)} written to {out}{more}{also}")
+    more = f"; {kept} existing kept (--overwrite to redo)" if kept else ""
+    console.print(f"{counted(len(records) - kept, noun)} written to {out}{more}{also}")
     report_failures(console, failures, len(records) + len(failures))
 
 
 def show_made(run: ModelRun, table: Any, summary: str) -> None:
-    """After a command that makes images from a model: its table (--json), and ``summary`` unless --quiet."""
+    """After a command that makes images from a model: its table (--json), and ``summary`` (what it wrote)."""
     if run.json_output:
         print_json(table.to_dict(orient="records"))
-    if not run.quiet:
-        err_console().print(summary)
+    err_console().print(summary)
 
 
 def write_table(table: Any, output: Path | None, summary: str) -> None:

@@ -57,6 +57,11 @@ class ModelRun:
     quiet: QuietFlag = False
     json_output: JsonFlag = False
 
+    def batch(self, on_image: Callable[[Any], None], **more: Any) -> dict[str, Any]:
+        """The keywords of a per-image task function (its ``BatchSettings``) from the shared flags: ``overwrite``,
+        ``shard``, ``on_image`` (e.g. a progress bar's advance), and ``more`` (e.g. ``preview``)."""
+        return {"overwrite": self.overwrite, "shard": self.shard, "on_image": on_image, **more}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Evaluation(ModelRun):

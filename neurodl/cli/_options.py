@@ -98,6 +98,11 @@ def output_folder(default: Path | None, help: str) -> Any:
     return typer.Option(default, "--out", "-o", help=help, file_okay=False)
 
 
+def preview_flag(help: str, default: bool = False) -> Any:
+    """``--preview/--no-preview``: whether a per-image command also writes a PNG per input (``help`` says of what)."""
+    return typer.Option(default, "--preview/--no-preview", help=help)
+
+
 def output_table(help: str = "CSV to write (default: stdout).") -> Any:
     """``-o/--output``: the table a command writes, on stdout without it."""
     return typer.Option(None, "--output", "-o", help=help, dir_okay=False)

@@ -28,7 +28,7 @@ from neurodl.cli._model_command import (
     evaluate_command,
     model_command,
 )
-from neurodl.cli._options import ImageInputs, mask_column, output_folder, output_table
+from neurodl.cli._options import ImageInputs, mask_column, output_folder, output_table, preview_flag
 from neurodl.cli._render import counted
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import AutoencodeOptions
@@ -66,10 +66,10 @@ def encode(
 
     check_output_file(output, inputs, run.overwrite)
     with at_work(autoencode, run, "encoding") as (loaded, advance):
-        table, failures = autoencode.encode(loaded, inputs, shard=run.shard, on_image=advance)
+        table, failures = autoencode.encode(loaded, inputs, **run.batch(advance))
     if len(table):
         codes = f"{counted(len(table), 'latent code')} ({loaded.latent_dim} features)"
-        write_table(table, output, "" if run.quiet else codes)
+        write_table(table, output, codes)
     report_failures(err_console(), failures, len(table) + len(failures))
 
 
@@ -81,12 +81,7 @@ def reconstruct(
         Path("reconstructions"),
         "Folder for <image>_recon.nii.gz and <image>_error.nii.gz (each input's grid and affine).",
     ),
-    preview: Annotated[
-        bool,
-        typer.Option(
-            "--preview/--no-preview", help="Also write a PNG of input, reconstruction and error slices."
-        ),
-    ] = True,
+    preview: bool = preview_flag("Also write a PNG of input, reconstruction and error slices.", default=True),
 ) -> None:
     """Reconstruct images and write the absolute reconstruction error (an anomaly map) in each input's grid.
 
@@ -98,9 +93,7 @@ def reconstruct(
     from neurodl.tasks import autoencode  # heavy: only when the command runs
 
     with at_work(autoencode, run, "reconstructing") as (loaded, advance):
-        table, failures = autoencode.reconstruct(
-            loaded, inputs, out, overwrite=run.overwrite, preview=preview, shard=run.shard, on_image=advance
-        )
+        table, failures = autoencode.reconstruct(loaded, inputs, out, **run.batch(advance, preview=preview))
     report_written(
         run, table.to_dict(orient="records"), failures, kept=kept(table), noun="reconstruction", out=out
     )

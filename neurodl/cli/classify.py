@@ -67,7 +67,7 @@ def predict(run: ModelRun, inputs: ImageInputs, output: Path | None = output_tab
 
     check_output_file(output, inputs, run.overwrite)
     with at_work(classify, run, "predicting") as (loaded, advance):
-        predictions, failures, _ = classify.predict(loaded, inputs, shard=run.shard, on_image=advance)
+        predictions, failures, _ = classify.predict(loaded, inputs, **run.batch(advance))
     if output is None or len(
         predictions
     ):  # no empty table when every input failed: a retry would find it in the way
@@ -130,14 +130,6 @@ def interpret(
     from neurodl.tasks import classify  # heavy: only when the command runs
 
     with at_work(classify, run, f"{method} maps") as (loaded, advance):
-        written, failures = classify.interpret(
-            loaded,
-            inputs,
-            method=method,
-            out_dir=out,
-            overwrite=run.overwrite,
-            shard=run.shard,
-            on_image=advance,
-        )
+        written, failures = classify.interpret(loaded, inputs, out, method=method, **run.batch(advance))
     skipped = sum(1 for w in written if w.get("skipped"))
     report_written(run, written, failures, kept=skipped, noun="map", out=out)

@@ -10,7 +10,7 @@ import typer
 from neurodl.cli._batch import at_work, check_output_file, evaluate_images, kept, report_written, write_table
 from neurodl.cli._launch import train_and_report, trained_on_images
 from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
-from neurodl.cli._options import ImageInputs, output_folder
+from neurodl.cli._options import ImageInputs, output_folder, preview_flag
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import SegmentOptions
 
@@ -67,9 +67,7 @@ def predict(
             "--probabilities", help="Also write <image>_probseg.nii.gz (4D, one probability per label)."
         ),
     ] = False,
-    preview: Annotated[
-        bool, typer.Option("--preview", help="Also write a PNG of three slices with the mask over the image.")
-    ] = False,
+    preview: bool = preview_flag("Also write a PNG of three slices with the mask over the image."),
 ) -> None:
     """Segment images: one integer mask per input, in the input's own grid, orientation and affine.
 
@@ -89,11 +87,8 @@ def predict(
             out,
             tta=tta,
             probabilities=probabilities,
-            preview=preview,
-            overwrite=run.overwrite,
-            shard=run.shard,
             workers=run.workers,
-            on_image=advance,
+            **run.batch(advance, preview=preview),
         )
     if volumes is not None and len(table):
         written_table = table.drop(columns=["status"])

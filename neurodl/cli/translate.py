@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from neurodl.cli._batch import at_work, evaluate_images, kept, report_written
 from neurodl.cli._launch import train_and_report, trained_on_images
 from neurodl.cli._model_command import BATCH, Evaluation, ModelRun, evaluate_command, model_command
-from neurodl.cli._options import ImageInputs, mask_column, output_folder
+from neurodl.cli._options import ImageInputs, mask_column, output_folder, preview_flag
 from neurodl.cli._train_command import TrainRun, train_command
 from neurodl.config import TranslateOptions
 
@@ -51,13 +50,9 @@ def predict(
         Path("translations"),
         "Folder for <image>_to-<target>.nii.gz (each input's grid and affine, the target's units).",
     ),
-    preview: Annotated[
-        bool,
-        typer.Option(
-            "--preview/--no-preview",
-            help="Also write a PNG of source, synthetic (and real target, for manifest rows that have it).",
-        ),
-    ] = False,
+    preview: bool = preview_flag(
+        "Also write a PNG of source, synthetic (and real target, for manifest rows that have it)."
+    ),
 ) -> None:
     """Synthesise the target image of each input, written in the input's own grid and affine.
 
@@ -69,12 +64,10 @@ def predict(
     from neurodl.tasks import translate  # heavy: only when the command runs
 
     with at_work(translate, run, "translating") as (loaded, advance):
-        table, failures = translate.predict(
-            loaded, inputs, out, overwrite=run.overwrite, preview=preview, shard=run.shard, on_image=advance
-        )
+        table, failures = translate.predict(loaded, inputs, out, **run.batch(advance, preview=preview))
     noun = f"synthetic {loaded.target_column} image"
     records = table.to_dict(orient="records")
-    report_written(run, records, failures, kept=kept(table), noun=noun, out=out, quiet=run.quiet)
+    report_written(run, records, failures, kept=kept(table), noun=noun, out=out)
 
 
 @evaluate_command(

@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from neurodl.errors import DataError, NeurodlError, OutputError, RunDirectoryError, UsageError
 from neurodl.io.manifest import Manifest, load_manifest
 from neurodl.io.rundir import RunDirectory
 from neurodl.io.tables import require_columns
 from neurodl.tasks._run import check_leakage, check_report_dir, recorded_columns
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -153,6 +156,72 @@ def refuse_input(path: Path, input_files: set[Path]) -> None:
 def input_files(images: Iterable[Any]) -> set[Path]:
     """Every file of the input images, resolved (outputs are checked against them)."""
     return {p.resolve() for image in images for p in image.paths}
+
+
+class BatchSettings(TypedDict, total=False):
+    """How every per-image command (``predict``, ``reconstruct``, ``interpret``) walks its inputs: the
+    keywords it passes on to :func:`open_batch`.
+
+    ``overwrite``: redo outputs already there (default: kept); ``preview``: also write a PNG per
+    input; ``shard``: ``I/N``, this process's share of the inputs; ``on_image``: told of every
+    image, done or failed (e.g. to advance a progress bar).
+    """
+
+    overwrite: bool
+    preview: bool
+    shard: str | None
+    on_image: Callable[[Any], None] | None
+
+
+@dataclass
+class Batch:
+    """The input images of a per-image command, their manifest (if a table named them) and its outputs' folder."""
+
+    images: list[Any]
+    manifest: Manifest | None
+    out_dir: Path
+    settings: BatchSettings
+    writer: RunDirectory  # the atomic writer of the PNG previews
+
+    def __post_init__(self) -> None:
+        self.reads = input_files(self.images)
+
+    def output(self, name: str) -> Path:
+        """``out_dir/name``; an output that would replace an input is an error."""
+        path = self.out_dir / name
+        refuse_input(path, self.reads)
+        return path
+
+    def keeps(self, *paths: Path) -> bool:
+        """Whether these outputs are there already and kept (no ``overwrite``)."""
+        return not self.settings.get("overwrite", False) and all(p.exists() for p in paths)
+
+    def each(self, work: Callable[[Any], R]) -> tuple[list[R], list[Failure]]:
+        """``work`` on each image (:func:`each_image`), telling ``on_image``."""
+        return each_image(self.images, work, self.settings.get("on_image"))
+
+
+def open_batch(
+    loaded: Trained,
+    inputs: Sequence[Path],
+    out_dir: Path = Path("."),
+    *,
+    label_column: str | None = None,
+    bids_filter: Sequence[str] = (),
+    **settings: Unpack[BatchSettings],
+) -> Batch:
+    """The images of a command's INPUTS (files, folders, a manifest or a BIDS root) for ``loaded``'s columns."""
+    from neurodl.data.inputs import resolve_inputs
+
+    images, manifest = resolve_inputs(
+        inputs,
+        image_columns=loaded.image_columns,
+        participant_column=loaded.participant_column,
+        label_column=label_column,
+        shard=settings.get("shard"),
+        bids_filter=bids_filter,
+    )
+    return Batch(images, manifest, out_dir, settings, RunDirectory(out_dir, loaded.run.task))
 
 
 @dataclass

@@ -29,12 +29,11 @@ from neurodl.data.images import (
     invert_to_input,
     preprocess,
 )
-from neurodl.data.inputs import InputImage, resolve_inputs
+from neurodl.data.inputs import InputImage
 from neurodl.data.volumes import LabelledVolumeDataset, VolumeDataset
 from neurodl.engine.memory import require_step_fits
 from neurodl.errors import ImageError, UsageError
 from neurodl.io.nifti import load_volume, save_volume
-from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, require_known_model, trains
@@ -327,12 +326,10 @@ def _extra_columns(
 
 
 def encode(
-    loaded: LoadedAutoencoder, inputs: Sequence[Path], *, shard: str | None = None, on_image: Any = None
+    loaded: LoadedAutoencoder, inputs: Sequence[Path], **settings: Unpack[trained.BatchSettings]
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """One row per image: participant_id, image, latent_1..latent_k, then the manifest's other columns."""
-    images, manifest = resolve_inputs(
-        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
-    )
+    batch = trained.open_batch(loaded, inputs, **settings)
 
     def encoded(image: InputImage) -> dict[str, Any]:
         x = preprocess(loaded.preprocessing, image.paths, where=image.where).as_tensor()
@@ -342,10 +339,10 @@ def encode(
             "image": os.path.abspath(image.paths[0]),  # the table is read from another folder
         }
         row.update({f"latent_{k + 1}": float(v) for k, v in enumerate(code)})
-        _extra_columns(manifest, image, loaded.image_columns, row)
+        _extra_columns(batch.manifest, image, loaded.image_columns, row)
         return row
 
-    rows, failures = trained.each_image(images, encoded, on_image)
+    rows, failures = batch.each(encoded)
     return pd.DataFrame(rows), failures
 
 
@@ -353,40 +350,28 @@ def reconstruct(
     loaded: LoadedAutoencoder,
     inputs: Sequence[Path],
     out_dir: Path,
-    *,
-    overwrite: bool = False,
-    preview: bool = True,
-    shard: str | None = None,
-    on_image: Any = None,
+    **settings: Unpack[trained.BatchSettings],
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``<name>_recon.nii.gz`` and ``<name>_error.nii.gz`` (absolute error: the anomaly map) per input.
 
     Both are in the input's own grid, orientation and affine (the preprocessing is
     inverted), but their intensities stay in the run's normalised units (e.g. z-scores),
     like the error. A PNG (``<name>_error.png``) shows three orthogonal slices of the
-    error over the input. Outputs already present are kept unless ``overwrite``;
-    a bad input is reported and the others still processed.
+    error over the input (unless ``preview`` is False). Outputs already present are kept
+    unless ``overwrite``; a bad input is reported and the others still processed.
     """
-    images, _ = resolve_inputs(
-        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
-    )
-    inputs_read = trained.input_files(images)
-    writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
+    batch = trained.open_batch(loaded, inputs, out_dir, **settings)
 
     def reconstructed(image: InputImage) -> dict[str, Any]:
-        recon_path, error_path = (
-            out_dir / f"{image.name}_recon.nii.gz",
-            out_dir / f"{image.name}_error.nii.gz",
-        )
-        trained.refuse_input(recon_path, inputs_read)
-        trained.refuse_input(error_path, inputs_read)
+        recon_path = batch.output(f"{image.name}_recon.nii.gz")
+        error_path = batch.output(f"{image.name}_error.nii.gz")
         row: dict[str, Any] = {
             "participant_id": image.participant or image.name,
             "image": str(image.paths[0]),
             "reconstruction": str(recon_path),
             "error": str(error_path),
         }
-        if recon_path.exists() and error_path.exists() and not overwrite:
+        if batch.keeps(recon_path, error_path):
             row["status"] = "kept"
             return row
         x = preprocess(loaded.preprocessing, image.paths, where=image.where)
@@ -405,10 +390,10 @@ def reconstruct(
         squeeze = (lambda a: a[0]) if channels == 1 else (lambda a: np.moveaxis(a, 0, -1))
         save_volume(squeeze(recon_data).astype(np.float32), recon_path, like=original)
         save_volume(squeeze(error_data).astype(np.float32), error_path, like=original)
-        if preview:
+        if settings.get("preview", True):
             from neurodl.report.slices import comparison_slices
 
-            writer.save_figure(
+            batch.writer.save_figure(
                 f"{image.name}_error.png",
                 comparison_slices(
                     original,
@@ -424,7 +409,7 @@ def reconstruct(
         row["status"] = "written"
         return row
 
-    rows, failures = trained.each_image(images, reconstructed, on_image)
+    rows, failures = batch.each(reconstructed)
     return pd.DataFrame(rows), failures
 
 

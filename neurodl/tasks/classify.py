@@ -24,7 +24,7 @@ from neurodl.data.images import (
     invert_to_input,
     preprocess,
 )
-from neurodl.data.inputs import InputImage, resolve_inputs
+from neurodl.data.inputs import InputImage
 from neurodl.data.splits import regression_strata
 from neurodl.data.tabular import TargetEncoder, label_text
 from neurodl.data.volumes import VolumeDataset
@@ -358,9 +358,8 @@ def predict(
     inputs: Sequence[Path],
     *,
     label_column: str | None = None,
-    shard: str | None = None,
-    on_image: Any = None,
     bids_filter: Sequence[str] = (),
+    **settings: Unpack[trained.BatchSettings],
 ) -> tuple[pd.DataFrame, list[Failure], list[InputImage]]:
     """Probabilities (or values) for every input image; images that fail are reported, not fatal.
 
@@ -368,15 +367,8 @@ def predict(
     given a manifest with its target column adds it, and the gap ``predicted - true``.
     """
     label_column = label_column or _true_value_column(loaded, inputs)
-    images, _ = resolve_inputs(
-        inputs,
-        image_columns=loaded.image_columns,
-        participant_column=loaded.participant_column,
-        label_column=label_column,
-        shard=shard,
-        bids_filter=bids_filter,
-    )
-    done, failures = trained.each_image(images, lambda image: (image, _outputs(loaded, image)[0]), on_image)
+    batch = trained.open_batch(loaded, inputs, label_column=label_column, bids_filter=bids_filter, **settings)
+    done, failures = batch.each(lambda image: (image, _outputs(loaded, image)[0]))
     kept = [image for image, _ in done]
     rows = [output for _, output in done]
     target = loaded.target
@@ -486,30 +478,23 @@ def _explain(loaded: LoadedClassifier, x: torch.Tensor, method: str, class_index
 def interpret(
     loaded: LoadedClassifier,
     inputs: Sequence[Path],
+    out_dir: Path,
     *,
     method: str,
-    out_dir: Path,
-    overwrite: bool = False,
-    shard: str | None = None,
-    on_image: Any = None,
+    **settings: Unpack[trained.BatchSettings],
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
     """Write one NIfTI map per input (in the input's grid and affine) and a PNG of three slices."""
     if method not in METHODS:
         raise UsageError(f"--method '{method}' is not one of: {', '.join(METHODS)}.")
-    images, _ = resolve_inputs(
-        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
-    )
-    inputs_read = trained.input_files(images)
+    batch = trained.open_batch(loaded, inputs, out_dir, **settings)
     from neurodl.report.slices import orthogonal_slices
 
-    figures = RunDirectory(out_dir, TASK)  # used as an atomic writer for the PNGs
     binary = len(loaded.target.classes) == 2
     regression = loaded.target.kind == "regression"
 
     def explain(image: InputImage) -> dict[str, Any]:
-        target_path = out_dir / f"{image.name}_{method}.nii.gz"
-        trained.refuse_input(target_path, inputs_read)
-        if target_path.exists() and not overwrite:
+        target_path = batch.output(f"{image.name}_{method}.nii.gz")
+        if batch.keeps(target_path):
             return {"image": str(image.paths[0]), "map": str(target_path), "skipped": True}
         proba, x = _outputs(loaded, image)
         predicted = 0 if regression else int(proba.argmax())
@@ -525,8 +510,8 @@ def interpret(
         mapped = invert_to_input(explained, x, loaded.preprocessing)[0]
         original = load_volume(image.paths[0])
         save_volume(mapped.astype(np.float32), target_path, like=original)
-        png = out_dir / f"{image.name}_{method}.png"
-        figures.save_figure(
+        png = batch.output(f"{image.name}_{method}.png")
+        batch.writer.save_figure(
             png.name, orthogonal_slices(original, mapped, title=f"{image.name}: {method} ({said})")
         )
         return {
@@ -536,4 +521,4 @@ def interpret(
             "predicted": float(proba[0]) if regression else loaded.target.classes[predicted],
         }
 
-    return trained.each_image(images, explain, on_image)
+    return batch.each(explain)

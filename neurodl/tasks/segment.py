@@ -29,12 +29,11 @@ from neurodl.data.images import (
     invert_to_input,
     preprocess,
 )
-from neurodl.data.inputs import InputImage, resolve_inputs
+from neurodl.data.inputs import InputImage
 from neurodl.data.volumes import LabelledVolumeDataset
 from neurodl.engine.memory import require_step_fits
 from neurodl.errors import DataError, ImageError, OutputError, UsageError
 from neurodl.io.nifti import Volume, load_volume, save_volume
-from neurodl.io.rundir import RunDirectory
 from neurodl.models import create_model
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, require_known_model, trains
@@ -264,11 +263,8 @@ def predict(
     *,
     tta: bool = False,
     probabilities: bool = False,
-    preview: bool = False,
-    overwrite: bool = False,
-    shard: str | None = None,
     workers: int = 0,
-    on_image: Any = None,
+    **settings: Unpack[trained.BatchSettings],
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``<name>_dseg.nii.gz`` per input (input's grid and affine); return per-image label volumes.
 
@@ -284,15 +280,12 @@ def predict(
     from neurodl.io.atomic import remove_partial_writes_of
     from neurodl.report.slices import orthogonal_slices
 
-    images, manifest = resolve_inputs(
-        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
-    )
-    inputs_read = trained.input_files(images)
-    writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
+    batch = trained.open_batch(loaded, inputs, out_dir, **settings)
+    images, manifest = batch.images, batch.manifest
     lookup: np.ndarray = np.asarray(loaded.labels.values, dtype=mask_dtype(loaded.labels))
 
     def mask_path(image: InputImage) -> Path:
-        return out_dir / f"{image.name}_dseg.nii.gz"
+        return batch.output(f"{image.name}_dseg.nii.gz")
 
     # Writes of this batch's outputs killed mid-way (SIGKILL, power loss) left temporary files.
     remove_partial_writes_of(
@@ -301,8 +294,7 @@ def predict(
 
     def read(image: InputImage) -> _Kept | _Read:
         target = mask_path(image)
-        trained.refuse_input(target, inputs_read)
-        if target.exists() and not overwrite:
+        if batch.keeps(target):
             existing = load_volume(target, dtype=None)
             return _Kept(existing.data, existing.affine)
         return _Read(
@@ -344,11 +336,11 @@ def predict(
             if probabilities and in_input is not None:
                 save_volume(
                     np.moveaxis(in_input, 0, -1).astype(np.float32, copy=False),
-                    out_dir / f"{image.name}_probseg.nii.gz",
+                    batch.output(f"{image.name}_probseg.nii.gz"),
                     like=like,
                 )
-            if preview:
-                writer.save_figure(
+            if settings.get("preview", False):
+                batch.writer.save_figure(
                     f"{image.name}_dseg.png",
                     orthogonal_slices(
                         load_volume(image.paths[0]),
@@ -384,6 +376,7 @@ def predict(
             failures.append(Failure(outcome.item.name, str(outcome.error)))
         else:
             rows.append(outcome.result)
+        on_image = settings.get("on_image")
         if on_image is not None:
             on_image(outcome.item)
     return pd.DataFrame(rows), failures

@@ -28,13 +28,13 @@ import torch
 from neurodl.config import TranslateOptions
 from neurodl.data.batches import ImageBatches
 from neurodl.data.images import WHOLE_VOLUME_SIDE, ImagePreprocessing, invert_to_input, preprocess
-from neurodl.data.inputs import InputImage, resolve_inputs
+from neurodl.data.inputs import InputImage
 from neurodl.data.loading import LoadTargetd, load_channels
 from neurodl.data.volumes import PairedVolumes
 from neurodl.engine import Callback
 from neurodl.errors import DataError, ImageError, UsageError
 from neurodl.io.nifti import Volume, load_volume, save_volume
-from neurodl.io.rundir import WEIGHTS_FILE, RunDirectory
+from neurodl.io.rundir import WEIGHTS_FILE
 from neurodl.io.tables import require_columns
 from neurodl.tasks import _trained as trained
 from neurodl.tasks._driver import Fitted, Recipe, Training, mean_scores, trains
@@ -331,14 +331,7 @@ def _synthesize(loaded: LoadedTranslator, image: InputImage) -> tuple[np.ndarray
 
 
 def predict(
-    loaded: LoadedTranslator,
-    inputs: Sequence[Path],
-    out_dir: Path,
-    *,
-    overwrite: bool = False,
-    preview: bool = False,
-    shard: str | None = None,
-    on_image: Any = None,
+    loaded: LoadedTranslator, inputs: Sequence[Path], out_dir: Path, **settings: Unpack[trained.BatchSettings]
 ) -> tuple[pd.DataFrame, list[Failure]]:
     """Write ``<name>_to-<target>.nii.gz`` per input: the synthetic image, in the input's grid and affine.
 
@@ -347,35 +340,30 @@ def predict(
     Outputs already present are kept unless ``overwrite``; a bad input is reported
     and the others still processed.
     """
-    images, manifest = resolve_inputs(
-        inputs, image_columns=loaded.image_columns, participant_column=loaded.participant_column, shard=shard
-    )
-    inputs_read = trained.input_files(images)
-    writer = RunDirectory(out_dir, TASK)  # atomic writer for PNG previews
+    batch = trained.open_batch(loaded, inputs, out_dir, **settings)
     suffix = f"_to-{loaded.target_column}"
 
     def translated(image: InputImage) -> dict[str, Any]:
-        path = out_dir / f"{image.name}{suffix}.nii.gz"
-        trained.refuse_input(path, inputs_read)
+        path = batch.output(f"{image.name}{suffix}.nii.gz")
         row: dict[str, Any] = {
             "participant_id": image.participant or image.name,
             "image": str(image.paths[0]),
             "synthetic": str(path),
         }
-        if path.exists() and not overwrite:
+        if batch.keeps(path):
             row["status"] = "kept"
             return row
         synthetic, _, original = _synthesize(loaded, image)
         save_volume(synthetic, path, like=original)
-        if preview:
+        if settings.get("preview", False):
             from neurodl.report.slices import comparison_slices
 
             panels = [("source", original.data, "gray"), ("synthetic", synthetic, "gray")]
-            real_path = _manifest_target(manifest, image.row, loaded.target_column)
+            real_path = _manifest_target(batch.manifest, image.row, loaded.target_column)
             if real_path is not None:
                 real, _ = real_target(image.paths, real_path, loaded.resample_target)
                 panels.append(("real", real, "gray"))
-            writer.save_figure(
+            batch.writer.save_figure(
                 f"{image.name}{suffix}.png",
                 comparison_slices(
                     original,
@@ -388,7 +376,7 @@ def predict(
         row["status"] = "written"
         return row
 
-    rows, failures = trained.each_image(images, translated, on_image)
+    rows, failures = batch.each(translated)
     return pd.DataFrame(rows), failures
 
 

@@ -189,6 +189,28 @@ def test_existing_images_are_kept_unless_overwrite(
     assert not stray_files(tmp_path)
 
 
+# Every command that walks a batch of images, and how it is told where to write.
+BATCHES = {
+    **{name: [*args, "-o", "out"] for name, (args, _) in IMAGE_OUTPUTS.items()},
+    "classify predict": ["classify", "predict", "-o", "out/predictions.csv"],
+    "autoencode encode": ["autoencode", "encode", "-o", "out/latents.csv"],
+    "segment predict --volumes": ["segment", "predict", "-o", "out", "--volumes", "out/volumes.csv"],
+}
+
+
+@pytest.mark.parametrize("command", list(BATCHES))
+def test_quiet_batches_say_only_what_they_wrote(
+    command: str, run_cli, cohort: Path, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """--quiet: no progress bar or table, but the one line a batch's log keeps, in every batch command."""
+    task, action, *options = BATCHES[command]
+    image = copy_image(cohort, tmp_path / "scan.nii.gz")
+    args = [task, action, "--model", runs[task], image, *[tmp_path / o if "out" in o else o for o in options]]
+    quiet = run_cli(*args, "--quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert len(quiet.stderr.strip().splitlines()) == 1 and "written to" in quiet.stderr, quiet.stderr
+
+
 @pytest.mark.parametrize("task", list(REPORTS))
 def test_an_existing_evaluation_is_kept_unless_overwrite(
     task: str, run_cli, cohort: Path, runs: dict[str, Path], tmp_path: Path
