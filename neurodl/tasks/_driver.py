@@ -74,7 +74,6 @@ class Recipe:
     """What one image task does differently during training; the driver does the rest.
 
     Attributes:
-        preprocessing: the images' preprocessing, planned on the training images.
         module: a fresh module (network + loss) to train on the given training rows.
         batches: the batches of some rows for that module (``True``: training batches).
         predict: the outputs of a fitted module on some rows (one row of outputs per image).
@@ -92,7 +91,6 @@ class Recipe:
         cv: whether ``--cv`` applies (a GAN keeps one validation split).
     """
 
-    preprocessing: ImagePreprocessing
     module: Callable[[np.ndarray], Task | AdversarialTask]
     batches: Callable[[Any, np.ndarray, bool], Any]
     predict: Callable[[Fitted, np.ndarray], np.ndarray]
@@ -125,6 +123,9 @@ class Training:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     test_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     strata: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    # Planned on the training images by plan() (a task that adapts it sets the result here): what the
+    # run records in preprocessing.json and its summary.
+    preprocessing: ImagePreprocessing | None = None
 
     @classmethod
     def start(
@@ -220,7 +221,7 @@ class Training:
             spacing = fitting_spacing(paths, fit_within)
         else:
             spacing = ()
-        return plan_preprocessing(
+        self.preprocessing = plan_preprocessing(
             paths,
             spacing=spacing,
             size=images.size if size is None else size,
@@ -230,6 +231,14 @@ class Training:
             resize=resize,
             label_values=label_values,
         )
+        return self.preprocessing
+
+    @property
+    def planned(self) -> ImagePreprocessing:
+        """The run's preprocessing (:meth:`plan` first)."""
+        if self.preprocessing is None:
+            raise RuntimeError("Training.plan() was not called")
+        return self.preprocessing
 
     def cached(self, dataset: T, *, always: bool = False) -> T:
         """``dataset``, every image preprocessed now (unless ``--cache none``): a bad file stops the run here."""
@@ -328,13 +337,12 @@ class Training:
             if recipe.outputs is not None:
                 plots += recipe.outputs("test_", self.test_rows, test_outputs)
             headline = scores
-        record = self.record(recipe.preprocessing, **recipe.record(final))
+        record = self.record(**recipe.record(final))
         self.write(record, recipe.weights(final), outcome, metrics, title=recipe.title)
         if recipe.figures is not None:
             recipe.figures(final)
         return self.summary(
             recipe.summary,
-            preprocessing=recipe.preprocessing,
             evaluation=evaluation,
             metrics={k: v for k, v in headline.items() if recipe.headline(k) and not isinstance(v, list)},
             metrics_std=outcome.headline_std if not len(self.test_rows) else {},
@@ -342,11 +350,11 @@ class Training:
             plots=plots if recipe.outputs is not None else None,
         )
 
-    def record(self, preprocessing: ImagePreprocessing, **recorded: Any) -> dict[str, Any]:
+    def record(self, **recorded: Any) -> dict[str, Any]:
         """A run's ``preprocessing.json``: the preprocessing, the image and participant columns, and ``recorded``."""
         images = self.images
         return {
-            "images": preprocessing.to_dict(),
+            "images": self.planned.to_dict(),
             "image_columns": list(images.image),
             "participant_column": images.participant,
             **recorded,
@@ -387,7 +395,6 @@ class Training:
         metrics: dict[str, Any],
         metrics_std: dict[str, Any],
         epochs: int,
-        preprocessing: ImagePreprocessing,
         plots: list[str] | None = None,
     ) -> dict[str, Any]:
         """The run's summary: ``head`` (task, target, model ...), its data, evaluation and headline metrics."""
@@ -397,7 +404,7 @@ class Training:
             "images": len(self.manifest),
             "participants": len(set(groups.tolist())),
             **({"classes": head["classes"]} if "classes" in head else {}),
-            "preprocessing": preprocessing.to_dict(),
+            "preprocessing": self.planned.to_dict(),
             "evaluation": evaluation,
             "metrics": metrics,
             "metrics_std": metrics_std,

@@ -284,7 +284,7 @@ class EvaluationSettings(TypedDict, total=False):
 
 
 def open_evaluation(
-    loaded: Any,
+    loaded: Trained,
     manifest_path: Path,
     *,
     label: str | None,

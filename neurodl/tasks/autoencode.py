@@ -259,7 +259,6 @@ def train(training: Training) -> dict[str, Any]:
     }
     return training.train(
         Recipe(
-            preprocessing=preprocessing,
             module=lambda train_rows: AutoencodeModule(
                 build_model(spec), loss=options.loss, beta=options.beta
             ),

@@ -443,7 +443,6 @@ def train(training: Training) -> dict[str, Any]:
         )
     training.write(
         training.record(
-            preprocessing,
             condition_column=options.condition,
             classes=classes,
             target_scale=scale.to_dict(),
@@ -467,7 +466,6 @@ def train(training: Training) -> dict[str, Any]:
             "target": images.image[0] + (f" | {options.condition}" if options.condition else ""),
             "model": options.model,
         },
-        preprocessing=preprocessing,
         evaluation=evaluation,
         metrics=headline,
         metrics_std={},

@@ -164,7 +164,6 @@ def train(training: Training) -> dict[str, Any]:
     }
     return training.train(
         Recipe(
-            preprocessing=preprocessing,
             module=module_for,
             batches=batches,
             predict=predict_rows,

@@ -129,7 +129,7 @@ def train(training: Training) -> dict[str, Any]:
     padded = [
         max(round_up(s), r) for s, r in zip(planned.size, [*roi, *planned.size[len(roi) :]], strict=True)
     ]
-    preprocessing = ImagePreprocessing(
+    preprocessing = training.preprocessing = ImagePreprocessing(
         spacing=planned.spacing,
         size=(padded[0], padded[1], padded[2]),
         normalize=planned.normalize,
@@ -195,7 +195,6 @@ def train(training: Training) -> dict[str, Any]:
 
     return training.train(
         Recipe(
-            preprocessing=preprocessing,
             module=module_for,
             batches=batches,
             predict=predict_rows,
