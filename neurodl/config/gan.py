@@ -176,6 +176,12 @@ class GenerateOptions:
         help="Conditional: weight of the class-moment term: the generator is penalised by the squared distance between the mean of its samples of each condition and the mean real image of that condition in the batch (on a 4x coarser grid); 0: off.",
         panel=MODEL,
     )
+    ema: float = option(
+        0.99,
+        "--ema",
+        help="Sample from an exponential moving average of the generator's weights with this decay per step (0.99: about the last 100 steps), which smooths the noise of the last steps out of its images; 0: its last weights.",
+        panel=MODEL,
+    )
     diff_augment: int = option(
         1,
         "--diff-augment",
@@ -217,6 +223,8 @@ class GenerateOptions:
         if self.lr_d < 0 or self.slices < 1:
             raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
         weights = (self.aux_weight, self.mode_seeking, self.class_moments)
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"--ema must be in [0, 1) (got {self.ema}).", "Give e.g. --ema 0.99, or 0 for the last weights.")
         if (
             not all(0 <= w <= 100 for w in weights)
             or self.minibatch_std not in (0, 1)

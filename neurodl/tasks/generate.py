@@ -16,6 +16,7 @@ real-world affine. Scoring is in :mod:`neurodl.tasks.generate_metrics`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ class NoiseGAN(AdversarialPair):
         mode_seeking: float = 0.0,
         diff_augment: bool = False,
         class_moments: float = 0.0,
+        average: float = 0.0,
         **losses: Any,
     ) -> None:
         """``losses``: the GAN loss and learning rates of :class:`~neurodl.tasks._gan.AdversarialPair`."""
@@ -94,6 +96,24 @@ class NoiseGAN(AdversarialPair):
         self.mode_seeking = mode_seeking
         self.diff_augment = diff_augment
         self.class_moments = class_moments
+        self.average = average
+
+    def start_average(self) -> None:
+        """With ``average`` > 0: keep an exponential moving average of the generator's weights (its
+        ``sampler``), from its weights now; part of the checkpoint, so a resumed run continues it."""
+        if self.average > 0:
+            self.model["average"] = copy.deepcopy(self.generator).requires_grad_(False)
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator that samples: the moving average of its weights where kept, else itself."""
+        return self.model["average"] if "average" in self.model else self.generator
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        if "average" in self.model:
+            for kept, current in zip(self.sampler.parameters(), self.generator.parameters()):
+                kept.lerp_(current.detach(), 1.0 - self.average)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], step: Callable[[str, torch.Tensor], None]
@@ -155,6 +175,7 @@ class NoiseGAN(AdversarialPair):
                 g_loss = g_loss + self.class_moments * moments
                 metrics["g_moments"] = moments.detach()
             step("generator", g_loss)
+        self._update_average()
         # "loss" is the generator's adversarial loss; d_real/d_fake: the share of real and
         # synthetic images the discriminator (before its step) judged correctly.
         return {
@@ -314,7 +335,7 @@ class EpochPreviews(Callback):
         images, names = [], []
         for index, name in enumerate(self.classes):
             labels = torch.full((PREVIEW_PER_CLASS,), index, dtype=torch.long)
-            batch = draw(self.module.generator, self.z, labels if name else None)
+            batch = draw(self.module.sampler, self.z, labels if name else None)
             images += [self.scale.denormalize(x[0]).numpy() for x in batch]
             names += [name or f"sample {k + 1}" for k in range(PREVIEW_PER_CLASS)]
         epoch = int(record["epoch"])
@@ -405,10 +426,13 @@ def train(training: Training) -> dict[str, Any]:
         diff_augment=bool(training.run.options.get("diff_augment", 0)),
         # A run from before --class-moments existed trains without it; unconditional: one class.
         class_moments=float(training.run.options.get("class_moments", 0.0)) if classes else 0.0,
+        # A run from before --ema existed keeps the generator's last weights.
+        average=float(training.run.options.get("ema", 0.0)),
     )
     # The output starts at the training images' mean level (mostly background), not at 0.
     level = float(torch.stack([scale.normalize(volumes.pair(int(r))[1]).mean() for r in rows]).mean())
     module.generator.start_at(level)  # type: ignore[operator]
+    module.start_average()
     dataset = GanImages(
         volumes,
         rows.tolist(),
@@ -451,7 +475,7 @@ def train(training: Training) -> dict[str, Any]:
             model=spec,
         ),
         {
-            WEIGHTS_FILE: module.generator.state_dict(),
+            WEIGHTS_FILE: module.sampler.state_dict(),
             "discriminator.safetensors": module.discriminator.state_dict(),
         },
         SimpleNamespace(
