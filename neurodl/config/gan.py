@@ -224,7 +224,10 @@ class GenerateOptions:
             raise UsageError(f"--lr-d must be >= 0 and --slices >= 1 (got {self.lr_d}, {self.slices}).")
         weights = (self.aux_weight, self.mode_seeking, self.class_moments)
         if not 0 <= self.ema < 1:
-            raise UsageError(f"--ema must be in [0, 1) (got {self.ema}).", "Give e.g. --ema 0.99, or 0 for the last weights.")
+            raise UsageError(
+                f"--ema must be in [0, 1) (got {self.ema}).",
+                "Give e.g. --ema 0.99, or 0 for the last weights.",
+            )
         if (
             not all(0 <= w <= 100 for w in weights)
             or self.minibatch_std not in (0, 1)

@@ -17,7 +17,7 @@ from neurodl.data.images import ImagePreprocessing, preprocess
 from neurodl.data.phantom import generate_cohort
 from neurodl.engine.loop import Stepper
 from neurodl.models import create_model, list_models
-from neurodl.tasks.generate import NoiseGAN
+from neurodl.tasks._noise_gan import NoiseGAN
 from neurodl.tasks.generate_metrics import frechet, mean_pairwise_ms_ssim, mmd2
 
 # 24 mm phantoms resized to 16^3 at 1.5 mm; width-4 networks train in seconds on one thread.
@@ -73,6 +73,7 @@ def _tiny_module(
     mode_seeking: float = 0.0,
     diff_augment: bool = False,
     class_moments: float = 0.0,
+    average: float = 0.0,
 ) -> NoiseGAN:
     torch.manual_seed(0)
     return NoiseGAN(
@@ -96,7 +97,20 @@ def _tiny_module(
         mode_seeking=mode_seeking,
         diff_augment=diff_augment,
         class_moments=class_moments,
+        average=average,
     )
+
+
+def _stepper(module: NoiseGAN) -> Stepper:
+    optimizers = {
+        n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
+        for n, (p, lr, _) in module.optimizer_groups().items()
+    }
+    return Stepper(optimizers, torch.amp.GradScaler("cpu", enabled=False), grad_clip=0.0)
+
+
+def _weights(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in net.parameters()]
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -147,15 +161,7 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
         diff_augment=diff_augment,
         class_moments=class_moments,
     )
-    optimizers = {
-        n: torch.optim.Adam(p, lr=lr, betas=(0.5, 0.999))
-        for n, (p, lr, _) in module.optimizer_groups().items()
-    }
-    stepper = Stepper(optimizers, torch.amp.GradScaler("cpu", enabled=False), grad_clip=0.0)
-
-    def weights(net: torch.nn.Module) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in net.parameters()]
-
+    stepper, weights = _stepper(module), _weights
     snapshots = []
 
     def step(name: str, loss: torch.Tensor) -> None:
@@ -179,9 +185,27 @@ def test_the_discriminator_step_changes_only_d_and_the_generator_step_only_g(
     assert all(p.requires_grad for p in module.discriminator.parameters())
 
 
+def test_samples_come_from_a_moving_average_of_the_generator_that_no_optimiser_steps():
+    module = _tiny_module(average=0.9)
+    assert module.sampler is module.generator, "before start_average: the generator itself"
+    module.start_average()
+    stepped = {id(p) for parameters, *_ in module.optimizer_groups().values() for p in parameters}
+    assert not any(id(p) in stepped for p in module.sampler.parameters())
+    assert any(k.startswith("average.") for k in module.model.state_dict()), "in the checkpoint"
+    kept = _weights(module.sampler)
+    module.training_step((torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 0, 1])), _stepper(module))
+    moved = _weights(module.generator)
+    for before, now, after in zip(kept, moved, _weights(module.sampler), strict=True):
+        assert torch.allclose(after, 0.9 * before + 0.1 * now, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(kept, moved, strict=True))
+    plain = _tiny_module()  # --ema 0: the generator's last weights
+    plain.start_average()
+    assert plain.sampler is plain.generator
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_diff_augment_flips_and_shifts_each_image_and_lets_gradients_through(dims: int):
-    from neurodl.tasks.generate import diff_augment
+    from neurodl.tasks._noise_gan import diff_augment
 
     torch.manual_seed(0)
     images = torch.randn(16, 1, *[16] * dims, requires_grad=True)
@@ -198,7 +222,7 @@ def test_diff_augment_flips_and_shifts_each_image_and_lets_gradients_through(dim
 
 
 def test_the_class_moment_distance_compares_each_class_with_its_own_real_images():
-    from neurodl.tasks.generate import class_mean_distance
+    from neurodl.tasks._noise_gan import class_mean_distance
 
     torch.manual_seed(0)
     real = torch.randn(4, 1, 16, 16, 16)
@@ -395,12 +419,12 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
     from neurodl.tasks.generate import build_discriminator, model_spec
 
     options = GenerateOptions(
-        aux_weight=0.25, minibatch_std=0, mode_seeking=0.5, diff_augment=1, class_moments=3.0
+        aux_weight=0.25, minibatch_std=0, mode_seeking=0.5, diff_augment=1, class_moments=3.0, ema=0.5
     )
     saved = json.loads(json.dumps(to_dict(options)))
     again = from_dict(GenerateOptions, saved)
-    keys = ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments")
-    assert tuple(getattr(again, k) for k in keys) == (0.25, 0, 0.5, 1, 3.0)
+    keys = ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments", "ema")
+    assert tuple(getattr(again, k) for k in keys) == (0.25, 0, 0.5, 1, 3.0, 0.5)
     config = json.loads((trained / "config.json").read_text())["options"]
     defaults = GenerateOptions()
     assert tuple(config[k] for k in keys) == tuple(getattr(defaults, k) for k in keys)  # recorded
@@ -423,13 +447,14 @@ def test_the_new_options_round_trip_and_a_run_without_them_keeps_the_old_network
 def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     run_cli, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_format: bool
 ) -> None:
-    """Also for a run made before --aux-weight, --minibatch-std, --mode-seeking, --diff-augment and --class-moments (config.json lacks them)."""
+    """Also for a run made before --aux-weight, --minibatch-std, --mode-seeking, --diff-augment, --class-moments
+    and --ema (config.json lacks them). The new format's model.safetensors is the moving average: it resumes too."""
     from neurodl.tasks import generate
 
     args = (*TINY, "--condition", "diagnosis", "--epochs", "3", "--seed", "2", "--deterministic")
     if old_format:
         args += ("--aux-weight", "0", "--minibatch-std", "0", "--mode-seeking", "0", "--diff-augment", "0")
-        args += ("--class-moments", "0")
+        args += ("--class-moments", "0", "--ema", "0")
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert run_cli("generate", "train", cohort, *args, "--out", whole).exit_code == 0
 
@@ -446,7 +471,7 @@ def test_resume_after_ctrl_c_ends_where_an_uninterrupted_run_ends(
     monkeypatch.setattr(generate.EpochPreviews, "on_epoch_end", original)
     if old_format:
         config = json.loads((interrupted / "config.json").read_text())
-        for key in ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments"):
+        for key in ("aux_weight", "minibatch_std", "mode_seeking", "diff_augment", "class_moments", "ema"):
             del config["options"][key]
         (interrupted / "config.json").write_text(json.dumps(config))
     resumed = run_cli("generate", "train", "--resume", "--out", interrupted, "--quiet")
