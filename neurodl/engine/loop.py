@@ -13,7 +13,7 @@ import torch
 
 from neurodl.config import TrainOptions, lower_is_better
 from neurodl.engine import distributed
-from neurodl.engine.optim import build_optimizer, build_scheduler
+from neurodl.engine._fit_state import OneNetwork, Optimisation, Selection, clone_state
 from neurodl.engine.runtime import (
     autocast,
     check_precision,
@@ -256,10 +256,6 @@ def _batch_size(batch: Any) -> int:
     return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
 
 
-def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def _set_epoch(batches: Any, epoch: int) -> None:
     for target in (batches, getattr(batches, "sampler", None)):
         if target is not None and hasattr(target, "set_epoch"):
@@ -301,6 +297,94 @@ def validate(
     return task.validation_metrics(outputs)
 
 
+def _train_epoch(
+    task: AdversarialTask,
+    model: torch.nn.Module,
+    train: Iterable[Any],
+    device: torch.device,
+    options: TrainOptions,
+    optimisation: Optimisation,
+    stepper: Stepper,
+    callbacks: Sequence[Callback],
+    epoch: int,
+) -> tuple[dict[str, float], float, float]:
+    """One pass over the training batches: the mean of each reported loss (``train_*``), the seconds
+    the pass took and the share of them spent waiting for batches."""
+    tic = time.perf_counter()
+    task.model.train()
+    totals: dict[str, float] = {}
+    count = 0
+    waiting = _DataWait()
+    for step, batch in enumerate(waiting.over(train)):
+        batch = _to_device(batch, device, options.channels_last)
+        with autocast(device, options.precision):
+            out = task.training_step(batch, stepper)
+        if not all(torch.isfinite(v).all() for v in out.values()):
+            bad = next(k for k, v in out.items() if not torch.isfinite(v).all())
+            raise TrainingFailed(
+                f"the training {bad.replace('_', ' ')} became {out[bad].detach().float().mean().item()} at epoch {epoch + 1}, step {step + 1}: training diverged.",
+                "Lower --lr (e.g. by 10x), add --grad-clip 1.0, or check the inputs for extreme values.",
+            )
+        optimisation.scaler.update()
+        n = _batch_size(batch)
+        for key, part in out.items():
+            totals[key] = totals.get(key, 0.0) + float(part.detach()) * n
+        count += n
+        for cb in callbacks:
+            cb.on_step(epoch=epoch + 1, step=step + 1, loss=float(out["loss"].detach()))
+    seconds = time.perf_counter() - tic
+    if distributed.active():
+        # Every process reports the mean over all processes' batches.
+        *sums, total = distributed.sum_across([*totals.values(), count])
+        totals, count = dict(zip(totals, sums, strict=True)), int(total)
+        distributed.broadcast_buffers(model)
+    # train_loss, then any other losses the task reports (e.g. a GAN's train_d_loss).
+    means = {f"train_{k}": v / max(count, 1) for k, v in totals.items()}
+    return means, seconds, min(1.0, waiting.seconds / seconds) if seconds > 0 else 0.0
+
+
+def _interrupted(
+    done: int, epochs: int, saved_epochs: int, checkpoint: Path | None, hint: str
+) -> Interrupted:
+    # A Ctrl-C during a checkpoint write keeps the previous checkpoint (the write is atomic).
+    saved = (
+        f"epochs 1-{saved_epochs} are saved in {checkpoint}"
+        if checkpoint is not None and saved_epochs
+        else "no epoch was saved"
+        if checkpoint is not None
+        else "no checkpoint is kept"
+    )
+    return Interrupted(f"training interrupted after {done} of {epochs} epochs; {saved}.", hint or None)
+
+
+def _place(
+    task: Task | AdversarialTask, train: Any, val: Any, options: TrainOptions
+) -> tuple[torch.device, torch.nn.Module, Any, Any]:
+    """The device, the plain network on it and the batches (each process's share under --distributed)."""
+    device = resolve_device(options.device)
+    check_precision(device, options.precision)
+    if options.distributed:
+        if not distributed.active():
+            raise UsageError(
+                "--distributed training needs the process group torchrun starts.",
+                "Launch with: torchrun --nproc-per-node N -m neurodl ... --distributed.",
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+    # The plain network: its state dict is what checkpoints and weights hold, whatever wraps it.
+    model = task.model.to(device)
+    if options.channels_last:
+        model = _channels_last(model)
+    if hasattr(train, "to"):
+        train = train.to(device)
+    if val is not None and hasattr(val, "to"):
+        val = val.to(device)
+    if options.distributed:
+        train = _shard(train, pad=True)
+        val = None if val is None else _shard(val, pad=False)
+    return device, model, train, val
+
+
 def fit(
     task: Task | AdversarialTask,
     train: Iterable[Any],
@@ -330,205 +414,74 @@ def fit(
         TrainingFailed: the loss became NaN or infinite.
         Interrupted: Ctrl-C; the last completed epoch's checkpoint is kept.
     """
-    device = resolve_device(options.device)
-    check_precision(device, options.precision)
-    if options.distributed:
-        if not distributed.active():
-            raise UsageError(
-                "--distributed training needs the process group torchrun starts.",
-                "Launch with: torchrun --nproc-per-node N -m neurodl ... --distributed.",
-            )
-        if device.type == "cuda":
-            device = torch.device("cuda", torch.cuda.current_device())
-    # The plain network: its state dict is what checkpoints and weights hold, whatever wraps it.
-    model = task.model.to(device)
-    if options.channels_last:
-        model = _channels_last(model)
-    if hasattr(train, "to"):
-        train = train.to(device)
-    if val is not None and hasattr(val, "to"):
-        val = val.to(device)
-    if options.distributed:
-        train = _shard(train, pad=True)
-        val = None if val is None else _shard(val, pad=False)
-    monitor = (
-        options.monitor
-        if options.monitor != "auto"
-        else (task.default_monitor if val is not None else "train_loss")
-    )
-    if val is None and monitor != "train_loss":
-        monitor = "train_loss"
+    device, model, train, val = _place(task, train, val, options)
+    if val is None:
+        monitor = "train_loss"  # nothing else to watch
+    else:
+        monitor = task.default_monitor if options.monitor == "auto" else options.monitor
     mode = monitor_mode(monitor)
-    # One optimiser per network: the task's own groups (it steps them itself), else the whole model.
-    steps_itself = _adversarial(task)
-    groups = task.optimizer_groups() if _adversarial(task) else {"model": (model.parameters(), None)}
-    # A group may add optimiser settings: (parameters, lr, {"betas": (0.5, 0.999)}) for a GAN's Adam.
-    optimizers = {
-        name: build_optimizer(params, options, lr, **(settings[0] if settings else {}))
-        for name, (params, lr, *settings) in groups.items()
-    }
-    optimizer = next(iter(optimizers.values()))  # its learning rate is the one recorded per epoch
-    schedulers = {name: build_scheduler(opt, options, mode) for name, opt in optimizers.items()}
-    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16" and device.type == "cuda")
-    stepper = Stepper(optimizers, scaler, options.grad_clip)
-
-    result = FitResult(monitor=monitor)
-    best_state = _clone_state(model)
-    bad_epochs = 0
+    # Every task is trained as groups of networks, each with its optimiser: one (model) for most.
+    stepping = task if _adversarial(task) else OneNetwork(task)
+    optimisation = Optimisation.build(stepping, options, mode, device)
+    stepper = Stepper(optimisation.optimizers, optimisation.scaler, options.grad_clip)
+    selection = Selection(FitResult(monitor=monitor), clone_state(model))
+    result = selection.result
     start = 0
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_state(checkpoint)
         model.load_state_dict(state["model"])
-        # Checkpoints of one-network runs written before every task used groups hold one optimiser.
-        saved_optimizers = state["optimizers"] if "optimizers" in state else {"model": state["optimizer"]}
-        saved_schedulers = state["schedulers"] if "optimizers" in state else {"model": state.get("scheduler")}
-        for name, opt in optimizers.items():
-            opt.load_state_dict(saved_optimizers[name])
-            sched = schedulers[name]
-            if sched is not None and saved_schedulers and saved_schedulers.get(name) is not None:
-                sched.load_state_dict(saved_schedulers[name])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        best_state = state["best_state"]
-        bad_epochs = int(state["bad_epochs"])
-        result.history = [dict(r) for r in state["history"]]
-        result.best_epoch = int(state["best_epoch"])
-        result.best_value = float(state["best_value"]) if state["best_value"] is not None else math.nan
-        result.stopped_early = bool(state["stopped_early"])
-        start = len(result.history)
-        if result.stopped_early:
-            start = options.epochs
-
+        optimisation.load_state_dict(state)
+        selection.load_state_dict(state)
+        start = options.epochs if result.stopped_early else len(result.history)
     saved_epochs = len(result.history)  # epochs held by the checkpoint on disk
-
-    def save_checkpoint() -> None:
-        if checkpoint is None or not distributed.is_main():
-            return
-        save_state(
-            {
-                "model": model.state_dict(),
-                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                "schedulers": {
-                    name: sched.state_dict() if sched is not None else None
-                    for name, sched in schedulers.items()
-                },
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "best_state": best_state,
-                "bad_epochs": bad_epochs,
-                "history": result.history,
-                "best_epoch": result.best_epoch,
-                "best_value": None if math.isnan(result.best_value) else result.best_value,
-                "stopped_early": result.stopped_early,
-            },
-            checkpoint,
-        )
-
     wrap = _training_wrapper(options, device)
     if wrap is not None:
-        _wrap_task(task, wrap)
-    steps = len(train) if isinstance(train, Sized) else 0
+        _wrap_task(stepping, wrap)
     for cb in callbacks:
-        cb.on_fit_start(epochs=options.epochs, steps=steps, start_epoch=start)
+        cb.on_fit_start(
+            epochs=options.epochs, steps=len(train) if isinstance(train, Sized) else 0, start_epoch=start
+        )
     try:
         with deterministic_algorithms(options.deterministic):
             for epoch in range(start, options.epochs):
                 seed_everything(options.seed, epoch)
                 _set_epoch(train, epoch)
                 tic = time.perf_counter()
-                task.model.train()
-                totals: dict[str, float] = {}
-                count = 0
-                waiting = _DataWait()
-                for step, batch in enumerate(waiting.over(train)):
-                    batch = _to_device(batch, device, options.channels_last)
-                    with autocast(device, options.precision):
-                        out = (
-                            task.training_step(batch, stepper)
-                            if _adversarial(task)
-                            else task.training_step(batch)
-                        )
-                    loss = out["loss"]
-                    if not all(torch.isfinite(v).all() for v in out.values()):
-                        bad = next(k for k, v in out.items() if not torch.isfinite(v).all())
-                        raise TrainingFailed(
-                            f"the training {bad.replace('_', ' ')} became {out[bad].detach().float().mean().item()} at epoch {epoch + 1}, step {step + 1}: training diverged.",
-                            "Lower --lr (e.g. by 10x), add --grad-clip 1.0, or check the inputs for extreme values.",
-                        )
-                    if not steps_itself:
-                        stepper("model", loss)
-                    scaler.update()
-                    n = _batch_size(batch)
-                    for key, part in out.items():
-                        totals[key] = totals.get(key, 0.0) + float(part.detach()) * n
-                    count += n
-                    for cb in callbacks:
-                        cb.on_step(epoch=epoch + 1, step=step + 1, loss=float(loss.detach()))
-                training_seconds = time.perf_counter() - tic
-                if distributed.active():
-                    # Every process reports the mean over all processes' batches.
-                    *sums, total = distributed.sum_across([*totals.values(), count])
-                    totals, count = dict(zip(totals, sums, strict=True)), int(total)
-                    distributed.broadcast_buffers(model)
-                record: dict[str, float] = {"epoch": epoch + 1}
-                # train_loss, then any other losses the task reports (e.g. a GAN's train_d_loss).
-                record.update({f"train_{k}": v / max(count, 1) for k, v in totals.items()})
-                if val is not None:
-                    record.update(
-                        {
-                            f"val_{k}": float(v)
-                            for k, v in validate(
-                                _validating(task), val, device, options.precision, options.channels_last
-                            ).items()
-                        }
-                    )
-                record["lr"] = float(optimizer.param_groups[0]["lr"])
-                record["seconds"] = time.perf_counter() - tic
-                record["data_wait"] = (
-                    min(1.0, waiting.seconds / training_seconds) if training_seconds > 0 else 0.0
+                means, _, data_wait = _train_epoch(
+                    stepping, model, train, device, options, optimisation, stepper, callbacks, epoch
                 )
+                record: dict[str, float] = {"epoch": epoch + 1, **means}
+                if val is not None:
+                    scores = validate(
+                        _validating(task), val, device, options.precision, options.channels_last
+                    )
+                    record.update({f"val_{k}": float(v) for k, v in scores.items()})
+                record.update(lr=optimisation.lr, seconds=time.perf_counter() - tic, data_wait=data_wait)
                 if monitor not in record:
                     known = ", ".join(k for k in record if k.startswith("val_"))
                     raise UsageError(
                         f"--monitor '{monitor}' is not a metric of this task.",
                         f"Use one of: {known or 'train_loss'}.",
                     )
-                value = record[monitor]
-                for sched in schedulers.values():
-                    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        sched.step(value)
-                    elif sched is not None:
-                        sched.step()
-                improved = math.isnan(result.best_value) or (
-                    value < result.best_value - options.min_delta
-                    if mode == "min"
-                    else value > result.best_value + options.min_delta
-                )
-                result.history.append(record)
-                if improved:
-                    result.best_value, result.best_epoch, bad_epochs = value, epoch + 1, 0
-                    best_state = _clone_state(model)
-                else:
-                    bad_epochs += 1
-                if val is not None and options.patience > 0 and bad_epochs >= options.patience:
+                optimisation.schedule(record[monitor])
+                selection.update(record, model, mode, options.min_delta)
+                if val is not None and options.patience > 0 and selection.bad_epochs >= options.patience:
                     result.stopped_early = True
-                save_checkpoint()
+                if checkpoint is not None and distributed.is_main():
+                    state = {
+                        "model": model.state_dict(),
+                        **optimisation.state_dict(),
+                        **selection.state_dict(),
+                    }
+                    save_state(state, checkpoint)
                 saved_epochs = len(result.history)
                 for cb in callbacks:
                     cb.on_epoch_end(record)
                 if result.stopped_early:
                     break
     except KeyboardInterrupt as exc:
-        done = len(result.history)
-        # A Ctrl-C during a checkpoint write keeps the previous checkpoint (the write is atomic).
-        saved = (
-            f"epochs 1-{saved_epochs} are saved in {checkpoint}"
-            if checkpoint is not None and saved_epochs
-            else "no epoch was saved"
-            if checkpoint is not None
-            else "no checkpoint is kept"
-        )
-        raise Interrupted(
-            f"training interrupted after {done} of {options.epochs} epochs; {saved}.", resume_hint or None
+        raise _interrupted(
+            len(result.history), options.epochs, saved_epochs, checkpoint, resume_hint
         ) from exc
     except Exception as exc:
         if options.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
@@ -538,14 +491,11 @@ def fit(
             ) from exc
         raise
     finally:
-        if wrap is not None:
+        if wrap is not None and hasattr(stepping, "distribute"):
             # Predictions and saved weights after the fit use the plain network.
-            if not _adversarial(task):
-                task.model = model
-            elif hasattr(task, "distribute"):
-                task.distribute(_unwrap)
+            stepping.distribute(_unwrap)
     if val is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(selection.best_state)
     else:
         # Without a validation set there is nothing to select on: keep the last weights.
         result.best_epoch = len(result.history)
