@@ -159,8 +159,9 @@ def input_files(images: Iterable[Any]) -> set[Path]:
 
 
 class BatchSettings(TypedDict, total=False):
-    """How every per-image command (``predict``, ``reconstruct``, ``interpret``) walks its inputs: the
-    keywords it passes on to :func:`open_batch`.
+    """How every per-image command (``predict``, ``reconstruct``, ``interpret``, ``encode``) walks its
+    inputs: the keywords it passes on to :func:`open_batch` (``overwrite`` and ``preview`` where it
+    writes a file per input).
 
     ``overwrite``: redo outputs already there (default: kept); ``preview``: also write a PNG per
     input; ``shard``: ``I/N``, this process's share of the inputs; ``on_image``: told of every
