@@ -204,8 +204,29 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     header = image.header
     if int(header["intent_code"]) in _CIFTI_INTENTS:
         raise _cifti_error(path)
+    _check_scalar(path, header)
     _check_size(path, header)
     return image
+
+
+def _check_scalar(path: Path, header: Any) -> None:
+    """Refuse voxels that are not one number each: RGB/RGBA colours, complex values."""
+    try:
+        stored = np.dtype(header.get_data_dtype())
+    except (TypeError, ValueError, HeaderDataError):
+        return  # an unknown datatype code: reading the voxels names it
+    if stored.fields is not None:
+        raise ImageError(
+            path,
+            f"stores colour voxels ({', '.join(stored.names or ())}; NIfTI datatype {int(header['datatype'])}), not one intensity per voxel.",
+            "Give the scan as a greyscale (scalar) image; an RGB NIfTI is usually a rendering or an overlay, not the scan.",
+        )
+    if stored.kind == "c":
+        raise ImageError(
+            path,
+            f"stores complex voxels ({stored}); neurodl reads one real intensity per voxel.",
+            "Give the magnitude image (e.g. `fslcomplex -realabs in.nii.gz out.nii.gz`).",
+        )
 
 
 def _cifti_error(path: Path) -> ImageError:

@@ -261,6 +261,20 @@ def _large_header_small_gz(tmp_path: Path) -> Path:
     return path
 
 
+def _rgb(tmp_path: Path) -> Path:
+    # Found by the header property test: RGB24 voxels failed inside numpy (an internal error).
+    colours = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    path = tmp_path / "overlay.nii.gz"
+    nib.save(nib.Nifti1Image(colours, np.eye(4)), str(path))
+    return path
+
+
+def _complex(tmp_path: Path) -> Path:
+    path = tmp_path / "phase.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.complex64), np.eye(4)), str(path))
+    return path
+
+
 BAD_FILES = {
     "missing": (lambda tmp: tmp / "nope.nii.gz", "does not exist"),
     "directory": (lambda tmp: (tmp / "dir.nii").mkdir() or tmp / "dir.nii", "directory"),
@@ -280,6 +294,8 @@ BAD_FILES = {
     "cifti_intent_nifti1": (_cifti_intent_nifti1, "CIFTI"),
     "huge_header": (_huge_header, "voxels"),
     "large_header_small_gz": (_large_header_small_gz, "truncated|corrupt"),
+    "rgb": (_rgb, "colour voxels"),
+    "complex": (_complex, "complex voxels"),
 }
 
 
