@@ -23,12 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from neurodl.config import from_dict, to_dict
-from neurodl.data.images import ImagePreprocessing, fitting_spacing, plan_preprocessing
 from neurodl.data.splits import split_by_participant
 from neurodl.engine import AdversarialTask, Callback, FitResult, Task, fit
 from neurodl.errors import UsageError
@@ -44,6 +43,11 @@ from neurodl.tasks._run import (
     warm_cache,
     write_training_record,
 )
+
+if TYPE_CHECKING:
+    from neurodl.data.images import (
+        ImagePreprocessing,
+    )  # MONAI: not for biomarkers, which shares the run helpers
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -212,6 +216,8 @@ class Training:
         ``fit_within``: without ``--spacing`` or ``--size``, coarsen them so the median field of view
         fits these sides (full-size 1 mm heads: fewer, coarser voxels; small images keep theirs).
         """
+        from neurodl.data.images import fitting_spacing, plan_preprocessing  # MONAI: image tasks only
+
         images, paths = self.images, self.training_paths()
         if images.spacing:
             spacing: Sequence[float] = images.spacing
