@@ -224,10 +224,9 @@ def _training_wrapper(
     return wrap
 
 
-def _wrap_task(task: Task | AdversarialTask, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
-    if not _adversarial(task):
-        task.model = wrap(task.model)
-    elif hasattr(task, "distribute"):
+def _wrap_task(task: AdversarialTask, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+    """Train ``task`` (as fit steps it: one-network tasks through :class:`OneNetwork`) through ``wrap``."""
+    if hasattr(task, "distribute"):
         task.distribute(wrap)
     else:
         raise UsageError(
